@@ -1,0 +1,76 @@
+"""The one interface every model family implements.
+
+Callers (embedding engine, zero-shot, training, fusion) only see `Encoder`; each family's loader
+module hides how its towers, tokenizer and checkpoints work.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from histovl.models.card import ModelCard
+from histovl.models.preprocess import Preprocess
+
+
+class Encoder(nn.Module, abc.ABC):
+    """A dual encoder with its card, preprocessing and tokenizer.
+
+    Subclasses implement `_encode_image` and `_encode_text`; the public methods add L2
+    normalisation. Features are returned in float32 on the encoder's device.
+
+    Attributes:
+        card: the frozen model card (preprocessing, text settings, provenance).
+        weights_id: a stable identity of the weights (sha256 of the weight files, or of the
+            hub revision); part of every embedding-cache key.
+    """
+
+    card: ModelCard
+    weights_id: str
+
+    def __init__(self, card: ModelCard, weights_id: str) -> None:
+        super().__init__()
+        self.card = card
+        self.weights_id = weights_id
+
+    # ---- preprocessing -------------------------------------------------------------------
+    @property
+    def preprocess(self) -> Preprocess:
+        """Picklable PIL -> tensor transform for this model (safe to send to workers)."""
+        return Preprocess.from_card(self.card)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    # ---- the two towers --------------------------------------------------------------------
+    @abc.abstractmethod
+    def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] normalised pixels -> [N, D] unnormalised features."""
+
+    @abc.abstractmethod
+    def _encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts -> [N, D] unnormalised features (tokenise, and for causal towers, truncate)."""
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Encode a batch of preprocessed images."""
+        feats = self._encode_image(pixels.to(self.device)).float()
+        return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """Encode a list of prompts (tokenisation included)."""
+        feats = self._encode_text(list(texts)).float()
+        return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned inverse temperature (exp of the stored log value)."""
+        return 100.0
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # nn.Module protocol; DDP uses it
+        return self.encode_image(pixels)
