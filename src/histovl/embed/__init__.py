@@ -2,5 +2,16 @@
 
 from histovl.embed.cache import EmbeddingCache, default_cache_dir
 from histovl.embed.engine import EmbeddingResult, Failure, ImageTransform, encode_images
+from histovl.embed.run import EmbedSummary, embed, export_parquet
 
-__all__ = ["EmbeddingCache", "EmbeddingResult", "Failure", "ImageTransform", "default_cache_dir", "encode_images"]
+__all__ = [
+    "EmbedSummary",
+    "EmbeddingCache",
+    "EmbeddingResult",
+    "Failure",
+    "ImageTransform",
+    "default_cache_dir",
+    "embed",
+    "encode_images",
+    "export_parquet",
+]

@@ -1,15 +1,34 @@
-"""open_clip family: OpenAI CLIP, QuiltNet, BiomedCLIP and any `open_clip:<ARCH>:<PATH>` model."""
+"""open_clip family: OpenAI CLIP, QuiltNet, BiomedCLIP and any `open_clip:<ARCH>:<PATH>` model.
+
+The architecture comes from (in order) the card's ``extra["model_cfg"]`` (model directories),
+an ``open_clip_config.json`` next to the weights (hub snapshots) or open_clip's built-in config
+for ``card.architecture``. The model is built without weights, then the checkpoint is loaded
+strictly through `histovl.models._checkpoint` (never through open_clip's own loader, which would
+accept pickles and resize mismatched tensors silently).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import open_clip
 import torch
+from open_clip.model import CLIP, CustomTextCLIP, convert_to_custom_text_state_dict
 from open_clip.transformer import text_global_pool
 
-from histovl.models.card import ModelCard
+from histovl.errors import UnknownNameError, did_you_mean
+from histovl.models._checkpoint import load_state_dict_strict, read_checkpoint
+from histovl.models.card import OPENAI_MEAN, OPENAI_STD, ModelCard
 from histovl.models.encoder import Encoder
+from histovl.models.registry import LoadRequest
+
+CONFIG_FILE = "open_clip_config.json"
+# Weight files open_clip publishes on the hub, safest first.
+HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 class OpenClipEncoder(Encoder):
@@ -21,10 +40,18 @@ class OpenClipEncoder(Encoder):
     of the cost (PERFORMANCE.md: 151 vs 17.8 prompts/s for ViT-B/32).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, card: ModelCard, weights_id: str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        card: ModelCard,
+        weights_id: str,
+        model_cfg: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(card, weights_id)
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.model_cfg = model_cfg
 
     def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
@@ -65,3 +92,118 @@ class OpenClipEncoder(Encoder):
     @property
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.exp().item())
+
+    def save_assets(self, out_dir: Path) -> dict[str, Any]:
+        """Embed the architecture config in the saved card so the directory loads offline."""
+        return {"model_cfg": self.model_cfg} if self.model_cfg else {}
+
+
+def builtin_model_cfg(arch: str) -> dict[str, Any]:
+    """open_clip's config for `arch` (UnknownNameError with suggestions if it has none)."""
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        known = open_clip.list_models()
+        raise UnknownNameError(
+            f"unknown open_clip architecture {arch!r}.{did_you_mean(arch, known)} "
+            "Run `python -c 'import open_clip; print(open_clip.list_models())'` to list them."
+        )
+    return copy.deepcopy(cfg)
+
+
+def read_hub_config(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model_cfg, preprocess_cfg) from an ``open_clip_config.json`` in `folder`."""
+    data = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    return copy.deepcopy(data.get("model_cfg", data)), dict(data.get("preprocess_cfg", {}))
+
+
+def resolve_model_cfg(card: ModelCard, asset_dir: Path | None) -> dict[str, Any]:
+    """The architecture config for `card` (see the module docstring for the order)."""
+    if isinstance(card.extra.get("model_cfg"), dict):
+        cfg = copy.deepcopy(card.extra["model_cfg"])
+    elif asset_dir is not None and (asset_dir / CONFIG_FILE).is_file():
+        cfg = read_hub_config(asset_dir)[0]
+    else:
+        cfg = builtin_model_cfg(card.architecture)
+    if card.extra.get("quick_gelu"):
+        cfg["quick_gelu"] = True
+    return cfg
+
+
+def build_model(cfg: dict[str, Any]) -> CLIP | CustomTextCLIP:
+    """Instantiate an open_clip model from its config, with random weights and no downloads."""
+    cfg = copy.deepcopy(cfg)
+    text_cfg, vision_cfg = cfg["text_cfg"], cfg["vision_cfg"]
+    if "timm_model_name" in vision_cfg:
+        vision_cfg["timm_model_pretrained"] = False
+    hf_text = "hf_model_name" in text_cfg
+    if hf_text:
+        text_cfg["hf_model_pretrained"] = False
+    custom_text = cfg.pop("custom_text", False) or hf_text
+    cfg.pop("multimodal_cfg", None)
+    model_cls = CustomTextCLIP if custom_text else CLIP
+    return model_cls(**cfg).eval()
+
+
+def build_tokenizer(cfg: dict[str, Any], context_length: int) -> Any:
+    """open_clip's tokenizer for the config: CLIP BPE, or the HF tokenizer a text tower names."""
+    text_cfg = cfg["text_cfg"]
+    name = text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name")
+    if name:
+        return open_clip.tokenizer.HFTokenizer(
+            name, context_length=context_length, **text_cfg.get("tokenizer_kwargs", {})
+        )
+    return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+
+
+def adapt_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The renames open_clip applies to its own checkpoints (layout only, never values)."""
+    if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
+        sd = convert_to_custom_text_state_dict(sd)
+    own = model.state_dict()
+    for key in ("logit_scale", "logit_bias"):
+        if key in sd and key in own and sd[key].ndim != own[key].ndim:
+            sd[key] = sd[key].reshape(own[key].shape)
+    return sd
+
+
+def legacy_buffers(model: torch.nn.Module) -> Callable[[str], bool]:
+    """Keys to drop: position-id buffers old BERT/CLIP checkpoints store and new code does not."""
+    own = set(model.state_dict())
+    return lambda key: key.endswith("position_ids") and key not in own
+
+
+def card_from_cfg(name: str, arch: str, source: str, cfg: dict[str, Any], preprocess_cfg: dict[str, Any]) -> ModelCard:
+    """A card for an open_clip model the registry does not know (``open_clip:ARCH:PATH``)."""
+    text_cfg = cfg["text_cfg"]
+    hf_text = "hf_model_name" in text_cfg
+    causal = not hf_text and not text_cfg.get("no_causal_mask", False) and not text_cfg.get("embed_cls", False)
+    size = preprocess_cfg.get("size", cfg["vision_cfg"].get("image_size", 224))
+    size = size[0] if isinstance(size, list | tuple) else size
+    return ModelCard(
+        name=name,
+        family="open_clip",
+        architecture=arch,
+        source=source,
+        image_size=int(size),
+        mean=tuple(preprocess_cfg.get("mean", OPENAI_MEAN)),  # type: ignore[arg-type]
+        std=tuple(preprocess_cfg.get("std", OPENAI_STD)),  # type: ignore[arg-type]
+        interpolation=preprocess_cfg.get("interpolation", "bicubic"),
+        resize_mode=preprocess_cfg.get("resize_mode", "shortest"),
+        context_length=int(text_cfg.get("context_length", 77)),
+        tokenizer=str(text_cfg.get("hf_tokenizer_name") or "clip-bpe"),
+        embed_dim=int(cfg["embed_dim"]),
+        text_causal=causal,
+    )
+
+
+def build_open_clip(request: LoadRequest) -> OpenClipEncoder:
+    """Family builder: architecture from the card, weights loaded strictly."""
+    card = request.card
+    cfg = resolve_model_cfg(card, request.asset_dir)
+    model = build_model(cfg)
+    if request.weights is None:
+        raise FileNotFoundError(f"no weights file for {card.name}: pass open_clip:ARCH:PATH")
+    sd = adapt_state_dict(model, read_checkpoint(request.weights, trust_checkpoint=request.trust_checkpoint))
+    load_state_dict_strict(model, sd, source=str(request.weights), ignore=legacy_buffers(model))
+    tokenizer = build_tokenizer(cfg, card.context_length)
+    return OpenClipEncoder(model.to(request.device), tokenizer, card, request.weights_id, cfg)

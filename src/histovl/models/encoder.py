@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,6 +73,23 @@ class Encoder(nn.Module, abc.ABC):
     def logit_scale(self) -> float:
         """The model's learned inverse temperature (exp of the stored log value)."""
         return 100.0
+
+    # ---- saving (used by `save_model_dir`) -------------------------------------------------------
+    def native_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights in the family's own checkpoint layout (what its builder loads back).
+
+        Families wrapping one model in ``self.model`` store that model's keys, so a saved
+        directory and a published checkpoint use the same layout.
+        """
+        inner = getattr(self, "model", None)
+        return (inner if isinstance(inner, nn.Module) else self).state_dict()
+
+    def save_assets(self, out_dir: Path) -> dict[str, Any]:
+        """Write files that must travel with the weights (tokenizer...) into `out_dir`.
+
+        Returns entries to merge into the saved card's ``extra`` (e.g. the architecture config).
+        """
+        return {}
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # nn.Module protocol; DDP uses it
         return self.encode_image(pixels)

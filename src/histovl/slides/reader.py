@@ -268,13 +268,9 @@ class PlainImageReader(SlideReader):
         self.level_downsamples = (1.0,)
 
     def _read(self, x: int, y: int, level: int, size: tuple[int, int]) -> Image.Image:
-        return self._image.crop((x, y, x + size[0], y + size[1]))  # outside -> black, alpha 0? no: see below
-
-    def read_region(self, x: int, y: int, level: int, size: tuple[int, int]) -> Image.Image:
-        if level != 0:
-            raise ValueError("a plain image has only level 0")
+        # Pillow's crop pads outside the image with black; slides pad with white glass instead.
         w, h = self.dimensions
-        region = Image.new("RGB", (int(size[0]), int(size[1])), (255, 255, 255))
+        region = Image.new("RGB", size, (255, 255, 255))
         box = (max(0, x), max(0, y), min(w, x + size[0]), min(h, y + size[1]))
         if box[2] > box[0] and box[3] > box[1]:
             region.paste(self._image.crop(box), (box[0] - x, box[1] - y))

@@ -1,0 +1,158 @@
+"""Safe checkpoint reading and strict state-dict loading (RELIABILITY.md, "untrusted checkpoint").
+
+* ``.safetensors`` files are always accepted: they hold tensors only, so reading one cannot run code.
+* Pickle-based files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are read only when the caller passes
+  ``trust_checkpoint=True``, and even then through ``torch.load(weights_only=True)``, which refuses
+  anything but tensors and plain containers.
+* Every load is strict: missing, unexpected and shape-mismatched keys are reported together in one
+  readable diff instead of PyTorch's single-line message (or, worse, a silent ``strict=False``).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from histovl.errors import HistovlError, UntrustedCheckpointError
+
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_MAX_LISTED = 12
+
+
+class CheckpointMismatchError(HistovlError, ValueError):
+    """A state dict does not fit the architecture it is loaded into (keys or shapes differ)."""
+
+
+def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
+    """Read a weight file into a flat ``{name: tensor}`` dict on the CPU.
+
+    Args:
+        path: a ``.safetensors`` file, or a pickle-based ``.pt``/``.pth``/``.bin``/``.ckpt`` file.
+        trust_checkpoint: allow pickle-based files (read with ``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        UntrustedCheckpointError: a pickle file without the trust flag, or a pickle that holds
+            objects other than tensors (it could run code when unpickled).
+
+    Example:
+        >>> read_checkpoint("weights.safetensors")  # doctest: +SKIP
+        {'logit_scale': tensor(4.6052), ...}
+    """
+    path = Path(path)
+    check_checkpoint_allowed(path, trust_checkpoint=trust_checkpoint)
+    if path.suffix.lower() in SAFE_SUFFIXES:
+        return dict(load_file(str(path), device="cpu"))
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UntrustedCheckpointError(
+            f"{path} holds objects other than tensors, so weights_only loading refused it "
+            f"(it may try to run code): {str(err).splitlines()[0]}. Ask for a .safetensors file."
+        ) from err
+    return _unwrap_state_dict(obj, path)
+
+
+def check_checkpoint_allowed(path: str | Path, *, trust_checkpoint: bool = False) -> None:
+    """Refuse a file before anything reads it: missing, unknown type, or an untrusted pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in SAFE_SUFFIXES:
+        return
+    if suffix not in PICKLE_SUFFIXES:
+        raise UntrustedCheckpointError(
+            f"unrecognised weights file type {path.name!r}: use .safetensors "
+            f"(or, for a file you trust, {'/'.join(PICKLE_SUFFIXES)} with --trust-checkpoint)"
+        )
+    if not trust_checkpoint:
+        raise UntrustedCheckpointError(
+            f"{path} is a pickle-based checkpoint, which can run arbitrary code when loaded. "
+            "Convert it to .safetensors, or, if you trust its origin, pass --trust-checkpoint "
+            "(trust_checkpoint=True); it is then read with torch.load(weights_only=True)."
+        )
+
+
+def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Accept the usual wrappers: ``{"state_dict": ...}``, ``{"model": ...}``, DDP ``module.``."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(k, str) for k in inner):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointMismatchError(f"{path} does not contain a state dict (got {type(obj).__name__})")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if tensors and all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def load_state_dict_strict(
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    ignore: Callable[[str], bool] | None = None,
+) -> None:
+    """Load `state_dict` into `module`, refusing any key or shape difference.
+
+    Args:
+        module: the freshly built architecture.
+        state_dict: tensors from a checkpoint (already renamed to the module's layout).
+        source: where the weights came from, for the error message.
+        ignore: keys for which this returns True are dropped from the checkpoint before the
+            comparison (known-unused parts such as a captioning decoder, or legacy buffers).
+
+    Raises:
+        CheckpointMismatchError: with the list of missing, unexpected and mis-shaped keys.
+    """
+    if ignore is not None:
+        state_dict = {k: v for k, v in state_dict.items() if not ignore(k)}
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        (k, tuple(state_dict[k].shape), tuple(expected[k].shape))
+        for k in sorted(set(expected) & set(state_dict))
+        if tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(describe_mismatch(source, missing, unexpected, mismatched))
+    module.load_state_dict(dict(state_dict), strict=True)
+
+
+def describe_mismatch(
+    source: str,
+    missing: Iterable[str],
+    unexpected: Iterable[str],
+    mismatched: Iterable[tuple[str, tuple[int, ...], tuple[int, ...]]],
+) -> str:
+    """A readable multi-line diff between a checkpoint and an architecture."""
+    missing, unexpected, mismatched = list(missing), list(unexpected), list(mismatched)
+    lines = [
+        f"the weights in {source} do not fit the architecture "
+        f"({len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} shape mismatches):"
+    ]
+
+    def block(title: str, items: list[str]) -> None:
+        if not items:
+            return
+        lines.append(f"  {title}:")
+        lines.extend(f"    {item}" for item in items[:_MAX_LISTED])
+        if len(items) > _MAX_LISTED:
+            lines.append(f"    ... and {len(items) - _MAX_LISTED} more")
+
+    block("missing from the checkpoint", missing)
+    block("unexpected in the checkpoint", unexpected)
+    block("shape mismatches (checkpoint vs model)", [f"{k}: {a} vs {b}" for k, a, b in mismatched])
+    lines.append("Check that the architecture (e.g. the ARCH in open_clip:ARCH:PATH) matches the weights.")
+    return "\n".join(lines)
