@@ -24,9 +24,15 @@ app = typer.Typer(
 
 # One module per command group (see STYLE.md): add yours here.
 COMMAND_MODULES = [
+    "histovl.cli.slides_cmd",
     "histovl.cli.models_cmd",
     "histovl.cli.embed_cmd",
     "histovl.cli.zeroshot_cmd",
+    "histovl.cli.fusion_cmd",
+    "histovl.cli.multilabel_cmd",
+    "histovl.cli.cmm_cmd",
+    "histovl.cli.data_cmd",
+    "histovl.cli.finetune_cmd",
 ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +22,7 @@ from histovl.cli.common import (
 )
 
 
-class EngineChoice(str, Enum):
+class EngineChoice(StrEnum):
     local = "local"
     ray = "ray"
 

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 
         table = Table(title="histovl models", caption="also: open_clip:<ARCH>:<PATH>, hf-clip:<DIR>, hf-hub:<ORG/NAME>, a model directory")
         for column in ("name", "family", "source", "image size", "context", "weights here"):
-            table.add_column(column, no_wrap=column != "source")
+            table.add_column(column, no_wrap=column != "source", overflow="fold")
         for row in model_statuses(cache_dir=cache_dir):
             present = "[green]yes[/green]" if row.weights_present else "[yellow]no[/yellow]"
             table.add_row(row.name, row.family, row.source, str(row.image_size), str(row.context_length), present)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -28,7 +28,7 @@ from histovl.cli.common import (
 )
 
 
-class AggregateChoice(str, Enum):
+class AggregateChoice(StrEnum):
     mean = "mean"
     max = "max"
 

@@ -88,6 +88,7 @@ class CrossModalMatching(nn.Module):
         return self.out_proj(out.reshape(*out.shape[:2], -1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.queries.unsqueeze(0) + self.dropout(self.attend(features))  # residual on queries
+        queries: torch.Tensor = self.queries  # type: ignore[assignment]
+        x = queries.unsqueeze(0) + self.dropout(self.attend(features))  # residual on queries
         x = x + self.ffn(self.norm_ffn(x))
         return x.mean(dim=-1)  # adaptive average pooling over the feature dimension -> [B, C]

@@ -23,7 +23,9 @@ from numpy.typing import NDArray
 FloatArray = NDArray[np.float64]
 
 
-def confusion_from_weights(weights: NDArray[np.int64], y_true: NDArray[np.int64], y_pred: NDArray[np.int64], n_classes: int) -> FloatArray:
+def confusion_from_weights(
+    weights: NDArray[np.int64], y_true: NDArray[np.int64], y_pred: NDArray[np.int64], n_classes: int
+) -> FloatArray:
     """Confusion matrices ``[B, C, C]`` (rows = true) for ``B`` weight vectors."""
     cell = y_true * n_classes + y_pred
     onehot = np.zeros((len(cell), n_classes * n_classes), dtype=np.float64)
@@ -32,7 +34,7 @@ def confusion_from_weights(weights: NDArray[np.int64], y_true: NDArray[np.int64]
 
 
 def metrics_from_confusion(cm: FloatArray) -> dict[str, FloatArray]:
-    """accuracy, balanced accuracy, macro/weighted F1 for each confusion matrix in ``cm``.
+    """accuracy, balanced accuracy, macro/weighted F1 (``[B]``) and per-class F1 (``[B, C]``).
 
     Balanced accuracy averages recall over classes present in the truth (sklearn's
     ``balanced_accuracy_score``); F1 is NaN for a class neither true nor predicted and such
@@ -51,6 +53,7 @@ def metrics_from_confusion(cm: FloatArray) -> dict[str, FloatArray]:
         f1_macro = _nanmean_rows(f1)
         f1_weighted = np.nansum(f1 * support, axis=1) / total
     return {
+        "f1_per_class": f1,
         "accuracy": accuracy,
         "balanced_accuracy": balanced,
         "f1_macro": f1_macro,
@@ -58,7 +61,9 @@ def metrics_from_confusion(cm: FloatArray) -> dict[str, FloatArray]:
     }
 
 
-def auroc_ovr_from_weights(weights: NDArray[np.int64], y_true: NDArray[np.int64], scores: FloatArray) -> FloatArray:
+def auroc_ovr_from_weights(
+    weights: NDArray[np.int64], y_true: NDArray[np.int64], scores: FloatArray
+) -> FloatArray:
     """Per-class one-vs-rest AUROC ``[B, C]`` under each weight vector; NaN where undefined.
 
     In score order, with ``cum`` the running negative weight (a leading 0 prepended) and a
@@ -86,12 +91,16 @@ def auroc_ovr_from_weights(weights: NDArray[np.int64], y_true: NDArray[np.int64]
         np.cumsum(np.where(positive, 0, w_sorted), axis=1, out=cum[:, 1:])
         pos_cols = np.flatnonzero(positive)
         w_pos = w_sorted[:, pos_cols].astype(np.int64)
-        twice_u = (w_pos * (cum[:, run_first[pos_cols]] + cum[:, run_last[pos_cols] + 1])).sum(axis=1)
+        twice_u = (w_pos * (cum[:, run_first[pos_cols]] + cum[:, run_last[pos_cols] + 1])).sum(
+            axis=1
+        )
         n_pos = w_pos.sum(axis=1)
         n_neg = total - n_pos
         defined = (n_pos > 0) & (n_neg > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[:, c] = np.where(defined, 0.5 * twice_u / (n_pos * n_neg).astype(np.float64), np.nan)
+            out[:, c] = np.where(
+                defined, 0.5 * twice_u / (n_pos * n_neg).astype(np.float64), np.nan
+            )
     return out
 
 

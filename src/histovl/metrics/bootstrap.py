@@ -62,7 +62,9 @@ def group_codes(groups: ArrayLike | None, n: int) -> NDArray[np.int64] | None:
         return None
     values = list(np.asarray(groups, dtype=object).ravel())
     if len(values) != n:
-        raise ValueError(f"groups has {len(values)} entries but there are {n} items; pass one group id per item")
+        raise ValueError(
+            f"groups has {len(values)} entries but there are {n} items; pass one group id per item"
+        )
     codes: dict[Any, int] = {}
     out = np.empty(n, dtype=np.int64)
     for i, value in enumerate(values):
@@ -103,7 +105,9 @@ def resample_counts(
         size = min(chunk, n_boot - done)
         draws = rng.integers(0, n_units, size=(size, n_units))
         offsets = (np.arange(size, dtype=np.int64) * n_units)[:, None]
-        unit_counts = np.bincount((draws + offsets).ravel(), minlength=size * n_units).reshape(size, n_units)
+        unit_counts = np.bincount((draws + offsets).ravel(), minlength=size * n_units).reshape(
+            size, n_units
+        )
         yield unit_counts if codes is None else unit_counts[:, codes]
         done += size
 
@@ -169,7 +173,9 @@ def bootstrap_ci(
         >>> iv.low <= accuracy_score(y, p) <= iv.high
         True
     """
-    result = bootstrap_cis(lambda *a: {"value": metric_fn(*a)}, *arrays, groups=groups, n_boot=n_boot, seed=seed, ci=ci)
+    result = bootstrap_cis(
+        lambda *a: {"value": metric_fn(*a)}, *arrays, groups=groups, n_boot=n_boot, seed=seed, ci=ci
+    )
     return result["value"]
 
 
@@ -202,6 +208,8 @@ def _as_float(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
-def interval_dict(intervals: Mapping[str, ConfidenceInterval], names: Sequence[str]) -> dict[str, list[float | None]]:
+def interval_dict(
+    intervals: Mapping[str, ConfidenceInterval], names: Sequence[str]
+) -> dict[str, list[float | None]]:
     """``{metric: [low, high]}`` for the names given (the ``ci95`` block of metrics.json)."""
     return {name: intervals[name].as_list() for name in names}

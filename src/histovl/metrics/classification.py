@@ -72,7 +72,7 @@ def classification_metrics(
     Returns:
         A JSON-ready dict: ``n``, the five metrics, ``ci95`` = {metric: [lo, hi]},
         ``ci_skipped`` (undefined resamples per metric), ``confusion_matrix`` (rows = true),
-        ``per_class`` ({label: precision, recall, f1, support, auroc}), ``class_names``,
+        ``per_class`` ({label: precision, recall, f1, f1_ci95, support, auroc}), ``class_names``,
         ``auroc_classes``, ``n_boot``, ``ci_level``, ``bootstrap_unit`` and ``n_groups``.
 
     Raises:
@@ -96,18 +96,28 @@ def classification_metrics(
         # "y_pred contains classes not in y_true" is expected; the docstring defines the handling.
         warnings.simplefilter("ignore", UserWarning)
         balanced = float(balanced_accuracy_score(y, y_pred))
-    precision, recall, f1, support = precision_recall_fscore_support(y, y_pred, labels=labels, zero_division=np.nan)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, y_pred, labels=labels, zero_division=np.nan
+    )
     per_class_auroc = _per_class_auroc(y, s)
     defined_auroc = [c for c in labels if per_class_auroc[c] is not None]
     point: dict[str, float | None] = {
         "accuracy": float(accuracy_score(y, y_pred)),
         "balanced_accuracy": balanced,
-        "f1_macro": _none_if_nan(f1_score(y, y_pred, labels=labels, average="macro", zero_division=np.nan)),
-        "f1_weighted": _none_if_nan(f1_score(y, y_pred, labels=labels, average="weighted", zero_division=np.nan)),
-        "auroc_macro": float(np.mean([per_class_auroc[c] for c in defined_auroc])) if defined_auroc else None,
+        "f1_macro": _none_if_nan(
+            f1_score(y, y_pred, labels=labels, average="macro", zero_division=np.nan)
+        ),
+        "f1_weighted": _none_if_nan(
+            f1_score(y, y_pred, labels=labels, average="weighted", zero_division=np.nan)
+        ),
+        "auroc_macro": float(np.mean([per_class_auroc[c] for c in defined_auroc]))
+        if defined_auroc
+        else None,
     }
 
-    intervals, skipped = _bootstrap(y, s, y_pred, n_classes, groups=groups, n_boot=n_boot, seed=seed, ci=ci)
+    intervals, skipped, f1_intervals = _bootstrap(
+        y, s, y_pred, n_classes, groups=groups, n_boot=n_boot, seed=seed, ci=ci
+    )
     codes = group_codes(groups, len(y))
     n_groups = None if codes is None else int(codes.max()) + 1
     return {
@@ -125,6 +135,7 @@ def classification_metrics(
                 "precision": _none_if_nan(precision[c]),
                 "recall": _none_if_nan(recall[c]),
                 "f1": _none_if_nan(f1[c]),
+                "f1_ci95": f1_intervals[c],
                 "support": int(support[c]),
                 "auroc": per_class_auroc[c],
             }
@@ -145,12 +156,28 @@ def _bootstrap(
     n_boot: int,
     seed: int,
     ci: float,
-) -> tuple[dict[str, list[float | None]], dict[str, int]]:
+) -> tuple[dict[str, list[float | None]], dict[str, int], list[list[float | None]]]:
+    """(ci95 block, skipped resamples per metric, per-class F1 intervals)."""
     if n_boot <= 0:
-        return {m: [None, None] for m in CLASSIFICATION_METRICS}, {m: 0 for m in CLASSIFICATION_METRICS}
-    replicates = classification_replicates(y, s, y_pred, n_classes, groups=groups, n_boot=n_boot, seed=seed)
+        empty: list[float | None] = [None, None]
+        return (
+            {m: list(empty) for m in CLASSIFICATION_METRICS},
+            {m: 0 for m in CLASSIFICATION_METRICS},
+            [list(empty) for _ in range(n_classes)],
+        )
+    replicates = classification_replicates(
+        y, s, y_pred, n_classes, groups=groups, n_boot=n_boot, seed=seed
+    )
     intervals = {m: percentile_interval(replicates[m], ci) for m in CLASSIFICATION_METRICS}
-    return {m: iv.as_list() for m, iv in intervals.items()}, {m: iv.n_skipped for m, iv in intervals.items()}
+    per_class_f1 = [
+        percentile_interval(replicates["f1_per_class"][:, c], ci).as_list()
+        for c in range(n_classes)
+    ]
+    return (
+        {m: iv.as_list() for m, iv in intervals.items()},
+        {m: iv.n_skipped for m, iv in intervals.items()},
+        per_class_f1,
+    )
 
 
 def classification_replicates(
@@ -165,9 +192,12 @@ def classification_replicates(
 ) -> dict[str, NDArray[np.float64]]:
     """Bootstrap replicates of every classification metric (NaN where undefined), vectorised.
 
-    Uses the same resamples as `bootstrap_ci` with the same seed and groups.
+    Uses the same resamples as `bootstrap_ci` with the same seed and groups. Besides the five
+    metrics (shape ``[n_boot]``) it returns ``f1_per_class`` (shape ``[n_boot, C]``).
     """
-    chunks: dict[str, list[NDArray[np.float64]]] = {m: [] for m in CLASSIFICATION_METRICS}
+    chunks: dict[str, list[NDArray[np.float64]]] = {
+        m: [] for m in (*CLASSIFICATION_METRICS, "f1_per_class")
+    }
     for weights in resample_counts(len(y), groups=groups, n_boot=n_boot, seed=seed):
         cm = _weighted.confusion_from_weights(weights, y, y_pred, n_classes)
         for name, values in _weighted.metrics_from_confusion(cm).items():
@@ -197,7 +227,9 @@ def _validate(
         raise ValueError(f"class_names has duplicates: {names}")
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2 or s.shape[1] != len(names):
-        raise ValueError(f"scores must have shape [n, {len(names)}] (one column per class), got {s.shape}")
+        raise ValueError(
+            f"scores must have shape [n, {len(names)}] (one column per class), got {s.shape}"
+        )
     if s.shape[0] == 0:
         raise ValueError("no items to evaluate (n = 0): check the data set and on_error skips")
     check_finite_rows(s, "scores", item_names)
@@ -215,18 +247,24 @@ def encode_labels(y_true: ArrayLike, names: list[str]) -> NDArray[np.int64]:
     if arr.dtype.kind in "iu":
         bad = (arr < 0) | (arr >= len(names))
         if bad.any():
-            raise ValueError(f"y_true holds class index {int(arr[bad][0])}, outside 0..{len(names) - 1} for classes {names}")
+            raise ValueError(
+                f"y_true holds class index {int(arr[bad][0])}, outside 0..{len(names) - 1} for classes {names}"
+            )
         return arr.astype(np.int64)
     if arr.dtype.kind in "UO":
         index = {n: i for i, n in enumerate(names)}
         unknown = sorted({str(v) for v in arr if str(v) not in index})
         if unknown:
-            raise ValueError(f"labels {unknown} are not among the classes {names}; add them to the prompt set")
+            raise ValueError(
+                f"labels {unknown} are not among the classes {names}; add them to the prompt set"
+            )
         return np.fromiter((index[str(v)] for v in arr), dtype=np.int64, count=len(arr))
     raise ValueError(f"y_true must hold class indices or label strings, got dtype {arr.dtype}")
 
 
-def check_finite_rows(values: NDArray[np.float64], what: str, item_names: Sequence[str] | None = None) -> None:
+def check_finite_rows(
+    values: NDArray[np.float64], what: str, item_names: Sequence[str] | None = None
+) -> None:
     """Raise `NonFiniteError` naming the first row of ``values`` holding NaN or Inf."""
     bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
     if bad.any():

@@ -91,8 +91,9 @@ def card_from_dir(name: str, folder: Path) -> ModelCard:
     pre = json.loads(pre_path.read_text(encoding="utf-8")) if pre_path.is_file() else {}
     vision = config.get("vision_config", {})
     text = config.get("text_config", {})
-    crop = pre.get("crop_size", vision.get("image_size", 224))
-    crop = crop.get("height", crop.get("shortest_edge")) if isinstance(crop, dict) else crop
+    crop: Any = pre.get("crop_size", vision.get("image_size", 224))
+    if isinstance(crop, dict):
+        crop = crop.get("height") or crop.get("shortest_edge") or vision.get("image_size", 224)
     return ModelCard(
         name=name,
         family="hf_clip",
@@ -129,4 +130,5 @@ def build_hf_clip(request: LoadRequest) -> HFClipEncoder:
         raise FileNotFoundError(f"no tokenizer directory for {card.name}: pass hf-clip:<DIR>")
     tok_dir = request.asset_dir / TOKENIZER_SUBDIR
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir if tok_dir.is_dir() else request.asset_dir))
-    return HFClipEncoder(model.to(request.device), tokenizer, card, request.weights_id)
+    model.to(request.device)  # type: ignore[arg-type]  # transformers' stub for .to is too narrow
+    return HFClipEncoder(model, tokenizer, card, request.weights_id)

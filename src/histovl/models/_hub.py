@@ -94,7 +94,7 @@ def resolve_snapshot(
     from huggingface_hub import snapshot_download
 
     try:
-        path = snapshot_download(
+        downloaded = snapshot_download(
             repo_id,
             revision=revision,
             cache_dir=str(hub_cache_dir(cache_dir)),
@@ -107,8 +107,8 @@ def resolve_snapshot(
             f"could not download {repo_id} from the Hugging Face hub ({type(err).__name__}: {err}); "
             "check the network, or copy a populated HF cache to this machine"
         ) from err
-    path = Path(str(path))
-    return HubSnapshot(repo_id, path.name, path)
+    folder = Path(str(downloaded))
+    return HubSnapshot(repo_id, folder.name, folder)
 
 
 def first_existing(folder: Path, names: Sequence[str]) -> Path | None:

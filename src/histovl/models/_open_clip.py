@@ -95,7 +95,15 @@ class OpenClipEncoder(Encoder):
 
     def save_assets(self, out_dir: Path) -> dict[str, Any]:
         """Embed the architecture config in the saved card so the directory loads offline."""
-        return {"model_cfg": self.model_cfg} if self.model_cfg else {}
+        cfg = self.model_cfg
+        if cfg is None:
+            if open_clip.get_model_config(self.card.architecture) is None:
+                raise ValueError(
+                    f"cannot save {self.card.name}: its open_clip architecture config is unknown; "
+                    "build OpenClipEncoder with model_cfg=..."
+                )
+            cfg = builtin_model_cfg(self.card.architecture)
+        return {"model_cfg": cfg}
 
 
 def builtin_model_cfg(arch: str) -> dict[str, Any]:

@@ -1,1 +1,65 @@
-"""slides."""
+"""Whole-slide images: reading, tissue detection, tiling, tile embeddings, slide zero-shot, maps.
+
+Example:
+    >>> from histovl.slides import TileSpec, tile_slide
+    >>> result = tile_slide("slide.svs", "out/slide", TileSpec(size=224, mpp=0.5))  # doctest: +SKIP
+"""
+
+from histovl.slides.embedding import (
+    SlideEmbedding,
+    SlideZeroShot,
+    embed_slide,
+    slide_zeroshot,
+    top_j_pool,
+    write_slide_zeroshot,
+)
+from histovl.slides.figures import class_map_image, heatmap_image, tissue_map_image
+from histovl.slides.pipeline import TilingResult, load_tiling, plan_slide, tile_slide
+from histovl.slides.reader import (
+    OpenSlideReader,
+    PlainImageReader,
+    SlideOpenError,
+    SlideReader,
+    SlideReadError,
+    TileFolderReader,
+    TileReadError,
+    allow_large_images,
+    open_slide,
+)
+from histovl.slides.tiling import TILE_COLUMNS, Resolution, TileSpec, iter_tiles, plan_tiles, resolve_resolution
+from histovl.slides.tissue import TissueParams, detect_tissue, otsu_threshold, region_fractions
+
+__all__ = [
+    "TILE_COLUMNS",
+    "OpenSlideReader",
+    "PlainImageReader",
+    "Resolution",
+    "SlideEmbedding",
+    "SlideOpenError",
+    "SlideReadError",
+    "SlideReader",
+    "SlideZeroShot",
+    "TileFolderReader",
+    "TileReadError",
+    "TileSpec",
+    "TilingResult",
+    "TissueParams",
+    "allow_large_images",
+    "class_map_image",
+    "detect_tissue",
+    "embed_slide",
+    "heatmap_image",
+    "iter_tiles",
+    "load_tiling",
+    "open_slide",
+    "otsu_threshold",
+    "plan_slide",
+    "plan_tiles",
+    "region_fractions",
+    "resolve_resolution",
+    "slide_zeroshot",
+    "tile_slide",
+    "tissue_map_image",
+    "top_j_pool",
+    "write_slide_zeroshot",
+]

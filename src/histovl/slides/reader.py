@@ -193,7 +193,7 @@ class OpenSlideReader(SlideReader):
                 self._errors: tuple[type[BaseException], ...] = (openslide.OpenSlideError, OSError, ValueError)
             except ImportError as err:
                 errors.append(f"openslide not installed ({err})")
-            except (OSError, ValueError) as err:  # OpenSlideUnsupportedFormatError is an OSError
+            except (openslide.OpenSlideError, OSError, ValueError) as err:
                 errors.append(f"openslide: {err}")
         if handle is None and self._backend_choice in ("auto", "tiffslide"):
             try:
@@ -255,7 +255,7 @@ class PlainImageReader(SlideReader):
         try:
             with Image.open(self.path) as img:
                 img.load()
-                self._image = composite_on_white(img)
+                self._image = composite_on_white(img).copy()
         except Image.DecompressionBombError as err:
             raise SlideOpenError(
                 f"{self.path} is larger than Pillow's decompression-bomb limit ({err}); if you trust "
@@ -332,7 +332,8 @@ class TileFolderReader(SlideReader):
                 continue
             try:
                 with Image.open(path) as img:
-                    tile = composite_on_white(img)
+                    img.load()
+                    tile = composite_on_white(img).copy()
             except (OSError, ValueError, SyntaxError) as err:
                 raise TileReadError(f"cannot read tile {path}: {err}") from err
             region.paste(tile.resize((tw, th)) if tile.size != (tw, th) else tile, (tx - x, ty - y))

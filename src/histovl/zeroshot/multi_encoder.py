@@ -117,7 +117,7 @@ def ablation_rows(
         if s.m2m_logits is not None:
             rows.append((f"{s.name} only", "many-to-many", softmax(s.m2m_logits)))
     if allow_cross_pairs:
-        for i, (ei, si) in enumerate(zip(encoders, scores, strict=True)):
+        for i, (_ei, si) in enumerate(zip(encoders, scores, strict=True)):
             for j, ej in enumerate(encoders):
                 if i == j:
                     continue

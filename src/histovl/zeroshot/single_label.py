@@ -18,6 +18,7 @@ import pandas as pd
 from histovl.embed import EmbeddingCache, encode_images
 from histovl.embed.engine import OnError
 from histovl.models.encoder import Encoder
+from histovl.reports import predictions_frame
 from histovl.reproducibility import seed_everything
 from histovl.zeroshot.classifier import Aggregate, TextClassifier, build_text_classifier
 
@@ -32,17 +33,6 @@ class ZeroShotResult:
     probabilities: np.ndarray
     class_names: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
-
-
-def predictions_frame(
-    paths: Sequence[str], labels: Sequence[str | None], probs: np.ndarray, class_names: Sequence[str]
-) -> pd.DataFrame:
-    """`path`, `label`, `prediction` and one `score:<label>` column per class."""
-    pred = [class_names[i] for i in probs.argmax(axis=1)] if len(probs) else []
-    df = pd.DataFrame({"path": list(paths), "label": list(labels), "prediction": pred})
-    for j, c in enumerate(class_names):
-        df[f"score:{c}"] = probs[:, j] if len(probs) else []
-    return df
 
 
 def zeroshot(
@@ -166,8 +156,9 @@ def zeroshot(
         y_true, probs, class_names, groups=groups if any(g is not None for g in groups) else None,
         n_boot=n_boot, seed=seed,
     )
-    rel = [_relative(r.path, image_set.root) for r in records]
-    preds = predictions_frame(rel, [r.label for r in records], probs, class_names)
+    preds = predictions_frame(
+        [r.path for r in records], [r.label for r in records], probs, class_names, root=image_set.root
+    )
     skipped_list = [{"path": p, "reason": r} for p, r in skipped.items()]
     metrics["n_skipped"] = len(skipped_list)
 
@@ -188,10 +179,3 @@ def zeroshot(
             },
         )
     return ZeroShotResult(metrics, preds, out_dir, probs, class_names, skipped_list)
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return str(path)

@@ -4,7 +4,11 @@ The strategies are pure functions over embeddings (`strategies`); `multilabel(..
 to end on a data set and writes the standard evaluation outputs (`pipeline`).
 """
 
-from histovl.zeroshot.multilabel.prompts import TextEmbeddingMemo, embed_subsets, subset_prompt_texts
+from histovl.zeroshot.multilabel.prompts import (
+    TextEmbeddingMemo,
+    embed_subsets,
+    subset_prompt_texts,
+)
 from histovl.zeroshot.multilabel.strategies import (
     MAX_POWERSET_LABELS,
     MultilabelDecision,

@@ -1,0 +1,181 @@
+"""Regenerate the bundled histovl-lite weights from ../shared/data with one command.
+
+    python scripts/train_histovl_lite.py                    # train, evaluate, write the asset
+    python scripts/train_histovl_lite.py --ablation         # also clip vs his2lip at equal compute
+
+Steps: (1) Ki67 IHC crops from the DeepLIIF strips, labelled from the nucleus masks; (2) a
+group-aware split of LC25000 lung (near-duplicate groups); (3) `histovl.train.finetune` with the
+his2lip loss, frozen backbones, cached features; (4) zero-shot evaluation with CIs on the held-out
+LC25000 groups (prompt set lung-he-v1) and the DeepLIIF test crops (ki67-ihc-v1); (5) the
+trained heads are written to src/histovl/assets/histovl_lite/histovl-lite.safetensors.
+Nothing from ../shared/data is copied into the repository: crops and manifests go to --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from safetensors.torch import save_file
+
+from histovl.data import ImageSet, load_image_set
+from histovl.models._lite import build_histovl_lite, bundled_card, trained_state_dict
+from histovl.train.features import backbone_image_features
+from histovl.train.finetune import FinetuneConfig, finetune
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+ASSET = REPO / "src" / "histovl" / "assets" / "histovl_lite" / "histovl-lite.safetensors"
+KI67_POSITIVE_FRACTION = 0.10  # positive nucleus area / all nucleus area in a crop
+KI67_MIN_NUCLEUS_PIXELS = 500  # crops with less nucleus area than this are skipped (no cells)
+CROP = 128
+
+
+def nucleus_masks(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Red (Ki67-positive) and blue (negative) nucleus pixels of a DeepLIIF mask panel."""
+    red = (mask[..., 0] > 200) & (mask[..., 1] < 60) & (mask[..., 2] < 60)
+    blue = (mask[..., 2] > 200) & (mask[..., 0] < 60) & (mask[..., 1] < 60)
+    return red, blue
+
+
+def ki67_crops(ihc: np.ndarray, mask: np.ndarray, stride: int) -> list[tuple[int, int, str, float]]:
+    """(x, y, label, positive fraction) of every CROP-px crop with enough nuclei."""
+    red, blue = nucleus_masks(mask)
+    out = []
+    for y in range(0, ihc.shape[0] - CROP + 1, stride):
+        for x in range(0, ihc.shape[1] - CROP + 1, stride):
+            r, b = int(red[y : y + CROP, x : x + CROP].sum()), int(blue[y : y + CROP, x : x + CROP].sum())
+            if r + b < KI67_MIN_NUCLEUS_PIXELS:
+                continue
+            frac = r / (r + b)
+            out.append((x, y, "positive" if frac >= KI67_POSITIVE_FRACTION else "negative", frac))
+    return out
+
+
+def prepare_ki67(work: Path) -> tuple[Path, Path]:
+    """Train crops (train strips, stride 32) and test crops (test strips, no overlap) + manifests."""
+    root = SHARED / "deepliif-ki67" / "Sample_Dataset"
+    manifests = {}
+    for split, stride, prefix in (("train", 32, "ki67_"), ("test", CROP, "")):
+        folder = work / f"ki67-{split}"
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for strip_path in sorted((root / split).glob("*.png")):
+            strip = np.asarray(Image.open(strip_path).convert("RGB"))
+            ihc = strip[:, :512]
+            if split == "train":
+                mask = strip[:, 2560:3072]
+            else:
+                mask = np.asarray(Image.open(root / "test_groundtruth" / strip_path.name).convert("RGB"))
+            for x, y, label, frac in ki67_crops(ihc, mask, stride):
+                name = f"{strip_path.stem}_{x}_{y}.png"
+                Image.fromarray(ihc[y : y + CROP, x : x + CROP]).save(folder / name)
+                rows.append({"path": name, "label": prefix + label, "group": strip_path.stem, "positive_fraction": round(frac, 4)})
+        manifests[split] = folder / "manifest.csv"
+        pd.DataFrame(rows).to_csv(manifests[split], index=False)
+    return manifests["train"], manifests["test"]
+
+
+def lc25000_groups(lung: ImageSet, feature_cache: Path) -> list[str]:
+    """Near-duplicate groups: the data package's grouping when present, else feature clustering."""
+    try:
+        from histovl.data.splits import near_duplicate_groups  # type: ignore[import-not-found]
+
+        return [str(g) for g in near_duplicate_groups(lung)]
+    except ImportError:
+        pass
+    from sklearn.cluster import AgglomerativeClustering
+
+    encoder = build_histovl_lite(bundled_card(), None)
+    feats = backbone_image_features(encoder, lung.paths, cache_dir=feature_cache).numpy()
+    feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    labels = np.array(lung.labels)
+    groups = np.empty(len(labels), dtype=object)
+    for cls in sorted(set(labels)):
+        idx = np.flatnonzero(labels == cls)
+        # ~250 originals per class; 150 clusters merges generously (conservative against leakage)
+        cl = AgglomerativeClustering(n_clusters=150, metric="cosine", linkage="average").fit_predict(feats[idx])
+        groups[idx] = [f"{cls}-{c}" for c in cl]
+    return [str(g) for g in groups]
+
+
+def split_lc25000(work: Path, feature_cache: Path, val_fraction: float, seed: int) -> tuple[Path, Path]:
+    lung = load_image_set(SHARED / "lc25000-lung")
+    groups = lc25000_groups(lung, feature_cache)
+    rng = np.random.default_rng(seed)
+    labels = np.array(lung.labels)
+    gser = pd.Series(groups)
+    val_groups: set[str] = set()
+    for cls in sorted(set(labels)):
+        uniq = sorted(set(gser[labels == cls]))
+        rng.shuffle(uniq)
+        val_groups.update(uniq[: int(round(len(uniq) * val_fraction))])
+    frame = pd.DataFrame({"path": [str(p) for p in lung.paths], "label": labels, "group": groups})
+    is_val = frame["group"].isin(val_groups)
+    out = work / "lc25000"
+    out.mkdir(parents=True, exist_ok=True)
+    frame[~is_val].to_csv(out / "train.csv", index=False)
+    frame[is_val].to_csv(out / "val.csv", index=False)
+    return out / "train.csv", out / "val.csv"
+
+
+def combined(*sets: ImageSet) -> ImageSet:
+    records = tuple(r for s in sets for r in s.records)
+    return ImageSet(records=records, root=Path("/"), source=sets[0].source, kind="manifest")
+
+
+def evaluate(model_dir: Path | str, data: Path, prompts: str, out: Path, seed: int) -> dict[str, object]:
+    from histovl.zeroshot import zeroshot
+
+    res = zeroshot(str(model_dir), str(data), prompts, out, allow_absolute_paths=True, seed=seed)
+    return {k: res.metrics[k] for k in ("n", "f1_macro", "balanced_accuracy", "auroc_macro", "ci95")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, default=REPO / ".histovl-cache" / "train-lite")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ablation", action="store_true", help="also train clip vs his2lip at equal compute")
+    parser.add_argument("--no-asset", action="store_true", help="do not overwrite the shipped weights")
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        raise SystemExit(f"{SHARED} not found: this script needs ../shared/data")
+    work: Path = args.work
+    cache = work / "features"
+    t0 = time.perf_counter()
+    ki_train, ki_test = prepare_ki67(work)
+    lc_train, lc_val = split_lc25000(work, cache, val_fraction=0.25, seed=args.seed)
+    train_set = combined(
+        load_image_set(lc_train, allow_absolute_paths=True), load_image_set(ki_train)
+    )
+    val_set = load_image_set(lc_val, allow_absolute_paths=True)
+    print(f"data ready: {len(train_set)} training items, {len(val_set)} LC25000 validation ({time.perf_counter() - t0:.0f} s)")
+    summary: dict[str, object] = {}
+    losses = ("his2lip", "clip") if args.ablation else ("his2lip",)
+    for loss in losses:
+        cfg = FinetuneConfig(loss=loss, epochs=args.epochs, batch_size=256, lr=2e-3, train="projections", seed=args.seed)
+        start = time.perf_counter()
+        encoder = build_histovl_lite(bundled_card(), None)
+        res = finetune(encoder, train_set, work / f"model-{loss}", config=cfg, val_data=val_set,
+                       val_prompts="lung-he-v1", feature_cache=cache)
+        seconds = time.perf_counter() - start
+        summary[loss] = {
+            "train_seconds": round(seconds, 1),
+            "lc25000_val": evaluate(res.out, lc_val, "lung-he-v1", work / f"eval-{loss}-lc25000", args.seed),
+            "ki67_test": evaluate(res.out, ki_test, "ki67-ihc-v1", work / f"eval-{loss}-ki67", args.seed),
+        }
+        if loss == "his2lip" and not args.no_asset:
+            ASSET.parent.mkdir(parents=True, exist_ok=True)
+            save_file(trained_state_dict(res.encoder), str(ASSET), metadata={"loss": loss, "epochs": str(args.epochs)})
+    (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

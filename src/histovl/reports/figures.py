@@ -1,0 +1,152 @@
+"""Figures for reports, built on `matplotlib.figure.Figure` directly.
+
+Using the object API (never ``pyplot``) means no global backend switch and no figure registry:
+importing histovl does not change a user's matplotlib state, figures are garbage-collected like
+any object, and rendering works headless (``Figure.savefig`` uses the Agg canvas for PNG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
+
+from histovl._io import atomic_path
+
+
+def save_figure(fig: Figure, target: str | Path, *, dpi: int = 110) -> Path:
+    """Render ``fig`` to a PNG at ``target`` atomically (temp file, then rename)."""
+    target = Path(target)
+    with atomic_path(target, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return target
+
+
+def confusion_matrix_figure(
+    matrix: ArrayLike, class_names: Sequence[str], *, title: str = "Confusion matrix"
+) -> Figure:
+    """Two panels: raw counts and row-normalised rates (rows = true class, columns = predicted).
+
+    Example:
+        >>> fig = confusion_matrix_figure([[5, 1], [2, 7]], ["benign", "tumour"])
+        >>> len(fig.axes) >= 2
+        True
+    """
+    cm = np.asarray(matrix, dtype=np.float64)
+    n = len(class_names)
+    if cm.shape != (n, n):
+        raise ValueError(
+            f"confusion matrix has shape {cm.shape}, expected ({n}, {n}) for {n} classes"
+        )
+    support = cm.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = np.where(support > 0, cm / np.maximum(support, 1), np.nan)
+    side = max(3.2, 0.55 * n + 1.8)
+    fig = Figure(figsize=(2 * side + 1.0, side), layout="constrained")
+    axes = fig.subplots(1, 2)
+    panels = (
+        (cm, "counts", "{:.0f}", None),
+        (rates, "row-normalised (recall on the diagonal)", "{:.2f}", (0.0, 1.0)),
+    )
+    for ax, (values, subtitle, fmt, limits) in zip(axes, panels, strict=True):
+        vmin, vmax = (
+            limits
+            if limits
+            else (0.0, max(float(np.nanmax(values)) if np.isfinite(values).any() else 1.0, 1.0))
+        )
+        image = ax.imshow(np.nan_to_num(values, nan=0.0), cmap="Blues", vmin=vmin, vmax=vmax)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(subtitle, fontsize=9)
+        ax.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n), labels=list(class_names), fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if n <= 25:
+            threshold = vmin + 0.6 * (vmax - vmin)
+            for i in range(n):
+                for j in range(n):
+                    v = values[i, j]
+                    text = "–" if not np.isfinite(v) else fmt.format(v)
+                    colour = "white" if np.isfinite(v) and v > threshold else "black"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
+    fig.suptitle(title)
+    return fig
+
+
+def per_class_bar_figure(
+    values: Mapping[str, float | None],
+    *,
+    intervals: Mapping[str, Sequence[float | None]] | None = None,
+    metric_name: str = "F1",
+    title: str | None = None,
+) -> Figure:
+    """Horizontal bars of one metric per class, with CI whiskers where given.
+
+    ``None`` values (undefined metric) are drawn as an empty slot labelled "n/a".
+    """
+    labels = list(values)
+    vals = np.array([np.nan if values[k] is None else float(values[k]) for k in labels])  # type: ignore[arg-type]
+    fig = Figure(figsize=(6.0, max(2.0, 0.35 * len(labels) + 1.0)), layout="constrained")
+    ax = fig.subplots()
+    ypos = np.arange(len(labels))
+    ax.barh(ypos, np.nan_to_num(vals, nan=0.0), color="#4C72B0")
+    text_x = np.nan_to_num(vals, nan=0.0)
+    if intervals:
+        for i, (y, label) in enumerate(zip(ypos, labels, strict=True)):
+            lo, hi = (list(intervals.get(label) or [None, None]) + [None, None])[:2]
+            if lo is not None and hi is not None:
+                ax.plot([lo, hi], [y, y], color="black", linewidth=1.2)
+                ax.plot([lo, lo], [y - 0.15, y + 0.15], color="black", linewidth=1.2)
+                ax.plot([hi, hi], [y - 0.15, y + 0.15], color="black", linewidth=1.2)
+                text_x[i] = max(text_x[i], hi)
+    for y, v, x in zip(ypos, vals, text_x, strict=True):
+        ax.text(
+            float(x) + 0.01, float(y), "n/a" if np.isnan(v) else f"{v:.3f}", va="center", fontsize=7
+        )
+    ax.set_yticks(ypos, labels=labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0.0, 1.12)
+    ax.set_xlabel(metric_name + (" (whiskers: 95% CI)" if intervals else ""))
+    ax.set_title(title or f"{metric_name} per class", fontsize=10)
+    return fig
+
+
+def select_confident_examples(
+    predictions: pd.DataFrame,
+    *,
+    k: int = 8,
+    label_column: str = "label",
+    prediction_column: str = "prediction",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``k`` most confident right and the ``k`` most confident wrong predictions.
+
+    Confidence is the score of the predicted class (column ``score:<prediction>``), as written
+    by `histovl.reports.predictions_frame`. Returns ``(right, wrong)`` frames sorted by
+    decreasing confidence, each with an added ``confidence`` column. Ties keep input order.
+    """
+    missing = {label_column, prediction_column} - set(predictions.columns)
+    if missing:
+        raise ValueError(
+            f"predictions lacks column(s) {sorted(missing)}; have {list(predictions.columns)}"
+        )
+    frame = predictions.copy()
+    score_columns = [c for c in frame.columns if str(c).startswith("score:")]
+    column_of = {str(c)[len("score:") :]: i for i, c in enumerate(score_columns)}
+    scores = (
+        frame[score_columns].to_numpy(dtype=np.float64)
+        if score_columns
+        else np.empty((len(frame), 0))
+    )
+    col = np.array([column_of.get(str(p), -1) for p in frame[prediction_column]], dtype=np.int64)
+    confidence = np.full(len(frame), np.nan)
+    known = col >= 0
+    confidence[known] = scores[np.flatnonzero(known), col[known]]
+    frame["confidence"] = confidence
+    correct = frame[label_column].astype(str) == frame[prediction_column].astype(str)
+    right = frame[correct].sort_values("confidence", ascending=False, kind="mergesort").head(k)
+    wrong = frame[~correct].sort_values("confidence", ascending=False, kind="mergesort").head(k)
+    return right, wrong

@@ -1,0 +1,240 @@
+"""The output folder every evaluation command writes (INTERFACES.md "Commands and their outputs").
+
+``metrics.json``, ``predictions.csv``, ``run.json`` and ``report.html`` with its figures and
+thumbnails, each written atomically (temp file + rename), so an interrupted run leaves whole
+files or none. ``run.json`` is written last: its presence means the folder is complete.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+
+from histovl._io import atomic_open, atomic_write_json
+from histovl.errors import NonFiniteError
+from histovl.reports.figures import (
+    confusion_matrix_figure,
+    per_class_bar_figure,
+    select_confident_examples,
+)
+from histovl.reports.html import GridItem, Report
+
+SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "auroc_macro")
+
+
+def write_evaluation_outputs(
+    out_dir: str | Path,
+    *,
+    metrics: Mapping[str, Any],
+    predictions: pd.DataFrame,
+    run_record: Mapping[str, Any],
+    report: Report | None,
+) -> dict[str, Path]:
+    """Write metrics.json, predictions.csv, report.html (+ PNGs) and run.json into ``out_dir``.
+
+    Raises:
+        NonFiniteError: a NaN/Inf is anywhere in ``metrics`` or ``run_record`` (named by its key
+            path); undefined values must be ``None`` so the JSON stays valid. Nothing is written.
+
+    Example:
+        >>> # paths = write_evaluation_outputs("out", metrics=m, predictions=df,
+        >>> #                                  run_record=rec, report=build_classification_report(...))
+    """
+    find_non_finite(metrics, "metrics")
+    find_non_finite(run_record, "run_record")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if report is not None:
+        written["report"] = report.write(out)
+    written["metrics"] = out / "metrics.json"
+    atomic_write_json(written["metrics"], dict(metrics))
+    written["predictions"] = out / "predictions.csv"
+    with atomic_open(written["predictions"], "w", encoding="utf-8", newline="") as fh:
+        predictions.to_csv(fh, index=False)
+    written["run"] = out / "run.json"
+    atomic_write_json(written["run"], dict(run_record))
+    return written
+
+
+def find_non_finite(obj: Any, where: str) -> None:
+    """Raise `NonFiniteError` naming the first NaN/Inf float inside nested dicts/lists."""
+    if isinstance(obj, float | np.floating):
+        if not math.isfinite(float(obj)):
+            raise NonFiniteError(
+                f"{where} is {obj}; report undefined values as None, never NaN/Inf"
+            )
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            find_non_finite(value, f"{where}[{key!r}]")
+    elif isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            find_non_finite(value, f"{where}[{i}]")
+    elif isinstance(obj, np.ndarray) and obj.dtype.kind == "f" and not np.isfinite(obj).all():
+        raise NonFiniteError(f"{where} holds NaN/Inf; report undefined values as None")
+
+
+def predictions_frame(
+    paths: Sequence[str | Path],
+    labels: Sequence[str] | None,
+    scores: ArrayLike,
+    class_names: Sequence[str],
+    *,
+    groups: Sequence[str | None] | None = None,
+    root: str | Path | None = None,
+) -> pd.DataFrame:
+    """The single-label ``predictions.csv`` table: path, label, prediction, score:<class>...
+
+    ``prediction`` is the argmax of ``scores``. Paths are written relative to ``root`` when given
+    (portable outputs). ``group`` is added when ``groups`` is given.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    names = [str(c) for c in class_names]
+    if s.shape != (len(paths), len(names)):
+        raise ValueError(f"scores has shape {s.shape}, expected ({len(paths)}, {len(names)})")
+    frame = pd.DataFrame({"path": [_relative(p, root) for p in paths]})
+    if labels is not None:
+        frame["label"] = [str(x) for x in labels]
+    if groups is not None:
+        frame["group"] = list(groups)
+    frame["prediction"] = [names[i] for i in s.argmax(axis=1)] if len(s) else []
+    for c, name in enumerate(names):
+        frame[f"score:{name}"] = s[:, c]
+    return frame
+
+
+def multilabel_predictions_frame(
+    paths: Sequence[str | Path],
+    labels: Sequence[Sequence[str]] | None,
+    decisions: ArrayLike,
+    scores: ArrayLike,
+    class_names: Sequence[str],
+    *,
+    groups: Sequence[str | None] | None = None,
+    root: str | Path | None = None,
+) -> pd.DataFrame:
+    """The multi-label ``predictions.csv``: path, labels, predictions (``;``-joined), score:<class>."""
+    d = np.asarray(decisions, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    names = [str(c) for c in class_names]
+    if d.shape != (len(paths), len(names)) or s.shape != d.shape:
+        raise ValueError(
+            f"decisions {d.shape} and scores {s.shape} must both be ({len(paths)}, {len(names)})"
+        )
+    frame = pd.DataFrame({"path": [_relative(p, root) for p in paths]})
+    if labels is not None:
+        frame["labels"] = [";".join(str(x) for x in row) for row in labels]
+    if groups is not None:
+        frame["group"] = list(groups)
+    frame["predictions"] = [
+        ";".join(n for n, on in zip(names, row, strict=True) if on) for row in d
+    ]
+    for c, name in enumerate(names):
+        frame[f"score:{name}"] = s[:, c]
+    return frame
+
+
+def build_classification_report(
+    title: str,
+    metrics: Mapping[str, Any],
+    predictions: pd.DataFrame,
+    run_record: Mapping[str, Any] | None = None,
+    *,
+    image_root: str | Path | None = None,
+    n_examples: int = 8,
+    subtitle: str = "",
+) -> Report:
+    """The standard single-label report: summary with CIs, confusion matrices, per-class table and
+    F1 chart, the most confident right and wrong images, and provenance.
+
+    ``predictions`` is a `predictions_frame`; its ``path`` column is resolved against
+    ``image_root`` for the thumbnails.
+    """
+    report = Report(title, subtitle=subtitle)
+    report.add_metrics(
+        metrics,
+        names=[m for m in SUMMARY_METRICS if m in metrics] + ["n"],
+        title="Summary",
+        caption=_ci_caption(metrics),
+    )
+    names = list(metrics["class_names"])
+    report.add_figure(
+        "confusion_matrix",
+        confusion_matrix_figure(metrics["confusion_matrix"], names),
+        title="Confusion matrix",
+    )
+    per_class = metrics.get("per_class") or {}
+    if per_class:
+        table = pd.DataFrame(
+            [
+                {
+                    "class": k,
+                    **{f: v.get(f) for f in ("support", "precision", "recall", "f1", "auroc")},
+                    "f1 95% CI": _interval_text(v.get("f1_ci95")),
+                }
+                for k, v in per_class.items()
+            ]
+        )
+        report.add_table(table, title="Per class")
+        report.add_figure(
+            "f1_per_class",
+            per_class_bar_figure(
+                {k: v.get("f1") for k, v in per_class.items()},
+                intervals={k: v.get("f1_ci95") or [None, None] for k, v in per_class.items()},
+            ),
+            title="F1 per class",
+        )
+    right, wrong = select_confident_examples(predictions, k=n_examples)
+    for frame, heading, correct in (
+        (right, "Most confident correct predictions", True),
+        (wrong, "Most confident wrong predictions", False),
+    ):
+        items = [
+            GridItem(
+                _resolve(row["path"], image_root),
+                f"true: {row['label']} / pred: {row['prediction']} ({row['confidence']:.3f})",
+                correct,
+            )
+            for _, row in frame.iterrows()
+        ]
+        report.add_image_grid(items, title=heading)
+    if run_record is not None:
+        report.add_provenance(run_record)
+    return report
+
+
+def _ci_caption(metrics: Mapping[str, Any]) -> str:
+    unit = metrics.get("bootstrap_unit", "item")
+    level = metrics.get("ci_level", 0.95)
+    n_boot = metrics.get("n_boot")
+    if not n_boot:
+        return "No bootstrap intervals were computed (n_boot = 0)."
+    groups = f" over {metrics.get('n_groups')} groups" if unit == "group" else ""
+    return f"{level:.0%} percentile bootstrap intervals from {n_boot} resamples of {unit}s{groups}."
+
+
+def _interval_text(interval: Any) -> str:
+    if not interval or interval[0] is None or interval[1] is None:
+        return "–"
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def _relative(path: str | Path, root: str | Path | None) -> str:
+    p = Path(path)
+    if root is not None:
+        try:
+            return p.resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            return str(p)
+    return str(p)
+
+
+def _resolve(path: str, root: str | Path | None) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or root is None else Path(root) / p

@@ -1,0 +1,214 @@
+"""Run records (``run.json``): exactly what produced a set of results.
+
+A record holds the command and its configuration, package versions, platform, UTC time, the git
+commit (and dirty flag) of the histovl source checkout and of the current directory's repository,
+the seed, the model cards, the full prompt set, a hash of the input list, and the skipped inputs.
+Two runs with equal records (minus time) on the same inputs must give the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import histovl
+
+#: run.json key -> distribution names to try (first installed wins).
+PACKAGE_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "torchvision": ("torchvision",),
+    "open_clip": ("open_clip_torch", "open-clip-torch"),
+    "transformers": ("transformers",),
+    "numpy": ("numpy",),
+    "scikit-learn": ("scikit-learn",),
+    "pillow": ("pillow", "Pillow"),
+    "faiss": ("faiss-cpu", "faiss-gpu", "faiss"),
+}
+
+RUN_RECORD_VERSION = 1
+
+
+def build_run_record(
+    *,
+    command: str,
+    config: Mapping[str, Any],
+    models: Sequence[Any],
+    prompt_set: Any | None,
+    seed: int,
+    inputs: Sequence[str | os.PathLike[str]],
+    skipped: Iterable[Mapping[str, Any]] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble the provenance record written to ``run.json``.
+
+    Args:
+        command: the command name (``"zeroshot"``).
+        config: the command's resolved options (paths become strings).
+        models: model cards (`ModelCard`, anything with ``to_dict()``, a dataclass or a dict).
+        prompt_set: the prompt set (pydantic model or dict), recorded in full, or None.
+        seed: the run's seed.
+        inputs: every input file the run considered (before skips).
+        skipped: ``{"path": ..., "reason": ...}`` per input that was skipped.
+        extra: command-specific additions, stored under ``extra``.
+
+    Example:
+        >>> rec = build_run_record(command="zeroshot", config={"batch_size": 64}, models=[],
+        ...                        prompt_set=None, seed=0, inputs=[])
+        >>> rec["n_inputs"], rec["seed"]
+        (0, 0)
+    """
+    skipped_list = [_jsonable(dict(s)) for s in skipped]
+    digest, n_inputs, total_bytes, root = input_hash(inputs)
+    return {
+        "run_record_version": RUN_RECORD_VERSION,
+        "command": command,
+        "argv": list(sys.argv),
+        "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seed": int(seed),
+        "config": _jsonable(dict(config)),
+        "models": [_card_dict(m) for m in models],
+        "prompt_set": None if prompt_set is None else _prompt_set_dict(prompt_set),
+        "versions": package_versions(),
+        "platform": platform_info(),
+        "histovl_git": git_info(Path(histovl.__file__).resolve().parent),
+        "cwd_git": git_info(Path.cwd()),
+        "input_hash": digest,
+        "input_root": root,
+        "n_inputs": n_inputs,
+        "input_bytes": total_bytes,
+        "n_skipped": len(skipped_list),
+        "skipped": skipped_list,
+        "extra": _jsonable(dict(extra or {})),
+    }
+
+
+def input_hash(inputs: Sequence[str | os.PathLike[str]]) -> tuple[str, int, int, str | None]:
+    """sha256 over the sorted input paths (relative to their common root) and their sizes.
+
+    Relative paths make the hash independent of where the data set is mounted; sizes catch most
+    replaced files without reading every byte (content identity is the embedding cache's job).
+    A missing file contributes size ``-1``. Returns ``(hexdigest, count, total_bytes, root)``.
+    """
+    paths = [Path(p).resolve() for p in inputs]
+    if not paths:
+        return hashlib.sha256(b"").hexdigest(), 0, 0, None
+    root = Path(os.path.commonpath([str(p) for p in paths]))
+    if root in paths:  # a single file (or the same file listed every time): hash it by name
+        root = root.parent
+    entries = []
+    total = 0
+    for p in paths:
+        size = p.stat().st_size if p.exists() else -1
+        total += max(size, 0)
+        entries.append((p.relative_to(root).as_posix(), size))
+    h = hashlib.sha256()
+    for rel, size in sorted(entries):
+        h.update(f"{rel}\t{size}\n".encode())
+    return h.hexdigest(), len(paths), total, str(root)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of Python, histovl and the libraries that change results (None if absent)."""
+    versions: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "histovl": histovl.__version__,
+    }
+    for key, dists in PACKAGE_DISTRIBUTIONS.items():
+        versions[key] = None
+        for dist in dists:
+            try:
+                versions[key] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def platform_info() -> dict[str, Any]:
+    """OS, machine and CPU count (numbers can differ across BLAS builds and CPUs)."""
+    return {
+        "system": platform.system(),
+        "release": platform.release(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "python_implementation": platform.python_implementation(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def git_info(directory: Path) -> dict[str, Any]:
+    """Commit and dirty flag of the git work tree containing ``directory`` (read-only git).
+
+    ``--no-optional-locks`` keeps ``git status`` from rewriting the index, so recording provenance
+    never touches the repository. Without git or outside a work tree the commit is None.
+    """
+    info: dict[str, Any] = {"path": None, "commit": None, "dirty": None}
+    top = _git(directory, "rev-parse", "--show-toplevel")
+    if top is None:
+        return info
+    info["path"] = top
+    info["commit"] = _git(directory, "rev-parse", "HEAD")
+    status = _git(directory, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
+    info["dirty"] = None if status is None else bool(status)
+    return info
+
+
+def _git(directory: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=directory, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _card_dict(model: Any) -> dict[str, Any]:
+    if isinstance(model, Mapping):
+        return _jsonable(dict(model))
+    if hasattr(model, "to_dict"):
+        return _jsonable(dict(model.to_dict()))
+    if dataclasses.is_dataclass(model) and not isinstance(model, type):
+        return _jsonable(dataclasses.asdict(model))
+    raise TypeError(
+        f"cannot record model card of type {type(model).__name__}; pass a ModelCard or a dict"
+    )
+
+
+def _prompt_set_dict(prompt_set: Any) -> dict[str, Any]:
+    if isinstance(prompt_set, Mapping):
+        return _jsonable(dict(prompt_set))
+    if hasattr(prompt_set, "model_dump"):
+        return _jsonable(prompt_set.model_dump(mode="json"))
+    if dataclasses.is_dataclass(prompt_set) and not isinstance(prompt_set, type):
+        return _jsonable(dataclasses.asdict(prompt_set))
+    raise TypeError(
+        f"cannot record prompt set of type {type(prompt_set).__name__}; pass a PromptSet or a dict"
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    """Paths -> str, tuples/sets -> lists, numpy scalars -> Python, recursively."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, set | frozenset):
+        return sorted(_jsonable(v) for v in obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", None) == 0:
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj

@@ -1,0 +1,353 @@
+"""`finetune`: contrastive fine-tuning of any registered model on image-caption pairs.
+
+The loop is written so `torchrun` + DDP can run it unchanged: each rank takes a strided shard of
+the epoch's permutation (`DistributedHooks`), embeddings are all-gathered before the loss (the
+losses take full-batch embeddings), and only rank 0 writes files. A frozen tower's backbone
+features are computed once and cached (`histovl.train.features`), which is what makes CPU
+training of histovl-lite practical.
+
+Example:
+    >>> result = finetune("histovl-lite", "tiles/", "runs/ft", loss="his2lip", epochs=5)  # doctest: +SKIP
+    >>> load_model("runs/ft")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from histovl._io import atomic_write_json, atomic_write_text
+from histovl.models.encoder import Encoder
+from histovl.reproducibility import seed_everything
+from histovl.train.captions import CaptionTemplates, load_caption_templates, sample_captions
+from histovl.train.checkpoint import load_checkpoint, save_checkpoint
+from histovl.train.features import (
+    SplitTowers,
+    backbone_image_features,
+    backbone_text_features,
+    image_loader,
+    log_logit_scale_parameter,
+    parameter_groups,
+)
+from histovl.train.losses import His2LipWeights, get_loss
+from histovl.train.validation import zero_shot_scores
+
+TrainMode = Literal["all", "projections", "lock-image", "lock-text"]
+MODE_GROUPS: dict[str, tuple[str, ...]] = {
+    "all": ("image", "text", "image_projection", "text_projection", "logit_scale"),
+    "projections": ("image_projection", "text_projection", "logit_scale"),
+    "lock-image": ("text", "text_projection", "logit_scale"),
+    "lock-text": ("image", "image_projection", "logit_scale"),
+}
+MAX_LOG_SCALE = math.log(100.0)
+LOG_FILE = "train_log.csv"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that changes a fine-tuning run (recorded in ``finetune.json``).
+
+    Attributes:
+        loss: ``clip`` or ``his2lip``.
+        epochs, batch_size, lr, weight_decay: the usual; batch_size is per optimizer micro-step.
+        accumulation: micro-batches per optimizer step (each micro-batch is its own contrastive
+            batch; gradients are summed).
+        warmup_fraction: share of optimizer steps with linear warm-up before the cosine decay.
+        train: which parameters learn (`MODE_GROUPS`).
+        seed: drives shuffling, caption sampling and initialisation.
+        his2lip: weights of the his2lip loss.
+        grad_clip: max global gradient norm (0 disables).
+    """
+
+    loss: str = "his2lip"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    accumulation: int = 1
+    warmup_fraction: float = 0.1
+    train: TrainMode = "projections"
+    seed: int = 0
+    his2lip: His2LipWeights = field(default_factory=His2LipWeights)
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        get_loss(self.loss)
+        if self.train not in MODE_GROUPS:
+            raise ValueError(f"train must be one of {sorted(MODE_GROUPS)}, got {self.train!r}")
+        if self.epochs < 1 or self.batch_size < 2 or self.accumulation < 1:
+            raise ValueError("epochs >= 1, batch_size >= 2 and accumulation >= 1 are required")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DistributedHooks:
+    """Process layout for DDP (defaults: one process). `all_gather` concatenates over ranks."""
+
+    rank: int = 0
+    world_size: int = 1
+    all_gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class FinetuneResult:
+    """The output directory (a loadable model), the per-epoch log and the trained encoder."""
+
+    out: Path
+    log: pd.DataFrame
+    encoder: Encoder
+
+
+def _resolve_encoder(model: str | Encoder) -> Encoder:
+    if isinstance(model, Encoder):
+        return model
+    from histovl.models import load_model
+
+    return load_model(model)
+
+
+def _resolve_set(data: Any, allow_absolute_paths: bool = False) -> Any:
+    if hasattr(data, "records"):
+        return data
+    from histovl.data import load_image_set
+
+    return load_image_set(data, allow_absolute_paths=allow_absolute_paths)
+
+
+def _pairs_from_set(image_set: Any, templates: CaptionTemplates) -> tuple[list[str] | None, list[str] | None]:
+    """Fixed captions from a `caption` column, or None (captions are drawn from labels per epoch)."""
+    captions = image_set.extra_column("caption") if hasattr(image_set, "extra_column") else [None] * len(image_set)
+    if all(c for c in captions):
+        labels = image_set.labels if image_set.has_labels else None
+        return [str(c) for c in captions], labels
+    if not image_set.has_labels:
+        raise ValueError(f"{image_set.source}: give a `caption` column or labels (to caption through templates)")
+    return None, list(image_set.labels)
+
+
+def lr_lambda(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    """Linear warm-up then cosine decay to zero, as a multiplier of the base learning rate."""
+    warmup = max(1, int(round(total_steps * warmup_fraction))) if warmup_fraction > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def finetune(
+    model: str | Encoder,
+    data: Any,
+    out: str | os.PathLike[str],
+    *,
+    config: FinetuneConfig | None = None,
+    val_data: Any = None,
+    val_prompts: Any = None,
+    caption_templates: str | Path | None = None,
+    resume: bool = False,
+    feature_cache: str | Path | None = None,
+    num_workers: int = 0,
+    allow_absolute_paths: bool = False,
+    hooks: DistributedHooks | None = None,
+    progress: Callable[[str], None] | None = print,
+) -> FinetuneResult:
+    """Fine-tune `model` contrastively on `data`; write a loadable model dir to `out`.
+
+    Args:
+        model: registry name, spec, model dir or an `Encoder`.
+        data: class folder, CSV manifest or `ImageSet`; captions come from a `caption` column,
+            else from the labels through `caption_templates` (the shipped file by default).
+        out: output directory: the model (via `save_model_dir`), ``train_log.csv``,
+            ``checkpoint.pt`` (atomic, each epoch) and ``finetune.json``.
+        config: hyper-parameters (`FinetuneConfig()` by default).
+        val_data, val_prompts: optional labelled validation set and prompt set (name, path or
+            `PromptSet`); zero-shot macro F1 on it is logged each epoch.
+        resume: continue from ``out/checkpoint.pt`` (same config required); the result equals
+            an uninterrupted run.
+        feature_cache: folder to keep frozen-backbone image features between runs.
+        num_workers: image decode workers.
+        allow_absolute_paths: accept manifest paths outside the manifest's folder.
+        hooks: DDP process layout (single process by default).
+        progress: called with one line per epoch (None for silence).
+    """
+    cfg = config or FinetuneConfig()
+    dist = hooks or DistributedHooks()
+    out_dir = Path(out)
+    seed_everything(cfg.seed)
+    encoder = _resolve_encoder(model)
+    image_set = _resolve_set(data, allow_absolute_paths)
+    templates = load_caption_templates(caption_templates)
+    fixed_captions, labels = _pairs_from_set(image_set, templates)
+    tissue_ids = stain_ids = None
+    if labels is not None and all(lab in templates.labels for lab in labels):
+        t_np, s_np = templates.metadata_ids(labels)
+        tissue_ids, stain_ids = torch.from_numpy(t_np), torch.from_numpy(s_np)
+    elif labels is not None:  # labels without template entries: same label = same "tissue"
+        classes = sorted(set(labels))
+        tissue_ids = torch.tensor([classes.index(lab) for lab in labels])
+
+    trainable = set(MODE_GROUPS[cfg.train])
+    groups = parameter_groups(encoder)
+    for name, params in groups.items():
+        for p in params:
+            p.requires_grad_(name in trainable)
+    params = [p for name in MODE_GROUPS[cfg.train] for p in groups[name]]
+    log_scale = log_logit_scale_parameter(encoder)
+    if hasattr(encoder, "trained_backbone_prefixes"):
+        encoder.trained_backbone_prefixes = tuple(  # type: ignore[assignment]
+            prefix for grp, prefix in (("image", "image_backbone."), ("text", "text_backbone.")) if grp in trainable
+        )
+    encoder.eval()  # BatchNorm statistics and dropout stay as pretrained (small CPU batches)
+
+    split = isinstance(encoder, SplitTowers)
+    towers = cast(SplitTowers, encoder)
+    cache_images = split and "image" not in trainable
+    cache_texts = split and "text" not in trainable
+    paths = list(image_set.paths)
+    image_feats = None
+    if cache_images:
+        image_feats = backbone_image_features(towers, paths, num_workers=num_workers, cache_dir=feature_cache)
+
+    val = None
+    if val_data is not None and val_prompts is not None:
+        vset = _resolve_set(val_data, allow_absolute_paths)
+        val = _prepare_validation(encoder, vset, val_prompts, cache_images, num_workers, feature_cache)
+
+    n = len(paths)
+    shard = max(1, math.ceil(n / dist.world_size))
+    micro_per_epoch = math.ceil(shard / cfg.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.accumulation)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps_per_epoch * cfg.epochs, cfg.warmup_fraction))
+    loss_fn = get_loss(cfg.loss)
+
+    rows: list[dict[str, Any]] = []
+    start_epoch = 0
+    ckpt_path = out_dir / "checkpoint.pt"
+    if resume and ckpt_path.is_file():
+        start_epoch, rows = load_checkpoint(ckpt_path, encoder, optimizer, scheduler, cfg.to_dict())
+
+    text_cache: dict[str, torch.Tensor] = {}
+
+    def text_embed(captions: Sequence[str]) -> torch.Tensor:
+        if not cache_texts:
+            return encoder.encode_text(captions)
+        missing = [c for c in dict.fromkeys(captions) if c not in text_cache]
+        if missing:
+            for c, f in zip(missing, backbone_text_features(towers, missing), strict=True):
+                text_cache[c] = f
+        feats = torch.stack([text_cache[c] for c in captions]).to(encoder.device)
+        return nn.functional.normalize(towers.project_text(feats).float(), dim=-1)
+
+    def image_embed(idx: torch.Tensor) -> torch.Tensor:
+        if image_feats is not None:
+            feats = image_feats[idx].to(encoder.device)
+            return nn.functional.normalize(towers.project_image(feats).float(), dim=-1)
+        pixels = next(iter(image_loader([paths[int(i)] for i in idx], encoder.preprocess, len(idx), 0)))
+        return encoder.encode_image(pixels)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        order = order[dist.rank :: dist.world_size]
+        captions = fixed_captions or sample_captions(templates, labels or [], seed=cfg.seed * 7_919 + epoch)
+        total, count = 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        for micro, start in enumerate(range(0, len(order), cfg.batch_size)):
+            idx = order[start : start + cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            img = dist.all_gather(image_embed(idx))
+            txt = dist.all_gather(text_embed([captions[int(i)] for i in idx]))
+            gathered = dist.all_gather(idx)
+            scale = log_scale.clamp(max=MAX_LOG_SCALE).exp()
+            extra: dict[str, Any] = {}
+            if cfg.loss == "his2lip":
+                extra = {
+                    "tissue": None if tissue_ids is None else tissue_ids[gathered],
+                    "stain": None if stain_ids is None else stain_ids[gathered],
+                    "weights": cfg.his2lip,
+                }
+            loss = loss_fn(img, txt, scale, **extra)
+            (loss / cfg.accumulation).backward()
+            total, count = total + float(loss.detach()), count + 1
+            if (micro + 1) % cfg.accumulation == 0 or start + cfg.batch_size >= len(order):
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": total / max(1, count),
+            "lr": optimizer.param_groups[0]["lr"],
+            "logit_scale": float(log_scale.detach().clamp(max=MAX_LOG_SCALE).exp()),
+        }
+        if val is not None:
+            row.update(_validate(encoder, val))
+        rows.append(row)
+        if dist.is_main:
+            save_checkpoint(ckpt_path, encoder, optimizer, scheduler, cfg.to_dict(), epoch + 1, rows)
+            atomic_write_text(out_dir / LOG_FILE, pd.DataFrame(rows).to_csv(index=False))
+        if progress is not None and dist.is_main:
+            progress(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+    if dist.is_main:
+        from histovl.models import save_model_dir
+
+        save_model_dir(encoder, out_dir)
+        atomic_write_text(out_dir / LOG_FILE, pd.DataFrame(rows).to_csv(index=False))
+        atomic_write_json(
+            out_dir / "finetune.json",
+            {"config": cfg.to_dict(), "base_model": encoder.card.name, "n_train": n, "caption_templates": templates.name},
+        )
+    return FinetuneResult(out=out_dir, log=pd.DataFrame(rows), encoder=encoder)
+
+
+@dataclass
+class _Validation:
+    labels: list[str]
+    prompt_set: Any
+    features: torch.Tensor | None
+    paths: list[Path]
+    num_workers: int
+
+
+def _prepare_validation(
+    encoder: Encoder, val_data: Any, val_prompts: Any, cache: bool, num_workers: int, feature_cache: Any
+) -> _Validation:
+    from histovl.prompts import load_prompt_set
+
+    vset = _resolve_set(val_data)
+    prompt_set = val_prompts if hasattr(val_prompts, "classes") else load_prompt_set(val_prompts)
+    feats = None
+    if cache:
+        feats = backbone_image_features(cast(SplitTowers, encoder), vset.paths, num_workers=num_workers, cache_dir=feature_cache)
+    return _Validation(list(vset.labels), prompt_set, feats, list(vset.paths), num_workers)
+
+
+def _validate(encoder: Encoder, val: _Validation) -> dict[str, float]:
+    with torch.inference_mode():
+        if val.features is not None:
+            emb = nn.functional.normalize(cast(SplitTowers, encoder).project_image(val.features).float(), dim=-1)
+        else:
+            emb = torch.cat([encoder.encode_image(px) for px in image_loader(val.paths, encoder.preprocess, 64, val.num_workers)])
+    return zero_shot_scores(encoder, emb.cpu().numpy().astype(np.float32), val.labels, val.prompt_set)
