@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from histovl.cli.common import BatchOpt, DeviceOpt, OutOpt, QuietOpt, TrustOpt
+
+if TYPE_CHECKING:
+    from histovl.slides import TileSpec
 
 SlideOpt = Annotated[Path, typer.Option("--slide", "-s", help="Slide file (.svs, .ndpi, .tif, ...), plain image, or folder of tiles.")]
 MppOpt = Annotated[float | None, typer.Option("--mpp", help="Target µm per pixel of the tiles (e.g. 0.5).")]
@@ -20,7 +23,7 @@ ReadersOpt = Annotated[int | None, typer.Option("--readers", min=1, help="Tile-r
 BadOpt = Annotated[int | None, typer.Option("--max-bad-tiles", min=0, help="Unreadable tiles tolerated before the slide fails [default: max(5, 1%)].")]
 
 
-def _spec(size: int, mpp: float | None, magnification: float | None, tissue_threshold: float, max_bad_tiles: int | None):  # type: ignore[no-untyped-def]
+def _spec(size: int, mpp: float | None, magnification: float | None, tissue_threshold: float, max_bad_tiles: int | None) -> TileSpec:
     from histovl.slides import TileSpec
 
     return TileSpec(size=size, mpp=mpp, magnification=magnification, tissue_threshold=tissue_threshold, max_bad_tiles=max_bad_tiles)

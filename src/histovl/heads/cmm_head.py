@@ -43,6 +43,8 @@ class CMMHead:
         (n_images, n_classes)
     """
 
+    extra_: dict[str, Any]  # set by `load`: what `save(extra=...)` recorded (model spec, tokens)
+
     def __init__(
         self,
         *,
@@ -69,7 +71,6 @@ class CMMHead:
         self.batch_size = batch_size
         self.random_state = random_state
         self.device = device
-        self.extra_: dict[str, Any] = {}
 
     # ---- scikit-learn protocol -----------------------------------------------------------
     def get_params(self, deep: bool = True) -> dict[str, Any]:

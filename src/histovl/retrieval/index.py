@@ -105,7 +105,7 @@ class VectorIndex:
         self.options = options or IndexOptions()
         self.model = dict(model or {})
         self.cache_key = cache_key
-        self.records = pd.DataFrame({"path": pd.Series([], dtype=str), "label": pd.Series([], dtype=object), "group": pd.Series([], dtype=object)})
+        self.records = _records_frame([], None, None)
         self._faiss: faiss.Index | None = None
         self._faiss_file: str | None = None
         self._group_cache: tuple[np.ndarray, dict[object, int]] | None = None
@@ -163,13 +163,7 @@ class VectorIndex:
         if not self._faiss.is_trained:
             self._faiss.train(v)
         self._faiss.add(v)
-        new = pd.DataFrame(
-            {
-                "path": names,
-                "label": list(labels) if labels is not None else [None] * n,
-                "group": list(groups) if groups is not None else [None] * n,
-            }
-        )
+        new = _records_frame(names, labels, groups)
         self.records = new if self.records.empty else pd.concat([self.records, new], ignore_index=True)
         self._group_cache = None
 
@@ -276,14 +270,30 @@ class VectorIndex:
         index._faiss = faiss.read_index(str(faiss_path))
         apply_search_options(index._faiss, options)
         index._faiss_file = faiss_path.name
-        records = pq.read_table(folder / METADATA_FILE).to_pandas()
-        index.records = records[["path", "label", "group"]].astype(object).where(records[["path", "label", "group"]].notna(), None)
+        table = pq.read_table(folder / METADATA_FILE)
+        index.records = _records_frame(
+            table.column("path").to_pylist(), table.column("label").to_pylist(), table.column("group").to_pylist()
+        )
         if index.ntotal != len(index.records) or index.ntotal != int(settings["ntotal"]):
             raise IndexFormatError(
                 f"index {folder} is inconsistent: {index.ntotal} vectors but {len(index.records)} "
                 "metadata rows; rebuild it with `histovl index build`"
             )
         return index
+
+
+def _records_frame(
+    paths: Sequence[str], labels: Sequence[str | None] | None, groups: Sequence[str | None] | None
+) -> pd.DataFrame:
+    """One row per vector; object columns so None stays None (not NaN) and round-trips."""
+    n = len(paths)
+    return pd.DataFrame(
+        {
+            "path": pd.Series([str(p) for p in paths], dtype=object),
+            "label": pd.Series(list(labels) if labels is not None else [None] * n, dtype=object),
+            "group": pd.Series(list(groups) if groups is not None else [None] * n, dtype=object),
+        }
+    )
 
 
 def _read_settings(folder: Path) -> dict[str, Any]:

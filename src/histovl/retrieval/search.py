@@ -101,12 +101,13 @@ def search_excluding(
     if (qgroups >= 0).any() and (db_groups is None or len(db_groups) != ntotal):
         raise ValueError("query_groups needs db_groups with one code per index item")
     dbg = np.full(ntotal, -1, np.int64) if db_groups is None else np.asarray(db_groups, np.int64)
-    extra = _extra_per_query(excl, qgroups, dbg)
-
+    if (excl >= ntotal).any():
+        raise ValueError(f"exclude_ids must be index ids below {ntotal} (or -1 for none)")
     ids = np.full((n, k), -1, np.int64)
     scores = np.full((n, k), -np.inf, np.float32)
     if ntotal == 0 or n == 0:
         return SearchResult(ids, scores)
+    extra = _extra_per_query(excl, qgroups, dbg)
     for start in range(0, n, max(1, batch_size)):
         rows = np.arange(start, min(n, start + batch_size))
         kk = min(ntotal, k + int(extra[rows].max()))

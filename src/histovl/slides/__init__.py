@@ -26,7 +26,14 @@ from histovl.slides.reader import (
     allow_large_images,
     open_slide,
 )
-from histovl.slides.tiling import TILE_COLUMNS, Resolution, TileSpec, iter_tiles, plan_tiles, resolve_resolution
+from histovl.slides.tiling import (
+    TILE_COLUMNS,
+    Resolution,
+    TileSpec,
+    iter_tiles,
+    plan_tiles,
+    resolve_resolution,
+)
 from histovl.slides.tissue import TissueParams, detect_tissue, otsu_threshold, region_fractions
 
 __all__ = [

@@ -60,7 +60,7 @@ def tissue_map_image(
 def class_map_image(
     thumbnail: Image.Image,
     tiles: pd.DataFrame,
-    predicted: Sequence[int],
+    predicted: Sequence[int] | np.ndarray,
     class_names: Sequence[str],
     extent0: int,
     level0_size: tuple[int, int],

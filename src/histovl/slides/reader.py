@@ -67,6 +67,8 @@ def composite_on_white(img: Image.Image) -> Image.Image:
     """RGB copy of `img` with any transparency composited onto white."""
     if img.mode == "RGB":
         return img
+    if img.mode == "RGBA" and img.getchannel("A").getextrema() == (255, 255):
+        return img.convert("RGB")  # fully scanned region: the common case, skip the composite
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -137,10 +139,15 @@ class SlideReader(abc.ABC):
         return region.resize(target, Image.Resampling.BILINEAR)
 
     def reopen(self) -> None:
-        """Close and reopen the underlying file (after a read error left it in a bad state)."""
+        """Close and reopen the underlying file (after a read error left it in a bad state).
+
+        Readers that hold no file handle (in-memory images) have nothing to do.
+        """
+        return None
 
     def close(self) -> None:
-        """Release the file handle."""
+        """Release the file handle (nothing to do for in-memory readers)."""
+        return None
 
     def __enter__(self) -> SlideReader:
         return self

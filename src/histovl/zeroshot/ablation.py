@@ -92,7 +92,10 @@ def ablate_fusion(
     ]
     ok = np.logical_and.reduce([ok_e for _, ok_e, _ in scored])
     scores, ident = [], []
-    for s, ok_e, emb in scored:
+    names = [e.card.name for e in encoders]
+    for i, (s, ok_e, emb) in enumerate(scored):
+        if names.count(s.name) > 1:  # two encoders of one name (e.g. two seeds): keep rows apart
+            s.name = f"{s.name}#{i + 1}"
         keep = ok[ok_e]
         s.logits = s.logits[keep]
         s.m2m_logits = s.m2m_logits[keep] if s.m2m_logits is not None else None

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from histovl.slides.tissue import TissueParams, detect_tissue, otsu_threshold, region_fractions, rgb_to_hsv
+from histovl.slides.tissue import (
+    TissueParams,
+    detect_tissue,
+    otsu_threshold,
+    region_fractions,
+    rgb_to_hsv,
+)
 
 
 def test_otsu_matches_scikit_image() -> None:
