@@ -13,13 +13,17 @@ from histovl.metrics.bootstrap import (
     resample_counts,
 )
 from histovl.metrics.classification import CLASSIFICATION_METRICS, classification_metrics
+from histovl.metrics.multilabel import MULTILABEL_METRICS, binary_decisions, multilabel_metrics
 
 __all__ = [
     "CLASSIFICATION_METRICS",
+    "MULTILABEL_METRICS",
     "ConfidenceInterval",
+    "binary_decisions",
     "bootstrap_ci",
     "bootstrap_cis",
     "classification_metrics",
+    "multilabel_metrics",
     "percentile_interval",
     "resample_counts",
 ]

@@ -104,10 +104,10 @@ def classification_metrics(
     point: dict[str, float | None] = {
         "accuracy": float(accuracy_score(y, y_pred)),
         "balanced_accuracy": balanced,
-        "f1_macro": _none_if_nan(
+        "f1_macro": none_if_nan(
             f1_score(y, y_pred, labels=labels, average="macro", zero_division=np.nan)
         ),
-        "f1_weighted": _none_if_nan(
+        "f1_weighted": none_if_nan(
             f1_score(y, y_pred, labels=labels, average="weighted", zero_division=np.nan)
         ),
         "auroc_macro": float(np.mean([per_class_auroc[c] for c in defined_auroc]))
@@ -132,9 +132,9 @@ def classification_metrics(
         "confusion_matrix": confusion_matrix(y, y_pred, labels=labels).astype(int).tolist(),
         "per_class": {
             names[c]: {
-                "precision": _none_if_nan(precision[c]),
-                "recall": _none_if_nan(recall[c]),
-                "f1": _none_if_nan(f1[c]),
+                "precision": none_if_nan(precision[c]),
+                "recall": none_if_nan(recall[c]),
+                "f1": none_if_nan(f1[c]),
                 "f1_ci95": f1_intervals[c],
                 "support": int(support[c]),
                 "auroc": per_class_auroc[c],
@@ -277,6 +277,7 @@ def check_finite_rows(
         )
 
 
-def _none_if_nan(value: Any) -> float | None:
+def none_if_nan(value: Any) -> float | None:
+    """float, or None for NaN (undefined metrics are JSON null, never NaN)."""
     f = float(value)
     return None if np.isnan(f) else f

@@ -27,7 +27,7 @@ from scipy.special import expit
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from histovl.metrics.bootstrap import group_codes, percentile_interval, resample_counts
-from histovl.metrics.classification import check_finite_rows
+from histovl.metrics.classification import check_finite_rows, none_if_nan
 
 #: metrics reported with a confidence interval, in the order of ``metrics.json``.
 MULTILABEL_METRICS = ("macc", "f1_macro", "f1_micro", "exact_match")
@@ -72,22 +72,27 @@ def multilabel_metrics(
         0.75
     """
     names = [str(c) for c in class_names]
-    truth, decisions = _validate(y_true, probs, names, threshold=threshold, from_logits=from_logits,
-                                 item_names=item_names)
+    truth, decisions = _validate(
+        y_true, probs, names, threshold=threshold, from_logits=from_logits, item_names=item_names
+    )
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, decisions, average=None, zero_division=np.nan
     )
-    label_accuracy = [float(accuracy_score(truth[:, c], decisions[:, c])) for c in range(len(names))]
+    label_accuracy = [
+        float(accuracy_score(truth[:, c], decisions[:, c])) for c in range(len(names))
+    ]
     point = {
         "macc": float(np.mean(label_accuracy)),
-        "f1_macro": _none_if_nan(f1_score(truth, decisions, average="macro", zero_division=np.nan)),
-        "f1_micro": _none_if_nan(f1_score(truth, decisions, average="micro", zero_division=np.nan)),
+        "f1_macro": none_if_nan(f1_score(truth, decisions, average="macro", zero_division=np.nan)),
+        "f1_micro": none_if_nan(f1_score(truth, decisions, average="micro", zero_division=np.nan)),
         "exact_match": float(accuracy_score(truth, decisions)),
     }
     intervals: dict[str, list[float | None]] = {m: [None, None] for m in MULTILABEL_METRICS}
     skipped = {m: 0 for m in MULTILABEL_METRICS}
     if n_boot > 0:
-        replicates = multilabel_replicates(truth, decisions, groups=groups, n_boot=n_boot, seed=seed)
+        replicates = multilabel_replicates(
+            truth, decisions, groups=groups, n_boot=n_boot, seed=seed
+        )
         for name in MULTILABEL_METRICS:
             iv = percentile_interval(replicates[name], ci)
             intervals[name], skipped[name] = iv.as_list(), iv.n_skipped
@@ -104,9 +109,9 @@ def multilabel_metrics(
         "threshold": threshold,
         "per_label": {
             names[c]: {
-                "precision": _none_if_nan(precision[c]),
-                "recall": _none_if_nan(recall[c]),
-                "f1": _none_if_nan(f1[c]),
+                "precision": none_if_nan(precision[c]),
+                "recall": none_if_nan(recall[c]),
+                "f1": none_if_nan(f1[c]),
                 "accuracy": label_accuracy[c],
                 "support": int(support[c]),
             }
@@ -147,13 +152,19 @@ def multilabel_replicates(
             f1 = np.where(denom > 0, 2 * tp / denom, np.nan)
             valid = np.isfinite(f1)
             n_valid = valid.sum(axis=1)
-            out["f1_macro"].append(np.where(n_valid > 0, np.where(valid, f1, 0).sum(axis=1) / np.maximum(n_valid, 1), np.nan))
+            out["f1_macro"].append(
+                np.where(
+                    n_valid > 0, np.where(valid, f1, 0).sum(axis=1) / np.maximum(n_valid, 1), np.nan
+                )
+            )
             pooled = denom.sum(axis=1)
             out["f1_micro"].append(np.where(pooled > 0, 2 * tp.sum(axis=1) / pooled, np.nan))
     return {m: np.concatenate(v) for m, v in out.items()}
 
 
-def binary_decisions(probs: ArrayLike, *, threshold: float = 0.5, from_logits: bool = False) -> NDArray[np.bool_]:
+def binary_decisions(
+    probs: ArrayLike, *, threshold: float = 0.5, from_logits: bool = False
+) -> NDArray[np.bool_]:
     """``sigma(logit) >= threshold`` (``from_logits``) or ``prob >= threshold``; bools pass through."""
     arr = np.asarray(probs)
     if arr.dtype == bool:
@@ -177,7 +188,9 @@ def _validate(
         raise ValueError(f"class_names must be distinct and non-empty, got {names}")
     truth_raw = np.asarray(y_true)
     if truth_raw.ndim != 2 or truth_raw.shape[1] != len(names):
-        raise ValueError(f"y_true must have shape [n, {len(names)}] (one column per label), got {truth_raw.shape}")
+        raise ValueError(
+            f"y_true must have shape [n, {len(names)}] (one column per label), got {truth_raw.shape}"
+        )
     if truth_raw.dtype != bool and not np.isin(truth_raw, (0, 1)).all():
         raise ValueError("y_true must be boolean or 0/1 indicators of each label")
     truth = truth_raw.astype(bool)
@@ -187,13 +200,11 @@ def _validate(
     if len(truth) == 0:
         raise ValueError("no items to evaluate (n = 0): check the data set and on_error skips")
     if scores.dtype != bool:
-        check_finite_rows(np.asarray(scores, dtype=np.float64), "logits" if from_logits else "probabilities",
-                          item_names)
+        check_finite_rows(
+            np.asarray(scores, dtype=np.float64),
+            "logits" if from_logits else "probabilities",
+            item_names,
+        )
         if not from_logits and ((scores < 0) | (scores > 1)).any():
             raise ValueError("probs lie outside [0, 1]: pass from_logits=True for raw logits")
     return truth, binary_decisions(scores, threshold=threshold, from_logits=from_logits)
-
-
-def _none_if_nan(value: Any) -> float | None:
-    f = float(value)
-    return None if np.isnan(f) else f

@@ -152,15 +152,19 @@ def build_model(cfg: dict[str, Any]) -> CLIP | CustomTextCLIP:
     return model_cls(**cfg).eval()
 
 
-def build_tokenizer(cfg: dict[str, Any], context_length: int) -> Any:
-    """open_clip's tokenizer for the config: CLIP BPE, or the HF tokenizer a text tower names."""
+def build_tokenizer(card: ModelCard, cfg: dict[str, Any]) -> Any:
+    """The tokenizer open_clip would pick: the HF tokenizer a text tower names, open_clip's own
+    choice for a built-in architecture (CLIP BPE, SigLIP's...), else CLIP BPE."""
     text_cfg = cfg["text_cfg"]
+    kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
     name = text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name")
     if name:
         return open_clip.tokenizer.HFTokenizer(
-            name, context_length=context_length, **text_cfg.get("tokenizer_kwargs", {})
+            name, context_length=card.context_length, tokenizer_mode=text_cfg.get("tokenizer_mode"), **kwargs
         )
-    return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    if open_clip.get_model_config(card.architecture) is not None:
+        return open_clip.get_tokenizer(card.architecture, context_length=card.context_length)
+    return open_clip.tokenizer.SimpleTokenizer(context_length=card.context_length, **kwargs)
 
 
 def adapt_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -213,5 +217,5 @@ def build_open_clip(request: LoadRequest) -> OpenClipEncoder:
         raise FileNotFoundError(f"no weights file for {card.name}: pass open_clip:ARCH:PATH")
     sd = adapt_state_dict(model, read_checkpoint(request.weights, trust_checkpoint=request.trust_checkpoint))
     load_state_dict_strict(model, sd, source=str(request.weights), ignore=legacy_buffers(model))
-    tokenizer = build_tokenizer(cfg, card.context_length)
+    tokenizer = build_tokenizer(card, cfg)
     return OpenClipEncoder(model.to(request.device), tokenizer, card, request.weights_id, cfg)

@@ -1,4 +1,4 @@
-"""BiomedCLIP's layout at toy size: timm ViT image tower + HF BERT text tower (CustomTextCLIP),
+"""BiomedCLIP's layout at toy size: timm ViT image tower (timm's `test_vit`) + HF BERT text tower (CustomTextCLIP),
 published as an open_clip hub repo, loaded offline from the local cache."""
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def biomedclip_like(tmp_path: Path, offline_hub: Path) -> tuple[str, dict, torch
     BertTokenizer(str(bert / "vocab.txt")).save_pretrained(str(bert))
     cfg = {
         "embed_dim": 16,
-        "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False, "timm_pool": "",
-                       "timm_proj": "linear", "image_size": 224},
+        "vision_cfg": {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "",
+                       "timm_proj": "linear", "image_size": 160},
         "text_cfg": {"hf_model_name": str(bert), "hf_tokenizer_name": str(bert), "hf_proj_type": "mlp",
                      "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 256},
     }
@@ -52,13 +52,13 @@ def biomedclip_like(tmp_path: Path, offline_hub: Path) -> tuple[str, dict, torch
 def test_bert_text_tower_model_loads_and_matches(biomedclip_like, tmp_path: Path) -> None:
     spec, cfg, ref = biomedclip_like
     enc = load_model(spec)
-    assert not enc.card.text_causal and enc.card.context_length == 256 and enc.card.image_size == 224
+    assert not enc.card.text_causal and enc.card.context_length == 256 and enc.card.image_size == 160
     prompts = ["an H&E image of lung adenocarcinoma.", "benign lung tissue"]
     theirs = open_clip.tokenizer.HFTokenizer(cfg["text_cfg"]["hf_tokenizer_name"], context_length=256)
     with torch.no_grad():
         expected = torch.nn.functional.normalize(ref.encode_text(theirs(prompts)), dim=-1)
         torch.testing.assert_close(enc.encode_text(prompts), expected, rtol=0, atol=1e-6)
-        x = torch.randn(1, 3, 224, 224)
+        x = torch.randn(1, 3, 160, 160)
         torch.testing.assert_close(enc.encode_image(x), torch.nn.functional.normalize(ref.encode_image(x), dim=-1), rtol=0, atol=1e-6)
         back = load_model(save_model_dir(enc, tmp_path / "saved"))
         torch.testing.assert_close(back.encode_text(prompts), enc.encode_text(prompts), rtol=0, atol=0)

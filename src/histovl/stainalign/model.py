@@ -1,0 +1,254 @@
+"""HistoStainAlign: predict an IHC status from the H&E slide, trained with paired H&E/IHC slides.
+
+Architecture (Ghazal et al., arXiv:2506.15853, as implemented here; docs/stainalign.md):
+
+- one `GatedAttentionPool` per stain turns a bag of frozen tile embeddings into a slide
+  embedding; a linear projection per stain maps it into a shared space (L2-normalised);
+- training minimises ``CE(classifier(e_HE), y) + align_weight × InfoNCE_sym(e_HE, e_IHC)``
+  jointly, so the H&E embedding is pulled towards the IHC embedding of the same case (no tile
+  registration, no tile labels);
+- prediction uses only the H&E branch: ``classifier(e_HE)``.
+
+``align=False`` is the paper's baseline: the same encoder, pooling, projection and classifier,
+trained with the classification loss alone (the IHC branch is unused).
+
+The estimator follows scikit-learn's contract: `__init__` stores parameters, `fit` returns self,
+learned state ends in ``_``, and `random_state` fixes initialisation, shuffling and tile sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from histovl._io import atomic_path, atomic_write_json
+from histovl.errors import NonFiniteError
+from histovl.stainalign.mil import GatedAttentionPool, pad_bags, symmetric_contrastive_loss
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StainAlignParams:
+    """Hyper-parameters (all of `HistoStainAlign.__init__`)."""
+
+    align: bool = True
+    hidden_dim: int = 128
+    attention_dim: int = 64
+    projection_dim: int = 64
+    temperature: float = 0.1
+    align_weight: float = 1.0
+    dropout: float = 0.1
+    epochs: int = 60
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_tiles: int = 512
+    class_weight: str | None = "balanced"
+    random_state: int = 0
+
+
+class _Network(nn.Module):
+    def __init__(self, in_dim: int, n_classes: int, p: StainAlignParams) -> None:
+        super().__init__()
+        self.he_pool = GatedAttentionPool(in_dim, p.hidden_dim, p.attention_dim, p.dropout)
+        self.ihc_pool = GatedAttentionPool(in_dim, p.hidden_dim, p.attention_dim, p.dropout)
+        self.he_proj = nn.Linear(p.hidden_dim, p.projection_dim)
+        self.ihc_proj = nn.Linear(p.hidden_dim, p.projection_dim)
+        self.classifier = nn.Linear(p.projection_dim, n_classes)
+
+    def he_embed(self, bags: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z, att = self.he_pool(bags, mask)
+        return F.normalize(self.he_proj(z), dim=-1), att
+
+    def ihc_embed(self, bags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        z, _ = self.ihc_pool(bags, mask)
+        return F.normalize(self.ihc_proj(z), dim=-1)
+
+
+def _as_bags(bags: Sequence[np.ndarray], what: str, dim: int | None = None) -> list[torch.Tensor]:
+    out = []
+    for i, b in enumerate(bags):
+        arr = np.asarray(b, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[0] == 0:
+            raise ValueError(f"{what} bag {i} must be a non-empty [n_tiles, dim] array, got shape {arr.shape}")
+        if dim is not None and arr.shape[1] != dim:
+            raise ValueError(f"{what} bag {i} has dimension {arr.shape[1]}, the model expects {dim}")
+        if not np.isfinite(arr).all():
+            raise NonFiniteError(f"{what} bag {i} holds NaN/Inf tile embeddings; re-embed that slide")
+        out.append(torch.from_numpy(arr))
+    return out
+
+
+class HistoStainAlign:
+    """Attention-MIL H&E→IHC status classifier with (or, as baseline, without) stain alignment.
+
+    Example:
+        >>> model = HistoStainAlign(epochs=5).fit(he_bags, ihc_bags, labels)  # doctest: +SKIP
+        >>> model.predict_proba(he_bags).shape  # doctest: +SKIP
+        (n_slides, 2)
+    """
+
+    def __init__(self, **params: Any) -> None:
+        unknown = set(params) - set(StainAlignParams.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown HistoStainAlign parameter(s): {sorted(unknown)}")
+        self.params = StainAlignParams(**params)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return asdict(self.params)
+
+    def set_params(self, **params: Any) -> HistoStainAlign:
+        self.params = StainAlignParams(**{**asdict(self.params), **params})
+        return self
+
+    # ---- training -----------------------------------------------------------------------------
+    def fit(self, he_bags: Sequence[np.ndarray], ihc_bags: Sequence[np.ndarray] | None, y: Sequence[str]) -> HistoStainAlign:
+        """Train on paired bags (`ihc_bags` may be None only when ``align=False``)."""
+        p = self.params
+        labels = [str(v) for v in y]
+        if len(labels) != len(he_bags):
+            raise ValueError(f"{len(he_bags)} H&E bags but {len(labels)} labels")
+        classes = sorted(set(labels))
+        if len(classes) < 2:
+            raise ValueError(f"need at least two classes to train a status classifier, got {classes}")
+        he = _as_bags(he_bags, "H&E")
+        dim = int(he[0].shape[1])
+        he = _as_bags(he_bags, "H&E", dim)
+        ihc: list[torch.Tensor] | None = None
+        if p.align:
+            if ihc_bags is None or len(ihc_bags) != len(he):
+                raise ValueError("alignment needs one IHC bag per H&E bag (pass align=False for the baseline)")
+            ihc = _as_bags(ihc_bags, "IHC", dim)
+        target = torch.tensor([classes.index(v) for v in labels])
+        counts = torch.bincount(target, minlength=len(classes)).float()
+        weight = (counts.sum() / (len(classes) * counts.clamp(min=1))) if p.class_weight == "balanced" else None
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(p.random_state)
+            gen = torch.Generator().manual_seed(p.random_state)
+            net = _Network(dim, len(classes), p)
+            opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+            history: list[dict[str, float]] = []
+            n = len(he)
+            for epoch in range(p.epochs):
+                net.train()
+                order = torch.randperm(n, generator=gen).tolist()
+                batches = [order[s : s + p.batch_size] for s in range(0, n, p.batch_size)]
+                if len(batches) > 1 and len(batches[-1]) < 2:  # InfoNCE needs >= 2 pairs
+                    batches[-2].extend(batches.pop())
+                sums = {"loss": 0.0, "cls": 0.0, "align": 0.0}
+                for idx in batches:
+                    he_x, he_m = pad_bags([self._sample(he[i], gen) for i in idx])
+                    e_he, _ = net.he_embed(he_x, he_m)
+                    cls_loss = F.cross_entropy(net.classifier(e_he), target[idx], weight=weight)
+                    loss = cls_loss
+                    align_loss = torch.zeros(())
+                    if ihc is not None and len(idx) >= 2:
+                        ihc_x, ihc_m = pad_bags([self._sample(ihc[i], gen) for i in idx])
+                        align_loss = symmetric_contrastive_loss(e_he, net.ihc_embed(ihc_x, ihc_m), p.temperature)
+                        loss = loss + p.align_weight * align_loss
+                    if not torch.isfinite(loss):
+                        raise NonFiniteError(f"HistoStainAlign loss became NaN/Inf at epoch {epoch}; lower --lr")
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    for key, val in (("loss", loss), ("cls", cls_loss), ("align", align_loss)):
+                        sums[key] += float(val) * len(idx) / n
+                history.append({"epoch": float(epoch), **sums})
+        net.eval()
+        self.network_ = net
+        self.classes_ = classes
+        self.n_features_in_ = dim
+        self.history_ = history
+        return self
+
+    def _sample(self, bag: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if bag.shape[0] <= self.params.max_tiles:
+            return bag
+        return bag[torch.randperm(bag.shape[0], generator=gen)[: self.params.max_tiles]]
+
+    # ---- inference ----------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "network_"):
+            raise RuntimeError("this HistoStainAlign is not fitted yet: call fit() or HistoStainAlign.load()")
+
+    def _he_forward(self, he_bags: Sequence[np.ndarray], batch: int = 32) -> tuple[torch.Tensor, list[np.ndarray]]:
+        self._check_fitted()
+        bags = _as_bags(he_bags, "H&E", self.n_features_in_)
+        embs, atts = [], []
+        with torch.inference_mode():
+            for s in range(0, len(bags), batch):
+                chunk = bags[s : s + batch]
+                x, m = pad_bags(chunk)
+                e, a = self.network_.he_embed(x, m)
+                embs.append(e)
+                atts.extend(a[i, : len(b)].numpy() for i, b in enumerate(chunk))
+        return torch.cat(embs), atts
+
+    def transform(self, he_bags: Sequence[np.ndarray]) -> np.ndarray:
+        """Aligned H&E slide embeddings [N, projection_dim] (L2-normalised)."""
+        return self._he_forward(he_bags)[0].numpy()
+
+    def predict_proba(self, he_bags: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities [N, C] (columns in `classes_` order) from H&E bags only."""
+        emb, _ = self._he_forward(he_bags)
+        with torch.inference_mode():
+            return torch.softmax(self.network_.classifier(emb).double(), dim=-1).numpy()
+
+    def predict(self, he_bags: Sequence[np.ndarray]) -> list[str]:
+        return [self.classes_[i] for i in self.predict_proba(he_bags).argmax(axis=1)]
+
+    def attention(self, he_bags: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per slide, the H&E attention weight of each tile (sums to 1): the heatmap values."""
+        return self._he_forward(he_bags)[1]
+
+    # ---- persistence --------------------------------------------------------------------------
+    def save(self, out_dir: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+        """Write ``stainalign.safetensors`` + ``stainalign.json`` (no pickle) into `out_dir`."""
+        self._check_fitted()
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in self.network_.state_dict().items()}
+        with atomic_path(out / "stainalign.safetensors", suffix=".safetensors") as tmp:
+            save_file(state, str(tmp))
+        atomic_write_json(
+            out / "stainalign.json",
+            {
+                "format_version": FORMAT_VERSION,
+                "params": asdict(self.params),
+                "classes": self.classes_,
+                "n_features_in": self.n_features_in_,
+                "history": self.history_,
+                **(extra or {}),
+            },
+        )
+        return out
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike[str]) -> tuple[HistoStainAlign, dict[str, Any]]:
+        """Read a model written by `save`; returns the model and its full JSON record."""
+        folder = Path(model_dir)
+        meta_path = folder / "stainalign.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{folder} is not a stainalign model folder (no stainalign.json); run `histovl stainalign fit` first")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{folder}: stainalign format {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+        model = cls(**meta["params"])
+        net = _Network(int(meta["n_features_in"]), len(meta["classes"]), model.params)
+        net.load_state_dict(load_file(str(folder / "stainalign.safetensors")), strict=True)
+        net.eval()
+        model.network_, model.classes_ = net, list(meta["classes"])
+        model.n_features_in_, model.history_ = int(meta["n_features_in"]), list(meta.get("history", []))
+        return model, meta
