@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "histovl.cli.cmm_cmd",
     "histovl.cli.data_cmd",
     "histovl.cli.finetune_cmd",
+    "histovl.cli.retrieve_cmd",
 ]
 
 

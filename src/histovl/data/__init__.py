@@ -8,14 +8,22 @@ Example:
     'RGB'
 """
 
+from typing import Any
+
 from histovl.data.decode import read_rgb
 from histovl.data.loading import DEFAULT_IMAGE_EXTENSIONS, ManifestError, load_image_set
 from histovl.data.paths import UnsafePathError
 from histovl.data.records import ImageRecord, ImageSet
 from histovl.data.validation import validate_labels
 
+# Splits pull in SciPy; load them only when asked for, so `import histovl.data` stays light.
+_LAZY = {"group_split", "near_duplicate_groups", "write_group_manifest"}
+
 __all__ = [
     "DEFAULT_IMAGE_EXTENSIONS",
+    "group_split",
+    "near_duplicate_groups",
+    "write_group_manifest",
     "ImageRecord",
     "ImageSet",
     "ManifestError",
@@ -24,3 +32,11 @@ __all__ = [
     "read_rgb",
     "validate_labels",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from histovl.data import splits
+
+        return getattr(splits, name)
+    raise AttributeError(f"module 'histovl.data' has no attribute {name!r}")

@@ -37,7 +37,8 @@ class ImageTransform(Protocol):
     Working on the model-sized tensor makes a corruption independent of the source image size.
     """
 
-    key: str
+    @property
+    def key(self) -> str: ...
 
     def __call__(self, image: torch.Tensor, seed: int) -> torch.Tensor: ...
 
@@ -219,16 +220,16 @@ def encode_images(
     n_cached = 0
     if ns is not None:
         hit, rows = ns.get(keys)
-        for i, row in zip(np.flatnonzero(hit), rows, strict=True):
-            out[int(i)] = row
+        for hit_index, row in zip(np.flatnonzero(hit), rows, strict=True):
+            out[int(hit_index)] = row
         n_cached = int(hit.sum())
     for i, k in enumerate(keys):
         if (ns is not None or transform is not None) and k is None:
             failures[i] = "file missing or unreadable"
     todo = [i for i in range(n) if out[i] is None and i not in failures]
     if failures and on_error == "raise":
-        i = min(failures)
-        raise ImageReadError(str_paths[i], failures[i])
+        first = min(failures)
+        raise ImageReadError(str_paths[first], failures[first])
 
     used = batch_size
     if todo:

@@ -111,12 +111,12 @@ def encode_images_ray(
     n_cached = 0
     if ns is not None:
         hit, rows = ns.get(keys)
-        for i, row in zip(np.flatnonzero(hit), rows, strict=True):
-            out[int(i)] = row
+        for hit_index, row in zip(np.flatnonzero(hit), rows, strict=True):
+            out[int(hit_index)] = row
         n_cached = int(hit.sum())
     if failures and on_error == "raise":
-        i = min(failures)
-        raise ImageReadError(str_paths[i], failures[i])
+        first = min(failures)
+        raise ImageReadError(str_paths[first], failures[first])
     todo = [i for i in range(len(str_paths)) if out[i] is None and i not in failures]
 
     if todo:

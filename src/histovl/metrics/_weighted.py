@@ -66,34 +66,31 @@ def auroc_ovr_from_weights(
 ) -> FloatArray:
     """Per-class one-vs-rest AUROC ``[B, C]`` under each weight vector; NaN where undefined.
 
-    In score order, with ``cum`` the running negative weight (a leading 0 prepended) and a
-    positive item's tie run spanning sorted positions ``first..last``, the negative weight
-    strictly below it plus half the tied negative weight is ``(cum[first] + cum[last + 1]) / 2``.
-    Only the positive columns are gathered, so the cost is one gather and one cumsum of the
-    ``[B, n]`` weights per class.
+    Negatives are sorted by score once; ``cum`` is their running weight with a leading 0. For a
+    positive with score s, ``cum[searchsorted(s, "left")]`` is the negative weight strictly below
+    s and ``cum[searchsorted(s, "right")]`` adds the tied negatives, so their sum is twice the
+    Mann-Whitney credit (ties count half). The cost per class is one gather and one cumsum of the
+    negatives' weights, plus a gather of the positives' columns.
     """
-    n_boot, n_items = weights.shape
+    n_boot, _ = weights.shape
     n_classes = scores.shape[1]
     out = np.full((n_boot, n_classes), np.nan)
-    w_all = weights.astype(np.int32 if n_items < 2**20 else np.int64, copy=False)
-    total = w_all.sum(axis=1, dtype=np.int64)
-    cum = np.zeros((n_boot, n_items + 1), dtype=np.int64)
+    total = weights.sum(axis=1)
     for c in range(n_classes):
-        order = np.argsort(scores[:, c], kind="mergesort")
-        s_sorted = scores[order, c]
-        positive = y_true[order] == c
-        if not positive.any():
+        positive = y_true == c
+        pos_idx = np.flatnonzero(positive)
+        neg_idx = np.flatnonzero(~positive)
+        if len(pos_idx) == 0 or len(neg_idx) == 0:
             continue
-        new_run = np.r_[True, s_sorted[1:] != s_sorted[:-1]]
-        run_first = np.maximum.accumulate(np.where(new_run, np.arange(n_items), 0))
-        run_last = _run_last(new_run)
-        w_sorted = w_all[:, order]
-        np.cumsum(np.where(positive, 0, w_sorted), axis=1, out=cum[:, 1:])
-        pos_cols = np.flatnonzero(positive)
-        w_pos = w_sorted[:, pos_cols].astype(np.int64)
-        twice_u = (w_pos * (cum[:, run_first[pos_cols]] + cum[:, run_last[pos_cols] + 1])).sum(
-            axis=1
-        )
+        neg_order = neg_idx[np.argsort(scores[neg_idx, c], kind="mergesort")]
+        neg_scores = scores[neg_order, c]
+        pos_scores = scores[pos_idx, c]
+        below = np.searchsorted(neg_scores, pos_scores, side="left")
+        below_or_tied = np.searchsorted(neg_scores, pos_scores, side="right")
+        cum = np.zeros((n_boot, len(neg_order) + 1), dtype=np.int64)
+        np.cumsum(weights[:, neg_order], axis=1, out=cum[:, 1:])
+        w_pos = weights[:, pos_idx]
+        twice_u = (w_pos * (cum[:, below] + cum[:, below_or_tied])).sum(axis=1)
         n_pos = w_pos.sum(axis=1)
         n_neg = total - n_pos
         defined = (n_pos > 0) & (n_neg > 0)
@@ -102,14 +99,6 @@ def auroc_ovr_from_weights(
                 defined, 0.5 * twice_u / (n_pos * n_neg).astype(np.float64), np.nan
             )
     return out
-
-
-def _run_last(new_run: NDArray[np.bool_]) -> NDArray[np.int64]:
-    """For each sorted position, the last position of its run of tied scores."""
-    n = len(new_run)
-    ends = np.r_[np.flatnonzero(new_run)[1:] - 1, n - 1]
-    run_id = np.cumsum(new_run) - 1
-    return ends[run_id]
 
 
 def auroc_macro_from_per_class(per_class: FloatArray) -> FloatArray:

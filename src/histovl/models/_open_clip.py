@@ -97,7 +97,7 @@ class OpenClipEncoder(Encoder):
         """Embed the architecture config in the saved card so the directory loads offline."""
         cfg = self.model_cfg
         if cfg is None:
-            if open_clip.get_model_config(self.card.architecture) is None:
+            if not is_builtin_arch(self.card.architecture):
                 raise ValueError(
                     f"cannot save {self.card.name}: its open_clip architecture config is unknown; "
                     "build OpenClipEncoder with model_cfg=..."
@@ -106,9 +106,14 @@ class OpenClipEncoder(Encoder):
         return {"model_cfg": cfg}
 
 
+def is_builtin_arch(name: str) -> bool:
+    """True for open_clip's own architecture names (never a hub/local-dir id: no lookups)."""
+    return ":" not in name and name in open_clip.list_models()
+
+
 def builtin_model_cfg(arch: str) -> dict[str, Any]:
     """open_clip's config for `arch` (UnknownNameError with suggestions if it has none)."""
-    cfg = open_clip.get_model_config(arch)
+    cfg = open_clip.get_model_config(arch) if is_builtin_arch(arch) else None
     if cfg is None:
         known = open_clip.list_models()
         raise UnknownNameError(
@@ -162,7 +167,7 @@ def build_tokenizer(card: ModelCard, cfg: dict[str, Any]) -> Any:
         return open_clip.tokenizer.HFTokenizer(
             name, context_length=card.context_length, tokenizer_mode=text_cfg.get("tokenizer_mode"), **kwargs
         )
-    if open_clip.get_model_config(card.architecture) is not None:
+    if is_builtin_arch(card.architecture):
         return open_clip.get_tokenizer(card.architecture, context_length=card.context_length)
     return open_clip.tokenizer.SimpleTokenizer(context_length=card.context_length, **kwargs)
 

@@ -89,6 +89,8 @@ class Report:
         ``names`` picks and orders the metrics; by default every numeric top-level entry.
         """
         cis = metrics.get("ci95") or {}
+        level = metrics.get("ci_level", 0.95)
+        ci_header = f"{level:.0%} CI" if isinstance(level, int | float) else "CI"
         keys = (
             list(names) if names is not None else [k for k, v in metrics.items() if _is_number(v)]
         )
@@ -96,7 +98,7 @@ class Report:
         for key in keys:
             interval = cis.get(key)
             rows.append(
-                {"metric": key, "value": _fmt(metrics.get(key)), "95% CI": _fmt_interval(interval)}
+                {"metric": key, "value": _fmt(metrics.get(key)), ci_header: _fmt_interval(interval)}
             )
         self.sections.append(_Section("table", title, pd.DataFrame(rows), caption))
 

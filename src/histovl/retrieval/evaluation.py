@@ -177,7 +177,7 @@ def _bootstrap(
 ) -> dict[str, list[float | None]]:
     if n_boot <= 0:
         return {name: [None, None] for name in names}
-    use_groups = groups if groups is not None and any(g is not None for g in groups) else None
+    use_groups = np.asarray(groups, dtype=object) if groups is not None and any(g is not None for g in groups) else None
     replicates = []
     for counts in resample_counts(values.shape[0], groups=use_groups, n_boot=n_boot, seed=seed):
         weights = counts.astype(np.float64)

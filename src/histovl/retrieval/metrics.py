@@ -81,12 +81,14 @@ def _hits(retrieved: Any, query: Any, k: int) -> np.ndarray:
 
 def ha_per_query(retrieved: Any, query: Any, k: int) -> np.ndarray:
     """1.0 where all top-k results share the query's class (HA@K), else 0.0."""
-    return _hits(retrieved, query, k).all(axis=1).astype(np.float64)
+    out: np.ndarray = np.all(_hits(retrieved, query, k), axis=1).astype(np.float64)
+    return out
 
 
 def recall_per_query(retrieved: Any, query: Any, k: int) -> np.ndarray:
     """1.0 where any of the top-k results shares the query's class (Recall@K), else 0.0."""
-    return _hits(retrieved, query, k).any(axis=1).astype(np.float64)
+    out: np.ndarray = np.any(_hits(retrieved, query, k), axis=1).astype(np.float64)
+    return out
 
 
 def majority_vote(retrieved_codes: np.ndarray, k: int) -> np.ndarray:

@@ -61,7 +61,7 @@ def build_index(
     from histovl.data import load_image_set
     from histovl.models import load_model
 
-    image_set = data if hasattr(data, "records") else load_image_set(data, allow_absolute_paths=allow_absolute_paths)
+    image_set: Any = data if hasattr(data, "records") else load_image_set(data, allow_absolute_paths=allow_absolute_paths)
     encoder = model if isinstance(model, Encoder) else load_model(str(model), device=device, trust_checkpoint=trust_checkpoint)
     folder = Path(out)
     if append and (folder / METADATA_FILE).exists():

@@ -101,7 +101,7 @@ def retrieve(
     from histovl.reproducibility import seed_everything
 
     seed_everything(seed)
-    image_set = data if hasattr(data, "records") else load_image_set(data, allow_absolute_paths=allow_absolute_paths)
+    image_set: Any = data if hasattr(data, "records") else load_image_set(data, allow_absolute_paths=allow_absolute_paths)
     if image_set.multilabel:
         raise ValueError(f"{image_set.source} is multi-label; retrieval evaluation needs one `label` per image")
     if not image_set.has_labels:

@@ -1,1 +1,32 @@
-"""stainalign."""
+"""HistoStainAlign: predict an IHC status from H&E slides, trained on paired H&E/IHC slides.
+
+Example:
+    >>> from histovl.stainalign import stainalign_fit
+    >>> metrics = stainalign_fit("pairs.csv", "runs/ki67", model="histovl-lite")  # doctest: +SKIP
+"""
+
+from histovl.stainalign.bags import SlideBag, build_bag, read_pairs
+from histovl.stainalign.deepliif import build_deepliif_pairs
+from histovl.stainalign.evaluate import CrossValidationResult, cross_validate, grouped_folds, summarise
+from histovl.stainalign.mil import GatedAttentionPool, pad_bags, symmetric_contrastive_loss
+from histovl.stainalign.model import HistoStainAlign, StainAlignParams
+from histovl.stainalign.run import stainalign_eval, stainalign_fit, write_heatmaps
+
+__all__ = [
+    "CrossValidationResult",
+    "GatedAttentionPool",
+    "HistoStainAlign",
+    "SlideBag",
+    "StainAlignParams",
+    "build_bag",
+    "build_deepliif_pairs",
+    "cross_validate",
+    "grouped_folds",
+    "pad_bags",
+    "read_pairs",
+    "stainalign_eval",
+    "stainalign_fit",
+    "summarise",
+    "symmetric_contrastive_loss",
+    "write_heatmaps",
+]

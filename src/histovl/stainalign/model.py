@@ -1,6 +1,6 @@
 """HistoStainAlign: predict an IHC status from the H&E slide, trained with paired H&E/IHC slides.
 
-Architecture (Ghazal et al., arXiv:2506.15853, as implemented here; docs/stainalign.md):
+Architecture (HistoStainAlign, arXiv:2506.15853, as implemented here; docs/stainalign.md):
 
 - one `GatedAttentionPool` per stain turns a bag of frozen tile embeddings into a slide
   embedding; a linear projection per stain maps it into a shared space (L2-normalised);

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from histovl._io import atomic_path
+from histovl.errors import NonFiniteError
 from histovl.models.encoder import Encoder
 from histovl.models.preprocess import Preprocess
 
@@ -91,13 +92,15 @@ def image_loader(paths: Sequence[Path], preprocess: Preprocess, batch_size: int,
     return DataLoader(_ImageDataset(paths, preprocess), batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
-def _features_key(encoder: Encoder, paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps([encoder.weights_id.split(":")[0], encoder.card.architecture, encoder.card.preprocessing_key()]).encode())
-    for p in paths:
-        st = Path(p).stat()
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:24]
+def _backbone_key(encoder: Encoder) -> str:
+    """Identity of the image backbone and its preprocessing (what a cached feature depends on)."""
+    parts = [type(encoder).__name__, encoder.card.architecture, encoder.card.preprocessing_key()]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def _file_key(path: Path) -> str:
+    st = Path(path).stat()
+    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def backbone_image_features(
@@ -108,33 +111,39 @@ def backbone_image_features(
     num_workers: int = 0,
     cache_dir: str | Path | None = None,
 ) -> torch.Tensor:
-    """Backbone features [N, F] of `paths`, read from / written to `cache_dir` when given.
+    """Backbone features [N, F] of `paths`, reusing and extending a per-file cache in `cache_dir`.
 
-    The cache key covers the backbone identity, the preprocessing and each file's path, size
-    and modification time, so edited images or another backbone never reuse stale features.
+    Each cached row is keyed by the file's resolved path, size and modification time, and the
+    cache file by the backbone identity and preprocessing, so edited images or another backbone
+    never reuse stale features, while any subset of already-seen files costs nothing.
+    Only backbones that training leaves frozen are cached.
     """
-    assert isinstance(encoder, Encoder)  # SplitTowers encoders are Encoders (internal invariant)
+    if not isinstance(encoder, Encoder):
+        raise TypeError("backbone_image_features needs an Encoder that implements SplitTowers")
+    keys = [_file_key(p) for p in paths]
+    known: dict[str, torch.Tensor] = {}
     target: Path | None = None
     if cache_dir is not None:
-        target = Path(cache_dir) / f"image-features-{_features_key(encoder, paths)}.pt"
+        target = Path(cache_dir) / f"image-features-{_backbone_key(encoder)}.pt"
         if target.is_file():
-            cached = torch.load(target, map_location="cpu", weights_only=True)
-            if cached.shape[0] == len(paths):
-                return cached
-    chunks = []
-    with torch.inference_mode():
-        for pixels in image_loader(paths, encoder.preprocess, batch_size, num_workers):
-            chunks.append(encoder.image_features(pixels).float().cpu())
-    feats = torch.cat(chunks)
-    if not torch.isfinite(feats).all():
-        bad = paths[int((~torch.isfinite(feats).all(dim=1)).nonzero()[0])]
-        from histovl.errors import NonFiniteError
-
-        raise NonFiniteError(f"the image backbone produced NaN/Inf for {bad}")
-    if target is not None:
-        with atomic_path(target, suffix=".pt") as tmp:
-            torch.save(feats, tmp)
-    return feats
+            stored = torch.load(target, map_location="cpu", weights_only=True)
+            known = dict(zip(stored["keys"], stored["features"], strict=True))
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    if todo:
+        chunks = []
+        with torch.inference_mode():
+            for pixels in image_loader([paths[i] for i in todo], encoder.preprocess, batch_size, num_workers):
+                chunks.append(encoder.image_features(pixels).float().cpu())
+        feats = torch.cat(chunks)
+        if not torch.isfinite(feats).all():
+            bad = paths[todo[int((~torch.isfinite(feats).all(dim=1)).nonzero()[0])]]
+            raise NonFiniteError(f"the image backbone produced NaN/Inf for {bad}")
+        known.update({keys[i]: f for i, f in zip(todo, feats, strict=True)})
+        if target is not None:
+            all_keys = list(known)
+            with atomic_path(target, suffix=".pt") as tmp:
+                torch.save({"keys": all_keys, "features": torch.stack([known[k] for k in all_keys])}, tmp)
+    return torch.stack([known[k] for k in keys])
 
 
 def backbone_text_features(encoder: SplitTowers, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:

@@ -75,8 +75,8 @@ def ablate_fusion(
     if len(models) < 1:
         raise ValueError("give at least one --model")
     seed_everything(seed)
-    prompt_set = prompts if hasattr(prompts, "classes") else load_prompt_set(prompts)
-    image_set = data if hasattr(data, "records") else load_image_set(data)
+    prompt_set = load_prompt_set(prompts)
+    image_set = load_image_set(data)
     class_names = list(prompt_set.classes)
     validate_labels(image_set, class_names, allow_missing_classes=allow_missing_classes)
     encoders = [m if isinstance(m, Encoder) else load_model(str(m), device=device, trust_checkpoint=trust_checkpoint) for m in models]
@@ -103,9 +103,9 @@ def ablate_fusion(
         ident.append(emb["identity"][keep])
     records = [r for r, k in zip(image_set.records, ok, strict=True) if k]
     index = {c: i for i, c in enumerate(class_names)}
-    y = np.array([index[r.label] for r in records])
+    y = np.array([index[str(r.label)] for r in records])
     groups = [r.group for r in records]
-    g = groups if any(x is not None for x in groups) else None
+    g = np.array(groups, dtype=object) if any(x is not None for x in groups) else None
 
     rows, all_metrics = [], []
     configs = ablation_rows(encoders, scores, ident, prompt_set, allow_cross_pairs=allow_cross_pairs)

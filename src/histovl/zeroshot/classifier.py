@@ -9,7 +9,7 @@ per description and the class score is the best description's score.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -26,9 +26,14 @@ TEXT_BATCH = 256
 class PromptSetLike(Protocol):
     """What the classifier needs from a prompt set (see `histovl.prompts.PromptSet`)."""
 
-    name: str
-    classes: dict[str, list[str]]
-    templates: list[str]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def classes(self) -> Mapping[str, Sequence[str]]: ...
+
+    @property
+    def templates(self) -> Sequence[str]: ...
 
     def content_hash(self) -> str: ...
 

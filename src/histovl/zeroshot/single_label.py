@@ -84,8 +84,8 @@ def zeroshot(
     from histovl.prompts import load_prompt_set
 
     seed_everything(seed)
-    prompt_set = prompts if hasattr(prompts, "classes") else load_prompt_set(prompts)
-    image_set = data if hasattr(data, "records") else load_image_set(data, allow_absolute_paths=allow_absolute_paths)
+    prompt_set = load_prompt_set(prompts)
+    image_set = load_image_set(data, allow_absolute_paths=allow_absolute_paths)
     if image_set.multilabel:
         raise ValueError(
             f"{image_set.source} holds multi-label data (a `labels` column); "
@@ -150,14 +150,14 @@ def zeroshot(
 
     records = [r for r, keep in zip(image_set.records, ok, strict=True) if keep]
     index = {c: i for i, c in enumerate(class_names)}
-    y_true = np.array([index[r.label] for r in records])
+    y_true = np.array([index[str(r.label)] for r in records])
     groups = [r.group for r in records]
     metrics = classification_metrics(
-        y_true, probs, class_names, groups=groups if any(g is not None for g in groups) else None,
+        y_true, probs, class_names, groups=np.array(groups, dtype=object) if any(g is not None for g in groups) else None,
         n_boot=n_boot, seed=seed,
     )
     preds = predictions_frame(
-        [r.path for r in records], [r.label for r in records], probs, class_names, root=image_set.root
+        [r.path for r in records], [str(r.label) for r in records], probs, class_names, root=image_set.root
     )
     skipped_list = [{"path": p, "reason": r} for p, r in skipped.items()]
     metrics["n_skipped"] = len(skipped_list)

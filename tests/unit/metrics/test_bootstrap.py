@@ -199,3 +199,31 @@ def test_thousand_resamples_of_five_thousand_items_are_fast() -> None:
     start = time.perf_counter()
     classification_metrics(y, s, [f"c{i}" for i in range(9)], n_boot=1000, seed=0)
     assert time.perf_counter() - start < 10.0
+
+
+def test_missing_group_ids_from_a_csv_are_singletons() -> None:
+    from histovl.metrics.bootstrap import group_codes
+
+    codes = group_codes(["p1", float("nan"), "p1", None, "", "p2"], 6)
+    assert codes is not None
+    assert codes[0] == codes[2]
+    assert len({int(codes[1]), int(codes[3]), int(codes[4]), int(codes[0]), int(codes[5])}) == 5
+
+
+def test_lower_level_gives_a_narrower_interval() -> None:
+    y, s = _data(8, n=200, n_classes=2)
+    pred = s.argmax(axis=1)
+
+    def accuracy(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.mean(a == b))
+
+    wide = bootstrap_ci(accuracy, y, pred, n_boot=400, seed=0, ci=0.95)
+    narrow = bootstrap_ci(accuracy, y, pred, n_boot=400, seed=0, ci=0.8)
+    assert (
+        wide.low is not None
+        and wide.high is not None
+        and narrow.low is not None
+        and narrow.high is not None
+    )
+    assert wide.low <= narrow.low <= narrow.high <= wide.high
+    assert narrow.level == 0.8

@@ -19,8 +19,15 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_hf_clip_dir(tmp_path_factory.mktemp("hfclip") / "tiny")
 
 
-def test_hf_clip_dir_loads_and_matches_transformers(hf_dir: Path, pixels) -> None:
+@pytest.fixture(scope="module")
+def hf_enc(hf_dir: Path) -> HFClipEncoder:
     enc = load_model(f"hf-clip:{hf_dir}")
+    assert isinstance(enc, HFClipEncoder)
+    return enc
+
+
+def test_hf_clip_dir_loads_and_matches_transformers(hf_dir: Path, hf_enc: HFClipEncoder, pixels) -> None:
+    enc = hf_enc
     assert isinstance(enc, HFClipEncoder)
     assert (enc.card.image_size, enc.card.context_length, enc.card.embed_dim) == (32, 77, 16)
     ref = CLIPModel.from_pretrained(str(hf_dir)).eval()
@@ -31,9 +38,8 @@ def test_hf_clip_dir_loads_and_matches_transformers(hf_dir: Path, pixels) -> Non
         torch.testing.assert_close(enc.encode_image(x), expected, rtol=0, atol=1e-6)
 
 
-def test_longest_padding_equals_max_length_padding(hf_dir: Path) -> None:
-    enc = load_model(f"hf-clip:{hf_dir}")
-    assert isinstance(enc, HFClipEncoder)
+def test_longest_padding_equals_max_length_padding(hf_enc: HFClipEncoder) -> None:
+    enc = hf_enc
     longest = enc.tokenize(PROMPTS)["input_ids"]
     assert longest.shape[1] < 77  # the fast path really is shorter
     with torch.no_grad():
@@ -42,8 +48,8 @@ def test_longest_padding_equals_max_length_padding(hf_dir: Path) -> None:
     torch.testing.assert_close(fast, full, rtol=0, atol=2e-6)
 
 
-def test_hf_clip_save_round_trip(hf_dir: Path, tmp_path: Path, pixels) -> None:
-    enc = load_model(f"hf-clip:{hf_dir}")
+def test_hf_clip_save_round_trip(hf_enc: HFClipEncoder, tmp_path: Path, pixels) -> None:
+    enc = hf_enc
     out = save_model_dir(enc, tmp_path / "saved")
     assert (out / "tokenizer").is_dir() and (out / "card.json").is_file()
     back = load_model(out)

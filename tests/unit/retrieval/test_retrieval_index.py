@@ -125,9 +125,9 @@ def test_fp16_storage_is_exact_enough_and_half_the_size(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("storage", ["ivf", "hnsw"])
 def test_approximate_storage_finds_most_true_neighbours_and_round_trips(storage: str, tmp_path: Path) -> None:
-    x = _unit(2000, 32, seed=6)
-    index = VectorIndex(32, storage=storage, options=IndexOptions(nprobe=24, ef_search=64))
-    index.add(x, [str(i) for i in range(2000)])
+    x = _unit(1000, 32, seed=6)
+    index = VectorIndex(32, storage=storage, options=IndexOptions(nprobe=12, ef_search=64))
+    index.add(x, [str(i) for i in range(1000)])
     got = index.search(x[:100], 10, exclude_ids=np.arange(100))
     ref = brute_force_topk(x, x[:100], 10, exclude_ids=list(range(100)))
     recall = np.mean([len(set(got.ids[i]) & {j for j, _ in ref[i]}) / 10 for i in range(100)])

@@ -9,8 +9,8 @@ from histovl.retrieval.metrics import (
     ap_per_query,
     encode_labels,
     ha_at_k,
-    map_at_k,
     majority_vote,
+    map_at_k,
     mmv_at_k,
     recall_at_k,
 )
