@@ -28,6 +28,8 @@ from numpy.typing import ArrayLike, NDArray
 
 #: resamples generated per chunk: bounds memory at chunk x n multiplicities.
 DEFAULT_CHUNK = 128
+#: at most this many multiplicities per chunk (x 8 bytes), whatever ``chunk`` asks for.
+MAX_CHUNK_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ def resample_counts(
 ) -> Iterator[NDArray[np.int64]]:
     """Yield bootstrap multiplicities in chunks of shape ``[<=chunk, n]``.
 
+    Chunks are capped at ``MAX_CHUNK_ELEMENTS`` entries (64 MiB of int64) so a million items
+    does not allocate gigabytes; the resamples do not depend on the chunk size.
+
     Without groups each resample draws ``n`` items uniformly with replacement. With groups it
     draws ``G`` groups with replacement (G = number of distinct groups) and gives every item the
     multiplicity of its group, so resample sizes vary with the sizes of the drawn groups.
@@ -100,6 +105,7 @@ def resample_counts(
     codes = group_codes(groups, n)
     rng = np.random.default_rng(seed)
     n_units = n if codes is None else int(codes.max()) + 1
+    chunk = max(1, min(chunk, MAX_CHUNK_ELEMENTS // max(n, n_units)))
     done = 0
     while done < n_boot:
         size = min(chunk, n_boot - done)

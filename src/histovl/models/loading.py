@@ -22,9 +22,9 @@ from typing import Any
 from safetensors.torch import save_file
 
 from histovl._io import atomic_path, atomic_write_json
-from histovl.errors import UnknownNameError, did_you_mean
+from histovl.errors import UnknownNameError, UntrustedCheckpointError, did_you_mean
 from histovl.models import _conch, _hf_clip, _open_clip
-from histovl.models._checkpoint import check_checkpoint_allowed
+from histovl.models._checkpoint import PICKLE_SUFFIXES, check_checkpoint_allowed
 from histovl.models._hub import (
     HUB_PREFIX,
     WeightsNotAvailableError,
@@ -117,6 +117,12 @@ def load_card(
     family = get_family(card.family)
     if card.source.startswith(HUB_PREFIX):
         names = tuple(card.extra.get("weights_files", ())) or family.hub_files
+        if not trust_checkpoint and all(Path(n).suffix in PICKLE_SUFFIXES for n in names):
+            raise UntrustedCheckpointError(
+                f"{card.name} is published only as a pickle-based checkpoint ({', '.join(names)}), "
+                "which can run code when loaded; pass --trust-checkpoint (trust_checkpoint=True) if "
+                "you trust its publisher; it is then read with torch.load(weights_only=True)"
+            )
         snap = resolve_snapshot(card.source, files=(*names, *_HUB_SIDE_FILES), cache_dir=cache_dir)
         weights = first_existing(snap.path, names)
         if weights is None:

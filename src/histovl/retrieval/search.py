@@ -2,15 +2,17 @@
 
 FAISS cannot exclude a different set per query in one batched call, and single-query calls take
 its slow path (PERFORMANCE.md: 1 query over 1e6 vectors costs 150 ms; 1,000 queries 6 s). So each
-batch asks FAISS for ``K + extra`` results, where ``extra`` is the most items any query of the
-batch may lose (its group's size, plus itself), then filters. At most ``extra`` candidates of a
-query are removed, so at least K remain: for an exact index the result equals brute force.
+batch asks FAISS for ``K + extra + 1`` results, where ``extra`` is the most items any query of
+the batch may lose (its group's size, plus itself), then filters. At most ``extra`` candidates
+of a query are removed, so at least K + 1 remain: for an exact index the result equals brute
+force.
 
 Ties in similarity are ordered by ascending index id (a stable order), so results never depend
-on FAISS's internal heap order. A tie can straddle the ``K + extra`` cut-off (an item with the
-same score as the K-th kept one but a smaller id that FAISS did not return); such rows are
-searched again with twice as many candidates until the cut-off is clear or the whole index is
-covered.
+on FAISS's internal heap order. A tie can straddle the cut-off (an item with the same score as
+the K-th kept one but a smaller id that FAISS did not return): the spare candidate reveals it,
+because it then scores the same as the K-th kept one. Such rows (rare outside exact duplicates)
+are searched again with twice as many candidates until the cut-off is clear or the whole index
+is covered.
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ def search_excluding(
     extra = _extra_per_query(excl, qgroups, dbg)
     for start in range(0, n, max(1, batch_size)):
         rows = np.arange(start, min(n, start + batch_size))
-        kk = min(ntotal, k + int(extra[rows].max()))
+        # One spare candidate: unless it ties with the k-th kept one, the cut-off is clear.
+        kk = min(ntotal, k + int(extra[rows].max()) + 1)
         while rows.size:
             distances, labels = index.search(q[rows], kk)
             b_ids, b_scores, ambiguous = _filter_batch(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 MARKER_INKS: dict[str, tuple[float, float, float]] = {
     "green": (0.20, 0.62, 0.32),
@@ -34,6 +35,7 @@ CURVE_SAMPLES = 48
 WIDTH_RANGE = (0.020, 0.035)
 LENGTH_RANGE = (0.45, 0.9)
 OPACITY_RANGE = (0.70, 0.90)
+SUPERSAMPLE = 4
 
 
 @dataclass(frozen=True)
@@ -73,31 +75,25 @@ def plan_strokes(seed: int, n_strokes: int) -> list[Stroke]:
 
 
 def stroke_coverage(stroke: Stroke, height: int, width: int) -> torch.Tensor:
-    """Ink coverage in [0, 1] of one stroke on an ``height × width`` grid (float32 [H, W])."""
-    cover = torch.zeros(height, width, dtype=torch.float32)
-    pts = torch.as_tensor(stroke.points, dtype=torch.float32) * torch.tensor([width, height], dtype=torch.float32)
-    half = stroke.width * min(height, width) / 2.0
-    reach = half + 1.0
-    x0 = max(0, int(np.floor(float(pts[:, 0].min()) - reach)))
-    x1 = min(width, int(np.ceil(float(pts[:, 0].max()) + reach)))
-    y0 = max(0, int(np.floor(float(pts[:, 1].min()) - reach)))
-    y1 = min(height, int(np.ceil(float(pts[:, 1].max()) + reach)))
-    if x0 >= x1 or y0 >= y1:
-        return cover  # the stroke lies outside the image
-    ys, xs = torch.meshgrid(
-        torch.arange(y0, y1, dtype=torch.float32) + 0.5, torch.arange(x0, x1, dtype=torch.float32) + 0.5, indexing="ij"
-    )
-    pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)  # [M, 2] pixel centres
-    a, b = pts[:-1], pts[1:]
-    ab = b - a  # [K, 2]
-    denom = (ab * ab).sum(dim=1).clamp_min(1e-12)
-    rel = pix[:, None, :] - a[None, :, :]  # [M, K, 2]
-    along = ((rel * ab[None]).sum(dim=2) / denom[None]).clamp(0.0, 1.0)
-    nearest = a[None] + along[..., None] * ab[None]
-    dist = (pix[:, None, :] - nearest).norm(dim=2).min(dim=1).values
-    alpha = (half + 0.5 - dist).clamp(0.0, 1.0) * stroke.opacity
-    cover[y0:y1, x0:x1] = alpha.reshape(y1 - y0, x1 - x0)
-    return cover
+    """Ink coverage in [0, 1] of one stroke on an ``height × width`` grid (float32 [H, W]).
+
+    Drawn with Pillow as a thick polyline with round joints and caps on a canvas
+    `SUPERSAMPLE` times finer, then box-averaged down: anti-aliased edges for about a
+    millisecond per stroke (an exact distance field in torch cost ~100× more; the tests
+    compare the two).
+    """
+    s = SUPERSAMPLE
+    canvas = Image.new("L", (width * s, height * s), 0)
+    draw = ImageDraw.Draw(canvas)
+    xy = [(float(x) * width * s, float(y) * height * s) for x, y in stroke.points]
+    line_width = max(1.0, stroke.width * min(height, width) * s)
+    draw.line(xy, fill=255, width=round(line_width), joint="curve")
+    r = line_width / 2.0
+    for x, y in (xy[0], xy[-1]):  # round caps
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
+    small = canvas.reduce(s)  # box filter: the fraction of each pixel the ink covers
+    cover = torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0)
+    return cover * stroke.opacity
 
 
 def draw_markup(image: torch.Tensor, n_strokes: int, seed: int) -> torch.Tensor:

@@ -227,3 +227,13 @@ def test_lower_level_gives_a_narrower_interval() -> None:
     )
     assert wide.low <= narrow.low <= narrow.high <= wide.high
     assert narrow.level == 0.8
+
+
+def test_resamples_do_not_depend_on_chunk_size() -> None:
+    small = np.concatenate(list(resample_counts(300, n_boot=100, seed=3, chunk=7)))
+    large = np.concatenate(list(resample_counts(300, n_boot=100, seed=3, chunk=128)))
+    np.testing.assert_array_equal(small, large)
+    groups = [f"g{i % 13}" for i in range(300)]
+    small = np.concatenate(list(resample_counts(300, groups=groups, n_boot=100, seed=3, chunk=9)))
+    large = np.concatenate(list(resample_counts(300, groups=groups, n_boot=100, seed=3)))
+    np.testing.assert_array_equal(small, large)

@@ -137,3 +137,10 @@ def test_missing_tokenizer_says_where_to_get_it(conch_files: Path, scratch_cards
     register_card(tiny_conch_card(str(conch_files / "model.safetensors")))
     with pytest.raises(FileNotFoundError, match="HISTOVL_CONCH_TOKENIZER"):
         load_model("tiny-conch")
+
+
+def test_conch_card_refuses_the_pickle_before_downloading_anything(offline_hub: Path) -> None:
+    from histovl.errors import UntrustedCheckpointError
+
+    with pytest.raises(UntrustedCheckpointError, match="--trust-checkpoint"):
+        load_model("conch")  # nothing cached, offline: the trust check comes first

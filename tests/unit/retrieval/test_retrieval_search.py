@@ -116,3 +116,12 @@ def test_bad_shapes_raise() -> None:
         search_excluding(_flat(x), x, 2, exclude_ids=np.arange(3))
     with pytest.raises(ValueError, match="db_groups"):
         search_excluding(_flat(x), x, 2, query_groups=np.zeros(5, np.int64))
+
+
+def test_untied_queries_need_one_faiss_call_per_batch() -> None:
+    # Regression: without a spare candidate every leave-one-out row looked "tied at the cut-off"
+    # and was searched twice, halving throughput.
+    x = _unit(200, 16, seed=8)
+    fake = _ReversedTies(x)
+    search_excluding(fake, x, 10, exclude_ids=np.arange(200), batch_size=100)
+    assert fake.calls == [12, 12]
