@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from histovl.data import load_image_set
-from histovl.data.splits import group_split, groups_from_pairs, near_duplicate_pairs, write_group_manifest
+from histovl.data.splits import (
+    group_split,
+    groups_from_pairs,
+    near_duplicate_pairs,
+    write_group_manifest,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lc25000-lung"
 

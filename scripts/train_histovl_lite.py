@@ -25,7 +25,6 @@ from safetensors.torch import save_file
 
 from histovl.data import ImageSet, load_image_set
 from histovl.models._lite import build_histovl_lite, bundled_card, trained_state_dict
-from histovl.train.features import backbone_image_features
 from histovl.train.finetune import FinetuneConfig, finetune
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,46 +80,49 @@ def prepare_ki67(work: Path) -> tuple[Path, Path]:
     return manifests["train"], manifests["test"]
 
 
-def lc25000_groups(lung: ImageSet, feature_cache: Path) -> list[str]:
-    """Near-duplicate groups: the data package's grouping when present, else feature clustering."""
-    try:
-        from histovl.data.splits import near_duplicate_groups  # type: ignore[import-not-found]
+def lc25000_groups(lung: ImageSet, work: Path) -> list[str]:
+    """Near-duplicate groups of every LC25000 tile (`histovl.data` grouping), cached in `work`."""
+    from histovl.data.near_duplicates import near_duplicate_groups
 
-        return [str(g) for g in near_duplicate_groups(lung)]
-    except ImportError:
-        pass
-    from sklearn.cluster import AgglomerativeClustering
-
-    encoder = build_histovl_lite(bundled_card(), None)
-    feats = backbone_image_features(encoder, lung.paths, cache_dir=feature_cache).numpy()
-    feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
-    labels = np.array(lung.labels)
-    groups = np.empty(len(labels), dtype=object)
-    for cls in sorted(set(labels)):
-        idx = np.flatnonzero(labels == cls)
-        # ~250 originals per class; 150 clusters merges generously (conservative against leakage)
-        cl = AgglomerativeClustering(n_clusters=150, metric="cosine", linkage="average").fit_predict(feats[idx])
-        groups[idx] = [f"{cls}-{c}" for c in cl]
-    return [str(g) for g in groups]
+    target = work / "lc25000" / "groups.csv"
+    if target.is_file():
+        frame = pd.read_csv(target)
+        if frame["path"].tolist() == [str(p) for p in lung.paths]:
+            return [str(g) for g in frame["group"]]
+    groups = near_duplicate_groups(lung.paths, workers=2)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"path": [str(p) for p in lung.paths], "group": groups}).to_csv(target, index=False)
+    return groups
 
 
-def split_lc25000(work: Path, feature_cache: Path, val_fraction: float, seed: int) -> tuple[Path, Path]:
-    lung = load_image_set(SHARED / "lc25000-lung")
-    groups = lc25000_groups(lung, feature_cache)
+def sample_lc25000(lung: ImageSet, per_class: int, seed: int) -> list[int]:
+    """A uniform random sample of `per_class` tiles per class (CPU budget), in record order."""
     rng = np.random.default_rng(seed)
     labels = np.array(lung.labels)
-    gser = pd.Series(groups)
-    val_groups: set[str] = set()
+    picked: list[int] = []
     for cls in sorted(set(labels)):
-        uniq = sorted(set(gser[labels == cls]))
-        rng.shuffle(uniq)
-        val_groups.update(uniq[: int(round(len(uniq) * val_fraction))])
-    frame = pd.DataFrame({"path": [str(p) for p in lung.paths], "label": labels, "group": groups})
-    is_val = frame["group"].isin(val_groups)
+        idx = np.flatnonzero(labels == cls)
+        picked.extend(rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist())
+    return sorted(picked)
+
+
+def split_lc25000(work: Path, per_class: int, val_fraction: float, seed: int) -> tuple[Path, Path]:
+    """Group-aware split of a per-class sample of LC25000; writes train/val manifests."""
+    from histovl.data.splits import group_split
+
+    lung = load_image_set(SHARED / "lc25000-lung")
+    groups = lc25000_groups(lung, work)
+    picked = sample_lc25000(lung, per_class, seed)
+    sample = lung.subset(picked)
+    train, val = group_split(sample, test_fraction=val_fraction, seed=seed, groups=[groups[i] for i in picked])
     out = work / "lc25000"
-    out.mkdir(parents=True, exist_ok=True)
-    frame[~is_val].to_csv(out / "train.csv", index=False)
-    frame[is_val].to_csv(out / "val.csv", index=False)
+    for name, part in (("train", train), ("val", val)):
+        frame = pd.DataFrame({"path": [str(p) for p in part.paths], "label": part.labels, "group": part.groups})
+        frame.to_csv(out / f"{name}.csv", index=False)
+    heldout = {g for g in val.groups}
+    # names of every LC25000 tile in held-out groups (shipped so the demo and tests use unseen tiles)
+    names = [str(Path(p).relative_to(SHARED / "lc25000-lung")) for p, g in zip(lung.paths, groups, strict=True) if g in heldout]
+    (out / "heldout.txt").write_text("\n".join(sorted(names)) + "\n")
     return out / "train.csv", out / "val.csv"
 
 
@@ -141,6 +143,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / ".histovl-cache" / "train-lite")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-class", type=int, default=400, help="LC25000 tiles sampled per class (CPU budget)")
     parser.add_argument("--ablation", action="store_true", help="also train clip vs his2lip at equal compute")
     parser.add_argument("--no-asset", action="store_true", help="do not overwrite the shipped weights")
     args = parser.parse_args()
@@ -150,7 +153,7 @@ def main() -> None:
     cache = work / "features"
     t0 = time.perf_counter()
     ki_train, ki_test = prepare_ki67(work)
-    lc_train, lc_val = split_lc25000(work, cache, val_fraction=0.25, seed=args.seed)
+    lc_train, lc_val = split_lc25000(work, args.per_class, val_fraction=0.25, seed=args.seed)
     train_set = combined(
         load_image_set(lc_train, allow_absolute_paths=True), load_image_set(ki_train)
     )

@@ -28,7 +28,7 @@ def test_lc25000_lung_n_groups_near_the_number_of_originals(shared_data: Path) -
     lung_n = images.subset([i for i, lab in enumerate(images.labels) if lab == "lung_n"])
     groups = near_duplicate_groups(lung_n.paths, workers=2)
     n_groups = len(set(groups))
-    # ~250 originals per class in LC25000; measured 295 here (some originals split in two)
+    # ~250 originals per class in LC25000; measured 290 for lung_n alone (some originals split in two)
     assert 220 <= n_groups <= 400, n_groups
     train, test = group_split(lung_n, test_fraction=0.2, seed=0, groups=groups)
     assert set(train.groups).isdisjoint(test.groups)

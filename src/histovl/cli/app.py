@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "histovl.cli.data_cmd",
     "histovl.cli.finetune_cmd",
     "histovl.cli.retrieve_cmd",
+    "histovl.cli.prompts_cmd",
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from histovl.data.records import ImageSet
 from histovl.errors import did_you_mean
@@ -16,7 +17,7 @@ from histovl.errors import did_you_mean
 
 def validate_labels(
     image_set: ImageSet,
-    class_names: Iterable[str],
+    class_names: Iterable[str] | Any,
     *,
     allow_missing_classes: bool = False,
 ) -> dict[str, int]:
@@ -24,7 +25,7 @@ def validate_labels(
 
     Args:
         image_set: The loaded data; it must carry labels.
-        class_names: The labels the model can predict.
+        class_names: The labels the model can predict, or a `PromptSet` (its `class_names`).
         allow_missing_classes: Accept prompt classes that have no images (CLI:
             ``--allow-missing-classes``); they stay in the classifier as distractors.
 
@@ -40,7 +41,8 @@ def validate_labels(
         >>> validate_labels(images, prompt_set.classes)  # doctest: +SKIP
         {'lung_aca': 1500, 'lung_n': 1500, 'lung_scc': 1500}
     """
-    classes = list(dict.fromkeys(class_names))
+    names = getattr(class_names, "class_names", class_names)  # a PromptSet iterates as fields
+    classes = [str(c) for c in dict.fromkeys(names)]
     if not classes:
         raise ValueError("the prompt set has no classes; add at least two under `classes:`")
     if not image_set.has_labels:

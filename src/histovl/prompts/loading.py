@@ -70,7 +70,8 @@ def load_prompt_set(name_or_path: str | os.PathLike[str] | PromptSet) -> PromptS
     if text not in shipped:
         raise UnknownNameError(
             f"unknown prompt set {text!r}.{did_you_mean(text, shipped)} Shipped sets: "
-            f"{', '.join(shipped)} (list them with histovl.prompts.list_prompt_sets()); or give "
+            f"{', '.join(shipped)} (list them with `histovl prompts list` or "
+            "histovl.prompts.list_prompt_sets()); or give "
             "the path to your own YAML file."
         )
     resource = resources.files(_SETS_PACKAGE).joinpath(_SETS_FOLDER, f"{text}.yaml")

@@ -28,8 +28,9 @@ def test_class_folder(class_folder: Path) -> None:
 
 
 def test_class_folder_recursive_sorted_and_filtered(tmp_path: Path) -> None:
-    for rel in ["x/b.png", "x/a.PNG", "x/sub/c.jpg", "x/.hidden.png", "x/readme.txt", "y/z.tif"]:
-        tile(tmp_path / rel) if not rel.endswith(".txt") else (tmp_path / rel).write_text("hi")
+    for rel in ["x/b.png", "x/a.PNG", "x/sub/c.jpg", "x/.hidden.png", "y/z.tif"]:
+        tile(tmp_path / rel)
+    (tmp_path / "x" / "readme.txt").write_text("not an image")
     s = load_image_set(tmp_path)
     names = [p.relative_to(tmp_path).as_posix() for p in s.paths]
     assert names == ["x/a.PNG", "x/b.png", "x/sub/c.jpg", "y/z.tif"]
@@ -184,6 +185,13 @@ def test_class_folder_symlink_out_rejected(tmp_path: Path) -> None:
     with pytest.raises(UnsafePathError, match="symlink resolving outside"):
         load_image_set(root)
     assert load_image_set(root, allow_absolute_paths=True).labels == ["a", "b"]
+
+
+def test_class_folder_that_is_a_symlink_out_is_rejected(tmp_path: Path) -> None:
+    root, outside = bad.data_root_with_outside_file(tmp_path)
+    (root / "b").symlink_to(outside.parent, target_is_directory=True)
+    with pytest.raises(UnsafePathError, match="symlink resolving outside"):
+        load_image_set(root)
 
 
 def test_broken_symlink_is_missing(tmp_path: Path) -> None:

@@ -54,3 +54,10 @@ def test_unlabelled_data() -> None:
 def test_no_classes() -> None:
     with pytest.raises(ValueError, match="no classes"):
         validate_labels(make_set(["a"]), [])
+
+
+def test_prompt_set_accepted_directly(class_folder: Path) -> None:
+    from histovl.prompts import load_prompt_set
+
+    counts = validate_labels(load_image_set(class_folder), load_prompt_set("lung-he-v1"))
+    assert counts == {"lung_aca": 4, "lung_n": 4, "lung_scc": 4}
