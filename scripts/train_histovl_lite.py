@@ -24,7 +24,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from histovl.data import ImageSet, load_image_set
-from histovl.models._lite import build_histovl_lite, bundled_card, trained_state_dict
+from histovl.models._lite import LiteEncoder, build_histovl_lite, bundled_card, trained_state_dict
+from histovl.train.features import backbone_image_features
 from histovl.train.finetune import FinetuneConfig, finetune
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,12 +58,14 @@ def ki67_crops(ihc: np.ndarray, mask: np.ndarray, stride: int) -> list[tuple[int
 
 
 def prepare_ki67(work: Path) -> tuple[Path, Path]:
-    """Train crops (train strips, stride 32) and test crops (test strips, no overlap) + manifests."""
+    """Train crops (train strips, stride 48) and test crops (test strips, no overlap) + manifests."""
     root = SHARED / "deepliif-ki67" / "Sample_Dataset"
     manifests = {}
-    for split, stride, prefix in (("train", 32, "ki67_"), ("test", CROP, "")):
+    for split, stride, prefix in (("train", 48, "ki67_"), ("test", CROP, "")):
         folder = work / f"ki67-{split}"
         folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):
+            old.unlink()
         rows = []
         for strip_path in sorted((root / split).glob("*.png")):
             strip = np.asarray(Image.open(strip_path).convert("RGB"))
@@ -96,14 +99,15 @@ def lc25000_groups(lung: ImageSet, work: Path) -> list[str]:
 
 
 def sample_lc25000(lung: ImageSet, per_class: int, seed: int) -> list[int]:
-    """A uniform random sample of `per_class` tiles per class (CPU budget), in record order."""
+    """A uniform random sample of `per_class` tiles per class (CPU budget), classes interleaved.
+
+    The order is a fixed per-class permutation, interleaved across classes, so a smaller
+    `per_class` is a prefix of a larger one (features cached for one are reused by the other).
+    """
     rng = np.random.default_rng(seed)
     labels = np.array(lung.labels)
-    picked: list[int] = []
-    for cls in sorted(set(labels)):
-        idx = np.flatnonzero(labels == cls)
-        picked.extend(rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist())
-    return sorted(picked)
+    perms = [rng.permutation(np.flatnonzero(labels == cls))[:per_class] for cls in sorted(set(labels))]
+    return [int(p[k]) for k in range(per_class) for p in perms if k < len(p)]
 
 
 def split_lc25000(work: Path, per_class: int, val_fraction: float, seed: int) -> tuple[Path, Path]:
@@ -131,17 +135,34 @@ def combined(*sets: ImageSet) -> ImageSet:
     return ImageSet(records=records, root=Path("/"), source=sets[0].source, kind="manifest")
 
 
-def evaluate(model_dir: Path | str, data: Path, prompts: str, out: Path, seed: int) -> dict[str, object]:
-    from histovl.zeroshot import zeroshot
+def evaluate(encoder: LiteEncoder, data: Path, prompts: str, cache: Path, seed: int) -> dict[str, object]:
+    """Zero-shot metrics with grouped-bootstrap 95% CIs, from cached backbone features.
 
-    res = zeroshot(str(model_dir), str(data), prompts, out, allow_absolute_paths=True, seed=seed)
-    return {k: res.metrics[k] for k in ("n", "f1_macro", "balanced_accuracy", "auroc_macro", "ci95")}
+    Same classifier (`build_text_classifier`) and metrics (`classification_metrics`) as
+    `histovl zeroshot`; only the frozen backbone's features come from the cache.
+    """
+    import torch
+
+    from histovl.metrics import classification_metrics
+    from histovl.prompts import load_prompt_set
+    from histovl.zeroshot import build_text_classifier
+
+    data_set = load_image_set(data, allow_absolute_paths=True)
+    feats = backbone_image_features(encoder, data_set.paths, cache_dir=cache)
+    with torch.inference_mode():
+        emb = torch.nn.functional.normalize(encoder.project_image(feats), dim=-1).numpy()
+    clf = build_text_classifier(encoder, load_prompt_set(prompts), memoise=False)
+    m = classification_metrics(data_set.labels, clf.probabilities(emb), list(clf.class_names),
+                               groups=[str(g) for g in data_set.groups], n_boot=1000, seed=seed)
+    return {k: m[k] for k in ("n", "n_groups", "accuracy", "balanced_accuracy", "f1_macro", "auroc_macro", "ci95")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=REPO / ".histovl-cache" / "train-lite")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-class", type=int, default=400, help="LC25000 tiles sampled per class (CPU budget)")
     parser.add_argument("--ablation", action="store_true", help="also train clip vs his2lip at equal compute")
@@ -158,11 +179,11 @@ def main() -> None:
         load_image_set(lc_train, allow_absolute_paths=True), load_image_set(ki_train)
     )
     val_set = load_image_set(lc_val, allow_absolute_paths=True)
+    summary: dict[str, object] = {"n_train": len(train_set), "n_lc25000_val": len(val_set)}
     print(f"data ready: {len(train_set)} training items, {len(val_set)} LC25000 validation ({time.perf_counter() - t0:.0f} s)")
-    summary: dict[str, object] = {}
     losses = ("his2lip", "clip") if args.ablation else ("his2lip",)
     for loss in losses:
-        cfg = FinetuneConfig(loss=loss, epochs=args.epochs, batch_size=256, lr=2e-3, train="projections", seed=args.seed)
+        cfg = FinetuneConfig(loss=loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, train="projections", seed=args.seed)
         start = time.perf_counter()
         encoder = build_histovl_lite(bundled_card(), None)
         res = finetune(encoder, train_set, work / f"model-{loss}", config=cfg, val_data=val_set,
@@ -170,13 +191,16 @@ def main() -> None:
         seconds = time.perf_counter() - start
         summary[loss] = {
             "train_seconds": round(seconds, 1),
-            "lc25000_val": evaluate(res.out, lc_val, "lung-he-v1", work / f"eval-{loss}-lc25000", args.seed),
-            "ki67_test": evaluate(res.out, ki_test, "ki67-ihc-v1", work / f"eval-{loss}-ki67", args.seed),
+            "lc25000_val": evaluate(encoder, lc_val, "lung-he-v1", cache, args.seed),
+            "ki67_test": evaluate(encoder, ki_test, "ki67-ihc-v1", cache, args.seed),
         }
         if loss == "his2lip" and not args.no_asset:
             ASSET.parent.mkdir(parents=True, exist_ok=True)
-            save_file(trained_state_dict(res.encoder), str(ASSET), metadata={"loss": loss, "epochs": str(args.epochs)})
+            save_file(trained_state_dict(encoder), str(ASSET), metadata={"loss": loss, "epochs": str(args.epochs)})
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    if not args.no_asset:
+        heldout = ASSET.parent / "lc25000_heldout.txt"
+        heldout.write_text((work / "lc25000" / "heldout.txt").read_text())
     print(json.dumps(summary, indent=2))
 
 

@@ -25,6 +25,7 @@ app = typer.Typer(
 # One module per command group (see STYLE.md): add yours here.
 COMMAND_MODULES = [
     "histovl.cli.slides_cmd",
+    "histovl.cli.stainalign_cmd",
     "histovl.cli.models_cmd",
     "histovl.cli.embed_cmd",
     "histovl.cli.zeroshot_cmd",
@@ -35,6 +36,7 @@ COMMAND_MODULES = [
     "histovl.cli.finetune_cmd",
     "histovl.cli.retrieve_cmd",
     "histovl.cli.prompts_cmd",
+    "histovl.cli.robustness_cmd",
 ]
 
 

@@ -19,7 +19,7 @@ from histovl.embed import EmbeddingCache, encode_images
 from histovl.errors import HistovlError
 from histovl.models.encoder import Encoder
 from histovl.retrieval.index import METADATA_FILE, VectorIndex
-from histovl.retrieval.run import _cache_key, _model_info
+from histovl.retrieval.run import embedding_cache_key, model_provenance
 from histovl.retrieval.storage import IndexOptions
 
 
@@ -69,7 +69,7 @@ def build_index(
         check_same_model(index, encoder)
     else:
         index = VectorIndex(encoder.card.embed_dim, storage=storage, options=options,
-                            model=_model_info(encoder, model), cache_key=_cache_key(encoder))
+                            model=model_provenance(encoder, model), cache_key=embedding_cache_key(encoder))
     known = set(index.records["path"])
     records = [r for r in image_set.records if str(r.path) not in known]
     res = encode_images(

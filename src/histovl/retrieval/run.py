@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 
 from histovl.embed import EmbeddingCache, encode_images
@@ -127,8 +126,8 @@ def retrieve(
         res.embeddings, paths, labels, groups, k=max(ks), exclude_same_group=exclude_same_group,
         storage=storage, options=index_options,
     )
-    search.index.model = _model_info(encoder, model)
-    search.index.cache_key = _cache_key(encoder)
+    search.index.model = model_provenance(encoder, model)
+    search.index.cache_key = embedding_cache_key(encoder)
     retrieved = [[labels[i] if i >= 0 else None for i in row] for row in search.result.ids.tolist()]
     excluding = exclude_same_group and groups is not None
     metrics = retrieval_metrics(
@@ -173,7 +172,7 @@ def retrieve(
     return RetrievalResult(metrics, preds, out_dir, search, skipped)
 
 
-def _model_info(encoder: Encoder, spec: str | Encoder) -> dict[str, Any]:
+def model_provenance(encoder: Encoder, spec: str | Encoder) -> dict[str, Any]:
     """What an index records about the model its vectors came from."""
     return {
         "spec": spec if isinstance(spec, str) else encoder.card.name,
@@ -182,12 +181,8 @@ def _model_info(encoder: Encoder, spec: str | Encoder) -> dict[str, Any]:
     }
 
 
-def _cache_key(encoder: Encoder) -> str:
+def embedding_cache_key(encoder: Encoder) -> str:
     from histovl.embed.cache import namespace_key
 
     return namespace_key(weights_id=encoder.weights_id, preprocessing=encoder.card.preprocessing_key())
 
-
-def finite_or_none(values: np.ndarray) -> list[float | None]:
-    """Scores as JSON-safe floats (an empty slot's -inf becomes None)."""
-    return [float(v) if np.isfinite(v) else None for v in values]

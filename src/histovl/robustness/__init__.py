@@ -26,9 +26,14 @@ from histovl.robustness.registry import (
     register_corruption,
     unregister_corruption,
 )
+from histovl.robustness.sweep import CSV_COLUMNS, RobustnessResult, plan_conditions, robustness
 
 __all__ = [
     "BUILTIN_CORRUPTIONS",
+    "CSV_COLUMNS",
+    "RobustnessResult",
+    "plan_conditions",
+    "robustness",
     "COLOUR_FACTORS",
     "Corruption",
     "CorruptionFn",

@@ -89,7 +89,7 @@ def class_map_image(
 def heatmap_image(
     thumbnail: Image.Image,
     tiles: pd.DataFrame,
-    values: Sequence[float],
+    values: Sequence[float] | np.ndarray,
     extent0: int,
     level0_size: tuple[int, int],
     *,

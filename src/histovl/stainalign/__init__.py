@@ -5,9 +5,21 @@ Example:
     >>> metrics = stainalign_fit("pairs.csv", "runs/ki67", model="histovl-lite")  # doctest: +SKIP
 """
 
-from histovl.stainalign.bags import SlideBag, build_bag, read_pairs
+from histovl.stainalign.bags import (
+    SlideBag,
+    SlideTiles,
+    build_bag,
+    embed_bags,
+    read_pairs,
+    slide_tiles,
+)
 from histovl.stainalign.deepliif import build_deepliif_pairs
-from histovl.stainalign.evaluate import CrossValidationResult, cross_validate, grouped_folds, summarise
+from histovl.stainalign.evaluate import (
+    CrossValidationResult,
+    cross_validate,
+    grouped_folds,
+    summarise,
+)
 from histovl.stainalign.mil import GatedAttentionPool, pad_bags, symmetric_contrastive_loss
 from histovl.stainalign.model import HistoStainAlign, StainAlignParams
 from histovl.stainalign.run import stainalign_eval, stainalign_fit, write_heatmaps
@@ -17,13 +29,16 @@ __all__ = [
     "GatedAttentionPool",
     "HistoStainAlign",
     "SlideBag",
+    "SlideTiles",
     "StainAlignParams",
     "build_bag",
     "build_deepliif_pairs",
     "cross_validate",
+    "embed_bags",
     "grouped_folds",
     "pad_bags",
     "read_pairs",
+    "slide_tiles",
     "stainalign_eval",
     "stainalign_fit",
     "summarise",

@@ -99,6 +99,58 @@ def _work_folder(work_dir: Path, slide: Path) -> Path:
     return work_dir / f"{slide.stem}-{digest}"
 
 
+@dataclass
+class SlideTiles:
+    """A slide's tile image files and layout, before encoding."""
+
+    slide: Path
+    tile_paths: list[Path]
+    tiles: pd.DataFrame
+    extent0: int
+    level0_size: tuple[int, int]
+    thumbnail: Image.Image
+
+
+def slide_tiles(
+    slide: str | os.PathLike[str], work_dir: str | os.PathLike[str], spec: TileSpec | None = None, *, slide_mpp: float | None = None
+) -> SlideTiles:
+    """Tile files of one slide: a folder's images as they are, or a slide file tiled into `work_dir`."""
+    path = Path(slide)
+    if path.is_dir():
+        mosaic = TileFolderReader(path, mpp=slide_mpp)
+        boxes = [mosaic.tile_box(i) for i in range(len(mosaic.tile_paths))]
+        tiles = pd.DataFrame({"x": [b[0] for b in boxes], "y": [b[1] for b in boxes]})
+        return SlideTiles(path, list(mosaic.tile_paths), tiles, mosaic.tile_size[0], mosaic.dimensions, mosaic.thumbnail(1024))
+    folder = _work_folder(Path(work_dir), path)
+    result = tile_slide(path, folder, spec, slide_mpp=slide_mpp, save_tiles=True)
+    if len(result.tiles) == 0:
+        raise ValueError(f"no tissue tiles found in {path}; lower --tissue-threshold or check the slide")
+    return SlideTiles(
+        path, [folder / p for p in result.tiles["path"]], result.tiles[["x", "y"]].reset_index(drop=True),
+        result.resolution.extent0, result.level0_size, result.thumbnail,
+    )
+
+
+def embed_bags(
+    encoder: Encoder,
+    slides: list[SlideTiles],
+    *,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 64,
+) -> list[SlideBag]:
+    """Encode the tiles of all `slides` in one engine call (full batches, one cache namespace)."""
+    from histovl.embed import encode_images
+
+    paths = [p for s in slides for p in s.tile_paths]
+    result = encode_images(encoder, paths, cache=cache, batch_size=batch_size, on_error="raise", progress=False)
+    bags, start = [], 0
+    for s in slides:
+        stop = start + len(s.tile_paths)
+        bags.append(SlideBag(s.slide, result.embeddings[start:stop], s.tiles, s.extent0, s.level0_size, s.thumbnail))
+        start = stop
+    return bags
+
+
 def build_bag(
     encoder: Encoder,
     slide: str | os.PathLike[str],
@@ -110,26 +162,5 @@ def build_bag(
     batch_size: int = 64,
 ) -> SlideBag:
     """Embed the tiles of one slide (file: tiled first; folder: its images are the tiles)."""
-    from histovl.embed import encode_images
-
-    path = Path(slide)
-    if path.is_dir():
-        mosaic = TileFolderReader(path, mpp=slide_mpp)
-        tile_paths = mosaic.tile_paths
-        boxes = [mosaic.tile_box(i) for i in range(len(tile_paths))]
-        tiles = pd.DataFrame({"x": [b[0] for b in boxes], "y": [b[1] for b in boxes]})
-        extent0, level0, thumb = mosaic.tile_size[0], mosaic.dimensions, mosaic.thumbnail(1024)
-    else:
-        folder = _work_folder(Path(work_dir), path)
-        result = tile_slide(path, folder, spec, slide_mpp=slide_mpp, save_tiles=True)
-        if len(result.tiles) == 0:
-            raise ValueError(f"no tissue tiles found in {path}; lower --tissue-threshold or check the slide")
-        tile_paths = [folder / p for p in result.tiles["path"]]
-        tiles = result.tiles[["x", "y"]].reset_index(drop=True)
-        extent0, level0, thumb = result.resolution.extent0, result.level0_size, result.thumbnail
-    emb = encode_images(
-        encoder, tile_paths, cache=cache, batch_size=batch_size,
-        num_workers=0 if len(tile_paths) <= batch_size else None, on_error="raise", progress=False,
-    ).embeddings
-    return SlideBag(path, emb, tiles, extent0, level0, thumb)
-
+    tiles = slide_tiles(slide, work_dir, spec, slide_mpp=slide_mpp)
+    return embed_bags(encoder, [tiles], cache=cache, batch_size=batch_size)[0]

@@ -68,7 +68,7 @@ def cross_validate(
             model = HistoStainAlign(**{**(params or {}), "align": align, "random_state": seed + f})
             model.fit([he_bags[i] for i in train], [ihc_bags[i] for i in train] if align else None, train_labels)
             p = model.predict_proba([he_bags[i] for i in test])
-            cols = [classes.index(c) for c in model.classes_]
+            cols = np.array([classes.index(c) for c in model.classes_])
             probs[name][np.ix_(test, cols)] = p
         fold_of[test] = f
     for name, p in probs.items():  # a class missing from a fold's training part leaves NaN

@@ -24,7 +24,7 @@ from histovl.reports.run_record import build_run_record
 from histovl.slides.figures import heatmap_image, save_png
 from histovl.slides.tiling import TileSpec
 from histovl.slides.tissue import TissueParams
-from histovl.stainalign.bags import SlideBag, build_bag, read_pairs
+from histovl.stainalign.bags import SlideBag, embed_bags, read_pairs, slide_tiles
 from histovl.stainalign.evaluate import cross_validate, summarise
 from histovl.stainalign.model import HistoStainAlign
 
@@ -38,11 +38,10 @@ def _encoder(model: str | Encoder, device: str, trust_checkpoint: bool) -> tuple
 
 
 def _bags(encoder: Encoder, slides: list[str], work: Path, spec: TileSpec, cache: Any, slide_mpp: float | None) -> list[SlideBag]:
-    done: dict[str, SlideBag] = {}
-    for s in slides:  # a slide listed twice is embedded once
-        if s not in done:
-            done[s] = build_bag(encoder, s, work, spec, cache=cache, slide_mpp=slide_mpp)
-    return [done[s] for s in slides]
+    unique = list(dict.fromkeys(slides))  # a slide listed twice is embedded once
+    tiles = [slide_tiles(s, work, spec, slide_mpp=slide_mpp) for s in unique]
+    by_slide = dict(zip(unique, embed_bags(encoder, tiles, cache=cache), strict=True))
+    return [by_slide[s] for s in slides]
 
 
 def _relative(paths: list[str], root: Path) -> list[str]:
