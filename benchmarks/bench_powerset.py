@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import open_clip
 import torch
@@ -37,6 +39,7 @@ TEMPLATES = ["an H&E stained image of {}.", "a histopathology image showing {}."
 
 def build_encoder(name: str) -> OpenClipEncoder:
     if name == "tiny":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
         from tests.helpers.tiny import tiny_encoder
 
         return tiny_encoder(0)
