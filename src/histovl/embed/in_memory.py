@@ -245,8 +245,8 @@ def encode_decoded(
     n_cached = 0
     if ns is not None:
         hit, rows = ns.get(images.keys)
-        for i, row in zip(np.flatnonzero(hit), rows, strict=True):
-            out[int(i)] = row
+        for hit_index, row in zip(np.flatnonzero(hit), rows, strict=True):
+            out[int(hit_index)] = row
         n_cached = int(hit.sum())
     todo = [i for i in range(n) if out[i] is None and i not in images.failures]
     used = batch_size

@@ -44,7 +44,7 @@ class IndexFormatError(HistovlError):
     """An index folder is missing, incomplete or from an incompatible version."""
 
 
-def check_vectors(vectors: np.ndarray, names: Sequence[str], *, what: str = "embedding") -> np.ndarray:
+def check_vectors(vectors: np.ndarray, names: Sequence[str] | None = None, *, what: str = "embedding") -> np.ndarray:
     """Return `vectors` as contiguous float32 after checking they are finite and L2-normalised.
 
     Raises:
@@ -58,18 +58,22 @@ def check_vectors(vectors: np.ndarray, names: Sequence[str], *, what: str = "emb
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise NonFiniteError(
-            f"{what} of {names[i] if i < len(names) else f'item {i}'} contains NaN or Inf "
+            f"{what} of {_name(names, i)} contains NaN or Inf "
             f"({int(bad.sum())} item(s) affected); re-encode it or drop it before indexing"
         )
-    norms = np.linalg.norm(v.astype(np.float64), axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", v, v, dtype=np.float64))  # no float64 copy of v
     off = np.abs(norms - 1.0) > NORM_TOLERANCE
     if off.any():
         i = int(np.flatnonzero(off)[0])
         raise ValueError(
-            f"{what} of {names[i] if i < len(names) else f'item {i}'} has L2 norm {norms[i]:.4f}, "
+            f"{what} of {_name(names, i)} has L2 norm {norms[i]:.4f}, "
             "not 1; normalise embeddings (x / ||x||) so inner product equals cosine similarity"
         )
     return v
+
+
+def _name(names: Sequence[str] | None, i: int) -> str:
+    return names[i] if names is not None and i < len(names) else f"item {i}"
 
 
 class VectorIndex:
@@ -193,7 +197,7 @@ class VectorIndex:
                 query (None: skip nothing). Used to keep near-duplicates (same patient, slide or
                 source image) out of an evaluation.
         """
-        q = check_vectors(queries, [f"query {i}" for i in range(len(queries))], what="query embedding")
+        q = check_vectors(queries, what="query embedding")
         if q.shape[0] and q.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {q.shape[1]}, the index holds {self.dim}-d vectors")
         if self._faiss is None:

@@ -28,10 +28,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from histovl.robustness.markup import draw_markup
+from histovl.robustness.markup import markup_transmission
 from histovl.robustness.registry import Corruption, add_corruption
 
 REFERENCE_SIZE = 224
@@ -96,9 +97,9 @@ def _resolution(images: torch.Tensor, level: int, seeds: Sequence[int]) -> torch
 
 
 def _markup(images: torch.Tensor, level: int, seeds: Sequence[int]) -> torch.Tensor:
-    return torch.stack(
-        [draw_markup(image, int(MARKUP_STROKES[level]), seed) for image, seed in zip(images, seeds, strict=True)]
-    )
+    height, width = images.shape[-2:]
+    trans = np.stack([markup_transmission(int(MARKUP_STROKES[level]), s, height, width) for s in seeds])
+    return images * torch.from_numpy(trans).to(images.dtype)  # one batched multiply
 
 
 BUILTIN_CORRUPTIONS = ("brightness", "contrast", "blur", "resolution", "saturation", "hue", "markup")

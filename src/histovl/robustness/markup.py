@@ -74,34 +74,52 @@ def plan_strokes(seed: int, n_strokes: int) -> list[Stroke]:
     return strokes[:n_strokes]
 
 
-def stroke_coverage(stroke: Stroke, height: int, width: int) -> torch.Tensor:
+def stroke_coverage(stroke: Stroke, height: int, width: int) -> np.ndarray:
     """Ink coverage in [0, 1] of one stroke on an ``height × width`` grid (float32 [H, W]).
 
     Drawn with Pillow as a thick polyline with round joints and caps on a canvas
-    `SUPERSAMPLE` times finer, then box-averaged down: anti-aliased edges for about a
-    millisecond per stroke (an exact distance field in torch cost ~100× more; the tests
-    compare the two).
+    `SUPERSAMPLE` times finer, cropped to the stroke's bounding box, then box-averaged down:
+    anti-aliased edges for about a millisecond per stroke (an exact distance field in torch cost
+    ~100× more; the tests compare the two).
     """
     s = SUPERSAMPLE
-    canvas = Image.new("L", (width * s, height * s), 0)
+    cover = np.zeros((height, width), dtype=np.float32)
+    pts = stroke.points * np.array([width, height], dtype=np.float64)
+    line_width = max(1.0 / s, stroke.width * min(height, width))
+    reach = line_width / 2.0 + 1.0
+    x0 = max(0, int(np.floor(pts[:, 0].min() - reach)))
+    x1 = min(width, int(np.ceil(pts[:, 0].max() + reach)))
+    y0 = max(0, int(np.floor(pts[:, 1].min() - reach)))
+    y1 = min(height, int(np.ceil(pts[:, 1].max() + reach)))
+    if x0 >= x1 or y0 >= y1:
+        return cover  # the stroke lies outside the image
+    canvas = Image.new("L", ((x1 - x0) * s, (y1 - y0) * s), 0)
     draw = ImageDraw.Draw(canvas)
-    xy = [(float(x) * width * s, float(y) * height * s) for x, y in stroke.points]
-    line_width = max(1.0, stroke.width * min(height, width) * s)
-    draw.line(xy, fill=255, width=round(line_width), joint="curve")
-    r = line_width / 2.0
+    xy = [((x - x0) * s, (y - y0) * s) for x, y in pts.tolist()]
+    draw.line(xy, fill=255, width=max(1, round(line_width * s)), joint="curve")
+    r = line_width * s / 2.0
     for x, y in (xy[0], xy[-1]):  # round caps
         draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
-    small = canvas.reduce(s)  # box filter: the fraction of each pixel the ink covers
-    cover = torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0)
-    return cover * stroke.opacity
+    small = np.asarray(canvas.reduce(s), dtype=np.float32)  # box filter: covered fraction per pixel
+    cover[y0:y1, x0:x1] = small * (stroke.opacity / 255.0)
+    return cover
+
+
+def markup_transmission(n_strokes: int, seed: int, height: int, width: int) -> np.ndarray:
+    """Per-channel transmittance [3, H, W] of the image's first `n_strokes` strokes (1 = no ink).
+
+    Computed in NumPy on one thread: a few small array operations per stroke, which torch's
+    intra-op thread pool makes slower, not faster, on a busy machine.
+    """
+    trans = np.ones((3, height, width), dtype=np.float32)
+    for stroke in plan_strokes(seed, n_strokes):
+        alpha = stroke_coverage(stroke, height, width)
+        ink = np.asarray(MARKER_INKS[stroke.ink], dtype=np.float32)[:, None, None]
+        trans *= 1.0 - alpha[None] + alpha[None] * ink
+    return trans
 
 
 def draw_markup(image: torch.Tensor, n_strokes: int, seed: int) -> torch.Tensor:
     """Draw `n_strokes` pen strokes on a float RGB image ``[3, H, W]`` in [0, 1] (new tensor)."""
     height, width = image.shape[-2:]
-    out = image.clone()
-    for stroke in plan_strokes(seed, n_strokes):
-        alpha = stroke_coverage(stroke, height, width).to(image.dtype)
-        ink = torch.tensor(MARKER_INKS[stroke.ink], dtype=image.dtype).view(3, 1, 1)
-        out = out * (1.0 - alpha + alpha * ink)
-    return out
+    return image * torch.from_numpy(markup_transmission(n_strokes, seed, height, width)).to(image.dtype)

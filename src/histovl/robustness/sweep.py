@@ -166,7 +166,9 @@ def robustness(
     validate_labels(image_set, class_names, allow_missing_classes=allow_missing_classes)
     conditions = plan_conditions(corruptions, levels)
     ks = sorted({int(x) for x in k} | {5, 10})
-    specs = list(models) if isinstance(models, list | tuple) else [models]
+    specs: list[str | Encoder] = (
+        [m for m in models] if isinstance(models, list | tuple) else [models]  # type: ignore[list-item]
+    )
     if not specs:
         raise ValueError("give at least one model")
     store = EmbeddingCache(cache) if use_cache else None
@@ -188,11 +190,13 @@ def robustness(
     stats: list[dict[str, Any]] = []
     predictions: list[pd.DataFrame] = []
     cards, weights_ids, gallery_tile = [], [], None
-    labels_used = _model_labels(specs)
+    labels_used: list[str] = []
     bank: DecodedImages | None = None
     skipped: dict[str, str] = {}
-    for spec, label in zip(specs, labels_used, strict=True):
+    for spec in specs:
         encoder = spec if isinstance(spec, Encoder) else load_model(str(spec), device=device, trust_checkpoint=trust_checkpoint)
+        label = _label_for(encoder, spec, labels_used)
+        labels_used.append(label)
         cards.append(encoder.card)
         weights_ids.append(encoder.weights_id)
         classifier = build_text_classifier(encoder, prompt_set)
@@ -269,17 +273,17 @@ def robustness(
     return result
 
 
-def _model_labels(specs: Sequence[str | Encoder]) -> list[str]:
-    """Card names; the spec strings, or ``name#i``, where two models share a name."""
-    names = [s.card.name if isinstance(s, Encoder) else str(s) for s in specs]
-    if len(set(names)) == len(names):
-        return names
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
-    return out
+def _label_for(encoder: Encoder, spec: str | Encoder, used: Sequence[str]) -> str:
+    """The model's card name; its spec, or ``name#i``, when another model already has it."""
+    name = encoder.card.name
+    if name not in used:
+        return name
+    if isinstance(spec, str) and spec not in used:
+        return spec
+    i = 2
+    while f"{name}#{i}" in used:
+        i += 1
+    return f"{name}#{i}"
 
 
 def _parameter(cond: Condition) -> float | None:
@@ -297,15 +301,10 @@ def _levels_by_name(conditions: Sequence[Condition]) -> dict[str, list[int]]:
 
 
 def _stain_transform(bank: DecodedImages, reference: str | os.PathLike[str] | None, encoder: Encoder) -> Any:
+    """Macenko fitted on `reference`, or on the first readable image of the data."""
+    from histovl.data import read_rgb
     from histovl.robustness.stain import MacenkoTransform
 
-    if reference is not None:
-        from histovl.data import read_rgb
-
-        tile = encoder.preprocess.to_unnormalised(read_rgb(os.fspath(reference)))
-    else:
-        readable = [i for i in range(len(bank)) if i not in bank.failures]
-        bank.decode()
-        readable = [i for i in readable if i not in bank.failures]
-        tile = bank.float_pixels([readable[0]])[0]
-    return MacenkoTransform(tile)
+    if reference is None:
+        reference = next(p for i, p in enumerate(bank.paths) if i not in bank.failures)
+    return MacenkoTransform(encoder.preprocess.to_unnormalised(read_rgb(os.fspath(reference))))

@@ -28,6 +28,8 @@ SLIDE_EXTENSIONS = frozenset(
 )
 #: Extensions read whole with Pillow (a "plain" image) or found inside a tile folder.
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"})
+#: Most bytes of RGB level data a thumbnail reads at once (it reads a level in bands).
+THUMBNAIL_BAND_BYTES = 64 * 1024 * 1024
 
 
 class SlideOpenError(HistovlError):
@@ -134,9 +136,20 @@ class SlideReader(abc.ABC):
             return self.read_region(0, 0, 0, (w0, h0))
         level = self.best_level_for_downsample(scale)
         lw, lh = self.level_dimensions[level]
-        region = self.read_region(0, 0, level, (lw, lh))
+        ds = self.level_downsamples[level]
         target = (max(1, round(w0 / scale)), max(1, round(h0 / scale)))
-        return region.resize(target, Image.Resampling.BILINEAR)
+        # Read the level in horizontal bands so a slide without a small pyramid level (one huge
+        # level 0) never has to fit in memory at once; each band is shrunk before the next read.
+        band = max(1, min(lh, THUMBNAIL_BAND_BYTES // max(1, 3 * lw)))
+        thumb = Image.new("RGB", target, (255, 255, 255))
+        for top in range(0, lh, band):
+            rows = min(band, lh - top)
+            y0, y1 = round(top * target[1] / lh), round((top + rows) * target[1] / lh)
+            if y1 <= y0:
+                continue
+            region = self.read_region(0, round(top * ds), level, (lw, rows))
+            thumb.paste(region.resize((target[0], y1 - y0), Image.Resampling.BILINEAR), (0, y0))
+        return thumb
 
     def reopen(self) -> None:
         """Close and reopen the underlying file (after a read error left it in a bad state).

@@ -23,7 +23,7 @@ def _distance_field_coverage(stroke, height: int, width: int) -> torch.Tensor:
 def test_coverage_matches_distance_field():
     for seed in (0, 1, 2):
         for stroke in plan_strokes(seed, 4):
-            fast = stroke_coverage(stroke, 80, 80)
+            fast = torch.from_numpy(stroke_coverage(stroke, 80, 80))
             ref = _distance_field_coverage(stroke, 80, 80)
             inside = ref > 0.5 * stroke.opacity
             assert float((fast - ref).abs().mean()) < 0.01

@@ -141,3 +141,14 @@ def test_class_map_colours_tiles(tmp_path: Path) -> None:
     arr = np.asarray(img).astype(int)
     assert img.size[1] > 100  # legend below
     assert tuple(arr[25, 25]) != tuple(arr[75, 75]) != (255, 255, 255)
+
+
+def test_banded_thumbnail_matches_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import histovl.slides.reader as reader_module
+
+    slide = FakeSlide(synthetic_tissue(1024, 768), (1, 4))
+    whole = np.asarray(slide.thumbnail(200)).astype(int)
+    monkeypatch.setattr(reader_module, "THUMBNAIL_BAND_BYTES", 3 * 256 * 10)  # 10-row bands
+    banded = np.asarray(slide.thumbnail(200)).astype(int)
+    assert banded.shape == whole.shape == (150, 200, 3)
+    assert np.abs(banded - whole).mean() < 2.0  # only band seams differ slightly

@@ -81,7 +81,7 @@ def test_fit_and_eval_end_to_end_on_tile_folders(tmp_path: Path, tiny_clip) -> N
     from histovl.stainalign import stainalign_eval, stainalign_fit
 
     rows = []
-    for i in range(12):
+    for i in range(8):
         label = "pos" if i % 2 else "neg"
         he_colour = (200, 90, 160) if label == "pos" else (230, 170, 210)
         ihc_colour = (120, 70, 30) if label == "pos" else (140, 150, 200)
@@ -91,12 +91,13 @@ def test_fit_and_eval_end_to_end_on_tile_folders(tmp_path: Path, tiny_clip) -> N
     pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
     model_dir = save_model_dir(tiny_clip, tmp_path / "encoder")
     metrics = stainalign_fit(
-        tmp_path / "pairs.csv", tmp_path / "fit", model=str(model_dir), params={"epochs": 10, "batch_size": 4},
-        cv_folds=3, n_boot=50,
+        tmp_path / "pairs.csv", tmp_path / "fit", model=str(model_dir),
+        params={"epochs": 3, "batch_size": 4, "hidden_dim": 16, "attention_dim": 8, "projection_dim": 8},
+        cv_folds=2, n_boot=20,
     )
     for key in ("n", "f1_weighted", "f1_macro", "accuracy", "auroc", "ci95"):
         assert key in metrics and key in metrics["baseline"]
-    assert metrics["n"] == 12 and set(metrics["ci95"]) == {"f1_weighted", "f1_macro", "accuracy", "auroc"}
+    assert metrics["n"] == 8 and set(metrics["ci95"]) == {"f1_weighted", "f1_macro", "accuracy", "auroc"}
     for name in ("metrics.json", "predictions.csv", "run.json", "report.html", "stainalign.json", "baseline/stainalign.json"):
         assert (tmp_path / "fit" / name).is_file(), name
     preds = pd.read_csv(tmp_path / "fit" / "predictions.csv")
@@ -105,10 +106,10 @@ def test_fit_and_eval_end_to_end_on_tile_folders(tmp_path: Path, tiny_clip) -> N
     import shutil
 
     shutil.rmtree(tmp_path / "ihc")
-    for i in range(12):
+    for i in range(8):
         (tmp_path / "ihc" / f"s{i}").mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "ihc" / f"s{i}" / "placeholder.png")
-    ev = stainalign_eval(tmp_path / "fit", tmp_path / "pairs.csv", tmp_path / "eval", n_boot=50)
-    assert ev["n"] == 12 and "baseline" in ev
+    ev = stainalign_eval(tmp_path / "fit", tmp_path / "pairs.csv", tmp_path / "eval", n_boot=20)
+    assert ev["n"] == 8 and "baseline" in ev
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["f1_weighted"] == ev["f1_weighted"]
-    assert len(list((tmp_path / "eval" / "heatmaps").glob("*.png"))) == 12
+    assert len(list((tmp_path / "eval" / "heatmaps").glob("*.png"))) == 8

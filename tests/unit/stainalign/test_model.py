@@ -81,7 +81,8 @@ def test_symmetric_contrastive_loss_matches_naive() -> None:
 
 def test_estimator_contract_and_learning() -> None:
     he, ihc, y, _ = toy_pairs()
-    model = HistoStainAlign(epochs=40, batch_size=8, random_state=0)
+    small = {"hidden_dim": 32, "attention_dim": 16, "projection_dim": 16, "lr": 3e-3}
+    model = HistoStainAlign(epochs=25, batch_size=8, random_state=0, **small)
     assert not hasattr(model, "classes_")
     assert model.fit(he, ihc, y) is model
     assert model.classes_ == ["neg", "pos"] and model.n_features_in_ == 16
@@ -91,7 +92,7 @@ def test_estimator_contract_and_learning() -> None:
     assert model.history_[-1]["align"] < model.history_[0]["align"]  # alignment is being learned
     att = model.attention(he[:2])
     assert [len(a) for a in att] == [len(he[0]), len(he[1])] and np.allclose([a.sum() for a in att], 1.0)
-    again = HistoStainAlign(epochs=40, batch_size=8, random_state=0).fit(he, ihc, y)
+    again = HistoStainAlign(epochs=25, batch_size=8, random_state=0, **small).fit(he, ihc, y)
     np.testing.assert_allclose(again.predict_proba(he), probs, atol=1e-6)  # random_state fixes it
 
 
@@ -131,9 +132,10 @@ def test_grouped_folds_never_split_a_group() -> None:
 
 
 def test_cross_validate_gives_out_of_fold_probabilities_for_both_models() -> None:
-    he, ihc, y, groups = toy_pairs(20)
-    cv = cross_validate(he, ihc, y, groups, params={"epochs": 15, "batch_size": 8}, n_splits=4, seed=0)
-    assert set(cv.probabilities) == {"aligned", "baseline"} and cv.n_splits == 4
+    he, ihc, y, groups = toy_pairs(16)
+    params = {"epochs": 4, "batch_size": 8, "hidden_dim": 16, "attention_dim": 8, "projection_dim": 8}
+    cv = cross_validate(he, ihc, y, groups, params=params, n_splits=3, seed=0)
+    assert set(cv.probabilities) == {"aligned", "baseline"} and cv.n_splits == 3
     for p in cv.probabilities.values():
-        assert p.shape == (20, 2) and np.allclose(p.sum(1), 1.0)
+        assert p.shape == (16, 2) and np.allclose(p.sum(1), 1.0)
     assert (cv.folds >= 0).all()

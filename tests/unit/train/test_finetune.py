@@ -55,7 +55,7 @@ class _Interrupt(Exception):
 
 
 def test_resume_equals_uninterrupted_run(class_folder: Path, tmp_path: Path) -> None:
-    cfg = _cfg(epochs=3, loss="clip")
+    cfg = _cfg(epochs=2, loss="clip")
     full = finetune(tiny_encoder(0), class_folder, tmp_path / "full", config=cfg, progress=None)
 
     calls = []
@@ -108,3 +108,18 @@ def test_bad_config_is_refused() -> None:
         FinetuneConfig(train="heads")  # type: ignore[arg-type]
     with pytest.raises(Exception, match="his2lip"):
         FinetuneConfig(loss="his2clip")
+
+
+def test_cli_finetune_writes_a_model_dir(class_folder: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from histovl.cli.app import app
+    from histovl.models import save_model_dir
+
+    base = save_model_dir(tiny_encoder(0), tmp_path / "base")
+    out = tmp_path / "cli-ft"
+    result = CliRunner().invoke(app, ["finetune", "--model", str(base), "--data", str(class_folder), "--loss", "clip",
+                                      "--epochs", "1", "--batch-size", "6", "--train", "all", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "train_log.csv").is_file() and (out / "card.json").is_file()
+    load_model(str(out))

@@ -50,13 +50,14 @@ def evaluate_multilabel(
     seed: int,
 ) -> dict[str, Any]:
     """`histovl.metrics.multilabel_metrics` on scores thresholded at 0.5 (the paper's eq. 6)."""
-    from histovl.metrics import multilabel_metrics  # type: ignore[attr-defined]
+    from histovl.metrics import multilabel_metrics
 
     y_true = label_matrix(records, class_names)
     groups = [r.group for r in records]
+    has_groups = any(g is not None for g in groups)
     metrics: dict[str, Any] = multilabel_metrics(
         y_true, scores, list(class_names), threshold=0.5,
-        groups=groups if any(g is not None for g in groups) else None, n_boot=n_boot, seed=seed,
+        groups=np.array([str(g) for g in groups]) if has_groups else None, n_boot=n_boot, seed=seed,
     )
     return metrics
 
