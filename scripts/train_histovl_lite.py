@@ -83,48 +83,6 @@ def prepare_ki67(work: Path) -> tuple[Path, Path]:
     return manifests["train"], manifests["test"]
 
 
-def prepare_stain_crops(work: Path, per_source: int = 120, seed: int = 0) -> Path:
-    """Stain-only examples for stain diversity: unlabelled Ki67 IHC regions and a TCGA H&E slide.
-
-    DeepLIIF's Sample_Large_Tissues (Ki67 IHC, no labels) give ``ki67_ihc`` crops and the TCGA
-    H&E slide gives ``he_tissue`` crops, at two sizes (128 and 256 px, i.e. two scales after the
-    224-px resize), so the stain is learned apart from LC25000's lung morphology.
-    """
-    import openslide
-
-    folder = work / "stain"
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.png"):
-        old.unlink()
-    rng = np.random.default_rng(seed)
-    rows = []
-
-    def keep(tile: np.ndarray) -> bool:  # tissue, not glass: enough saturated or dark pixels
-        hsv = np.asarray(Image.fromarray(tile).convert("HSV"))
-        return float(((hsv[..., 1] > 25) | (hsv[..., 2] < 160)).mean()) > 0.3
-
-    sources: list[tuple[str, str, np.ndarray]] = []
-    for roi in sorted((SHARED / "deepliif-ki67" / "Sample_Large_Tissues").glob("*.png")):
-        sources.append(("ki67_ihc", roi.stem, np.asarray(Image.open(roi).convert("RGB"))))
-    slide = openslide.OpenSlide(str(SHARED / "slides" / "tcga-cr-7395-01a-01-ts1.svs"))
-    sources.append(("he_tissue", "tcga-cr-7395", np.asarray(slide.read_region((0, 0), 1, slide.level_dimensions[1]).convert("RGB"))))
-    by_label: dict[str, list[dict[str, object]]] = {}
-    for label, name, image in sources:
-        for size in (128, 256):
-            for y in range(0, image.shape[0] - size + 1, size):
-                for x in range(0, image.shape[1] - size + 1, size):
-                    tile = image[y : y + size, x : x + size]
-                    if keep(tile):
-                        by_label.setdefault(label, []).append({"label": label, "group": name, "tile": tile, "name": f"{name}_{size}_{x}_{y}.png"})
-    for items in by_label.values():
-        for k in rng.permutation(len(items))[:per_source]:
-            item = items[int(k)]
-            Image.fromarray(item["tile"]).save(folder / str(item["name"]))  # type: ignore[arg-type]
-            rows.append({"path": item["name"], "label": item["label"], "group": item["group"]})
-    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
-    return folder / "manifest.csv"
-
-
 def lc25000_groups(lung: ImageSet, work: Path) -> list[str]:
     """Near-duplicate groups of every LC25000 tile (`histovl.data` grouping), cached in `work`."""
     from histovl.data.near_duplicates import near_duplicate_groups
@@ -216,10 +174,9 @@ def main() -> None:
     cache = work / "features"
     t0 = time.perf_counter()
     ki_train, ki_test = prepare_ki67(work)
-    stain_crops = prepare_stain_crops(work)
     lc_train, lc_val = split_lc25000(work, args.per_class, val_fraction=0.25, seed=args.seed)
     train_set = combined(
-        load_image_set(lc_train, allow_absolute_paths=True), load_image_set(ki_train), load_image_set(stain_crops)
+        load_image_set(lc_train, allow_absolute_paths=True), load_image_set(ki_train)
     )
     val_set = load_image_set(lc_val, allow_absolute_paths=True)
     summary: dict[str, object] = {"n_train": len(train_set), "n_lc25000_val": len(val_set)}

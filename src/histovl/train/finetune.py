@@ -30,6 +30,16 @@ from histovl.models.encoder import Encoder
 from histovl.reproducibility import seed_everything
 from histovl.train.captions import CaptionTemplates, load_caption_templates, sample_captions
 from histovl.train.checkpoint import load_checkpoint, save_checkpoint
+from histovl.train.distributed import (
+    ForwardThrough,
+    all_gather_with_grad,
+    barrier,
+    cleanup_distributed,
+    gradient_sync,
+    init_distributed,
+    shard_indices,
+    wrap_ddp,
+)
 from histovl.train.features import (
     SplitTowers,
     backbone_image_features,
@@ -185,14 +195,25 @@ def finetune(
         feature_cache: folder to keep frozen-backbone image features between runs.
         num_workers: image decode workers.
         allow_absolute_paths: accept manifest paths outside the manifest's folder.
-        hooks: DDP process layout (single process by default).
+        hooks: DDP process layout; by default read from the torchrun environment
+            (`histovl.train.distributed`), i.e. one process unless started by torchrun. Under
+            torchrun, `config.batch_size` is the global batch, split evenly across ranks.
         progress: called with one line per epoch (None for silence).
     """
     cfg = config or FinetuneConfig()
-    dist = hooks or DistributedHooks()
+    owns_group = hooks is None and not torch.distributed.is_initialized()
+    ctx = init_distributed() if hooks is None else None
+    if ctx is not None:
+        hooks = DistributedHooks(ctx.rank, ctx.world_size, all_gather_with_grad) if ctx.is_distributed else DistributedHooks()
+    dist = cast(DistributedHooks, hooks)
+    if cfg.batch_size % dist.world_size:
+        raise ValueError(f"batch size {cfg.batch_size} (global) must divide evenly over {dist.world_size} processes")
+    local_batch = cfg.batch_size // dist.world_size
     out_dir = Path(out)
     seed_everything(cfg.seed)
     encoder = _resolve_encoder(model)
+    if ctx is not None and ctx.backend == "nccl":
+        encoder.to(ctx.device)  # one GPU per rank
     image_set = _resolve_set(data, allow_absolute_paths)
     templates = load_caption_templates(caption_templates)
     fixed_captions, labels = _pairs_from_set(image_set, templates)
@@ -227,13 +248,13 @@ def finetune(
         image_feats = backbone_image_features(towers, paths, num_workers=num_workers, cache_dir=feature_cache)
 
     val = None
-    if val_data is not None and val_prompts is not None:
+    if val_data is not None and val_prompts is not None and dist.is_main:
         vset = _resolve_set(val_data, allow_absolute_paths)
         val = _prepare_validation(encoder, vset, val_prompts, cache_images, num_workers, feature_cache)
 
     n = len(paths)
     shard = max(1, math.ceil(n / dist.world_size))
-    micro_per_epoch = math.ceil(shard / cfg.batch_size)
+    micro_per_epoch = math.ceil(shard / local_batch)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.accumulation)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps_per_epoch * cfg.epochs, cfg.warmup_fraction))
@@ -264,32 +285,40 @@ def finetune(
         pixels = next(iter(image_loader([paths[int(i)] for i in idx], encoder.preprocess, len(idx), 0)))
         return encoder.encode_image(pixels)
 
+    def embed_pairs(idx: torch.Tensor, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return image_embed(idx), text_embed(captions), log_scale.clamp(max=MAX_LOG_SCALE).exp()
+
+    # DDP averages gradients over ranks; with the gathered loss that is the global-batch gradient.
+    # Whole towers may hold parameters a family's forward never touches: let DDP look for them.
+    step = wrap_ddp(ForwardThrough(encoder, embed_pairs), find_unused_parameters=cfg.train != "projections")
+
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-        order = order[dist.rank :: dist.world_size]
+        order = shard_indices(order, dist.rank, dist.world_size)
         captions = fixed_captions or sample_captions(templates, labels or [], seed=cfg.seed * 7_919 + epoch)
         total, count = 0.0, 0
         optimizer.zero_grad(set_to_none=True)
-        for micro, start in enumerate(range(0, len(order), cfg.batch_size)):
-            idx = order[start : start + cfg.batch_size]
-            if len(idx) < 2:
+        for micro, start in enumerate(range(0, len(order), local_batch)):
+            idx = order[start : start + local_batch]
+            if len(idx) * dist.world_size < 2:
                 continue
-            img = dist.all_gather(image_embed(idx))
-            txt = dist.all_gather(text_embed([captions[int(i)] for i in idx]))
-            gathered = dist.all_gather(idx)
-            scale = log_scale.clamp(max=MAX_LOG_SCALE).exp()
-            extra: dict[str, Any] = {}
-            if cfg.loss == "his2lip":
-                extra = {
-                    "tissue": None if tissue_ids is None else tissue_ids[gathered],
-                    "stain": None if stain_ids is None else stain_ids[gathered],
-                    "weights": cfg.his2lip,
-                }
-            loss = loss_fn(img, txt, scale, **extra)
-            (loss / cfg.accumulation).backward()
+            last = (micro + 1) % cfg.accumulation == 0 or start + local_batch >= len(order)
+            with gradient_sync(step, last):  # DDP all-reduces only on the optimizer's micro-step
+                img, txt, scale = step(idx, [captions[int(i)] for i in idx])
+                img, txt = dist.all_gather(img), dist.all_gather(txt)
+                gathered = dist.all_gather(idx)
+                extra: dict[str, Any] = {}
+                if cfg.loss == "his2lip":
+                    extra = {
+                        "tissue": None if tissue_ids is None else tissue_ids[gathered].to(img.device),
+                        "stain": None if stain_ids is None else stain_ids[gathered].to(img.device),
+                        "weights": cfg.his2lip,
+                    }
+                loss = loss_fn(img, txt, scale, **extra)
+                (loss / cfg.accumulation).backward()
             total, count = total + float(loss.detach()), count + 1
-            if (micro + 1) % cfg.accumulation == 0 or start + cfg.batch_size >= len(order):
+            if last:
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
@@ -317,8 +346,12 @@ def finetune(
         atomic_write_text(out_dir / LOG_FILE, pd.DataFrame(rows).to_csv(index=False))
         atomic_write_json(
             out_dir / "finetune.json",
-            {"config": cfg.to_dict(), "base_model": encoder.card.name, "n_train": n, "caption_templates": templates.name},
+            {"config": cfg.to_dict(), "base_model": encoder.card.name, "n_train": n, "caption_templates": templates.name,
+             "world_size": dist.world_size},
         )
+    barrier()  # no rank returns before rank 0's outputs exist
+    if owns_group:
+        cleanup_distributed()
     return FinetuneResult(out=out_dir, log=pd.DataFrame(rows), encoder=encoder)
 
 

@@ -1,0 +1,294 @@
+"""PyTorch distributed plumbing so training commands run unchanged under `torchrun`.
+
+`torchrun --nproc-per-node N --no-python histovl finetune ...` starts N copies of the command
+with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in the
+environment. `init_distributed` reads them and joins the process group (gloo on CPU, nccl on
+GPU); without them it is a no-op and every helper here degrades to its single-process meaning, so
+library code calls these helpers unconditionally.
+
+The one piece that is easy to get wrong is the contrastive loss: a CLIP-style loss over a global
+batch needs every rank's embeddings, *with* gradients. `all_gather_with_grad` is open_clip's
+``gather_features(..., gather_with_grad=True)`` (`torch.distributed.nn.all_gather`, re-stated on
+public collectives because that function is deprecated in torch 2.14): its backward sums each
+shard's gradient over ranks. Every rank then computes the same global loss, so each
+local gradient is ``world_size`` times the single-process one, and DDP's gradient *averaging*
+turns it back into exactly the single-process gradient (tested in
+tests/unit/train/test_distributed.py).
+
+Example:
+    >>> ctx = init_distributed()  # no torchrun environment: a one-process context
+    >>> ctx.world_size, ctx.is_main
+    (1, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+from collections.abc import Callable, Iterator, Sized
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits in the job.
+
+    Attributes:
+        rank: global rank (0 writes outputs).
+        world_size: number of processes.
+        local_rank: rank on this node (picks the GPU).
+        backend: ``gloo``, ``nccl`` or ``none`` (single process).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = "none"
+
+    @classmethod
+    def from_env(cls) -> DistContext:
+        """Read the variables torchrun sets; absent or ``WORLD_SIZE=1`` means one process."""
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if world <= 1:
+            return cls()
+        try:
+            rank = int(os.environ["RANK"])
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+        except (KeyError, ValueError) as err:
+            raise RuntimeError(
+                f"WORLD_SIZE={world} but RANK/LOCAL_RANK are missing or not integers: "
+                "start the command with `torchrun --nproc-per-node N --no-python histovl ...`"
+            ) from err
+        return cls(rank=rank, world_size=world, local_rank=local, backend=default_backend())
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        """This rank's device: its own GPU under nccl, else the CPU."""
+        if self.backend == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+
+def default_backend() -> str:
+    """nccl when CUDA is usable, gloo otherwise (``HISTOVL_DIST_BACKEND`` overrides)."""
+    forced = os.environ.get("HISTOVL_DIST_BACKEND")
+    if forced:
+        return forced
+    return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+
+
+def init_distributed() -> DistContext:
+    """Join the process group torchrun describes (idempotent); a no-op for one process.
+
+    Returns the context for this process. Under nccl it also selects this rank's GPU.
+    """
+    ctx = DistContext.from_env()
+    if not ctx.is_distributed:
+        return ctx
+    if not dist.is_available():
+        raise RuntimeError("this torch build has no torch.distributed; run with one process")
+    if not dist.is_initialized():
+        if ctx.backend == "nccl":
+            torch.cuda.set_device(ctx.local_rank)
+        dist.init_process_group(backend=ctx.backend, rank=ctx.rank, world_size=ctx.world_size)
+    return ctx
+
+
+def current_context() -> DistContext:
+    """The context of an initialised process group, or the one-process context."""
+    if dist.is_available() and dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        return DistContext(dist.get_rank(), dist.get_world_size(), local, str(dist.get_backend()))
+    return DistContext()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in a single process): the one rank that writes files."""
+    return not _active() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op for one process)."""
+    if _active():
+        dist.barrier()
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group after a final barrier (no-op for one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` from every rank along dim 0, keeping the autograd graph.
+
+    Rows come in rank order, so rank r's rows are ``[r * n, (r + 1) * n)``; every rank must pass
+    the same shape. The backward pass sums the gradient of each shard over ranks and returns it to
+    the rank that owns the shard, so with DDP's gradient averaging a global loss computed on every
+    rank yields exactly the single-process gradient. Integer and bool tensors (ids, labels) are
+    gathered without autograd. One process: returned unchanged.
+    """
+    if not _active():
+        return tensor
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        # ids live where the caller keeps them (often the CPU); nccl can only move CUDA tensors
+        wire = tensor.to(current_context().device).contiguous()
+        parts = [torch.empty_like(wire) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, wire)
+        return torch.cat(parts, dim=0).to(tensor.device)
+    return _GatherWithGrad.apply(tensor)  # type: ignore[no-any-return]
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums the gradient over ranks and keeps this rank's rows.
+
+    The same maths as `torch.distributed.nn.all_gather` (deprecated in torch 2.14) on public,
+    backend-neutral collectives: all_reduce works on gloo and nccl alike, and the embeddings of
+    a contrastive batch are small, so reducing the whole gradient costs nothing measurable.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        local = tensor.contiguous()
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local)
+        ctx.rows = (rank * local.shape[0], (rank + 1) * local.shape[0])
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        start, stop = ctx.rows
+        return total[start:stop]
+
+
+def wrap_ddp(module: nn.Module, *, find_unused_parameters: bool = False) -> nn.Module:
+    """Wrap `module` in DistributedDataParallel when distributed, else return it unchanged.
+
+    DDP broadcasts rank 0's parameters at construction and averages gradients over ranks in
+    backward. Buffers are not re-broadcast each step (training keeps the model in eval mode, so
+    every rank's buffers stay equal; they are synchronised once at construction).
+    """
+    if not _active():
+        return module
+    ctx = current_context()
+    device_ids = [ctx.local_rank] if ctx.backend == "nccl" else None
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=device_ids, forward_sync_buffers=False, find_unused_parameters=find_unused_parameters
+    )
+
+
+class ForwardThrough(nn.Module):
+    """Give DDP a forward pass: calling it runs `fn`, and `module`'s parameters belong to it.
+
+    DDP only synchronises gradients of work done inside its ``forward``; a training loop whose
+    embedding step is a closure (cached features, projection heads, the logit scale) wraps that
+    closure here and calls ``wrap_ddp(ForwardThrough(encoder, embed_step))`` instead.
+    """
+
+    def __init__(self, module: nn.Module, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.module = module
+        self.fn = fn
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def gradient_sync(module: nn.Module, sync: bool) -> Iterator[None]:
+    """Skip DDP's all-reduce for accumulation micro-steps (``sync=False``); no-op without DDP."""
+    if sync or not isinstance(module, nn.parallel.DistributedDataParallel):
+        yield
+        return
+    with module.no_sync():
+        yield
+
+
+def shard_indices(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's share of an epoch's index order, exactly as `DistributedSampler` splits it.
+
+    The order is padded by wrapping round to a multiple of `world_size` (so every rank runs the
+    same number of steps and no collective waits forever), then rank r takes every
+    ``world_size``-th index from r. Consecutive blocks of ``world_size * b`` indices of the padded
+    order therefore form the same global batches as one process with batch ``world_size * b``.
+    """
+    if world_size <= 1:
+        return order
+    total = -(-len(order) // world_size) * world_size
+    if total > len(order):
+        reps = -(-total // len(order))
+        order = order.repeat(reps)[:total]
+    return order[rank:total:world_size]
+
+
+def distributed_sampler(
+    dataset: Sized, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False
+) -> DistributedSampler[Any] | None:
+    """A `DistributedSampler` for this rank, or None for one process (use plain shuffling).
+
+    Call ``sampler.set_epoch(epoch)`` each epoch so the shuffle changes between epochs.
+    """
+    if not _active():
+        return None
+    return DistributedSampler(
+        dataset,  # type: ignore[arg-type]
+        num_replicas=dist.get_world_size(),
+        rank=dist.get_rank(),
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+    )
+
+
+def seed_rank(seed: int, rank: int | None = None) -> int:
+    """Seed Python, NumPy and torch with ``seed + rank`` and return it.
+
+    For per-rank randomness (augmentation, dropout) only: model initialisation and the epoch
+    shuffle must use the shared `seed` so every rank agrees.
+    """
+    rank = current_context().rank if rank is None else rank
+    value = (seed + rank) % 2**32
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+    return value
+
+
+def rank0_only(fn: Callable[P, R]) -> Callable[P, R | None]:
+    """Decorator: run `fn` on rank 0 only (other ranks get None); use it for every file write."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        if is_main_process():
+            return fn(*args, **kwargs)
+        return None
+
+    return wrapper
