@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", min=0)] = 5,
         lr: Annotated[float, typer.Option("--lr")] = 1e-3,
         weight_decay: Annotated[float, typer.Option("--weight-decay")] = 1e-4,
-        train_batch_size: Annotated[int, typer.Option("--train-batch-size", min=1)] = 64,
+        train_batch_size: Annotated[int, typer.Option("--train-batch-size", min=1, help="Images per head training step (global batch under torchrun).")] = 64,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass of the image tower.")] = 32,
         allow_missing_classes: Annotated[bool, typer.Option("--allow-missing-classes")] = False,
         cache: CacheOpt = None,
@@ -64,9 +64,14 @@ def register(app: typer.Typer) -> None:
         n_boot: NBootOpt = 1000,
         seed: SeedOpt = 0,
     ) -> None:
-        """Train a CMM head; writes the head plus metrics/predictions/report on the training data."""
+        """Train a CMM head; writes the head plus metrics/predictions/report on the training data.
+
+        Runs unchanged under `torchrun --nproc-per-node N --no-python histovl cmm fit ...`
+        (docs/scale-out.md): features split over the ranks, the head trained with DDP, rank 0 writes.
+        """
         from histovl.cli.multilabel_cmd import print_multilabel_summary
         from histovl.heads.cmm_run import cmm_fit
+        from histovl.train.distributed import DistContext
 
         res = cmm_fit(
             model, data, prompts, out, kv_mode=kv.value, tokens=tokens.value, grid=grid, epochs=epochs,
@@ -75,7 +80,8 @@ def register(app: typer.Typer) -> None:
             allow_absolute_paths=allow_absolute_paths, cache=cache, use_cache=not no_cache, device=device,
             trust_checkpoint=trust_checkpoint, n_boot=n_boot, seed=seed,
         )
-        print_multilabel_summary(res.metrics, out)
+        if DistContext.from_env().is_main:  # under torchrun: rank 0 reports
+            print_multilabel_summary(res.metrics, out)
 
     @cmm.command("eval")
     def eval_command(

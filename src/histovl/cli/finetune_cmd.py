@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         loss: Annotated[LossChoice, typer.Option("--loss", help="Contrastive loss.")] = LossChoice.his2lip,
         epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
         train: Annotated[TrainChoice, typer.Option("--train", help="What learns: projections only, all but one tower, or all.")] = TrainChoice.projections,
-        batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Pairs per contrastive batch.")] = 128,
+        batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Pairs per contrastive batch (global batch under torchrun).")] = 128,
         accumulation: Annotated[int, typer.Option("--accumulation", min=1, help="Micro-batches per optimizer step.")] = 1,
         lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 1e-3,
         weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.01,
@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fine-tune a model on image-caption pairs; OUT becomes a model `--model OUT` loads."""
         from histovl.train import FinetuneConfig, finetune
+        from histovl.train.distributed import DistContext
 
         cfg = FinetuneConfig(
             loss=loss.value, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
@@ -58,4 +59,5 @@ def register(app: typer.Typer) -> None:
             caption_templates=captions, resume=resume, feature_cache=feature_cache,
             num_workers=workers or 0, allow_absolute_paths=allow_absolute_paths,
         )
-        typer.echo(f"model written to {res.out} (log: {res.out / 'train_log.csv'})")
+        if DistContext.from_env().is_main:  # under torchrun only rank 0 wrote, so only rank 0 says so
+            typer.echo(f"model written to {res.out} (log: {res.out / 'train_log.csv'})")

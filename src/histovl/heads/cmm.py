@@ -16,11 +16,15 @@ Two key/value modes:
   attention weights are a softmax over the *images of the batch*, and A has the paper's shape
   N x B x d (each image's value weighted by its share of the class's attention). CAVEAT: a
   prediction then depends on which other images share its batch (tested); kept for reproduction.
+  Under data-parallel training (`CMMHead.fit` in a torchrun job) each rank holds part of the
+  batch, so `batch_gather` collects every rank's keys (with gradients) and the softmax runs over
+  the whole global batch, as in one process.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -57,6 +61,8 @@ class CrossModalMatching(nn.Module):
             raise ValueError(f"kv_mode must be 'tokens' or 'pooled', got {kv_mode!r}")
         self.kv_mode: KVMode = kv_mode
         self.n_heads = n_heads
+        # pooled mode under DDP: keys of all ranks + this rank's rows (None: the batch is local)
+        self.batch_gather: Callable[[torch.Tensor], tuple[torch.Tensor, slice]] | None = None
         self.register_buffer("queries", class_embeddings.detach().float().clone())
         self.norm_q, self.norm_kv, self.norm_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.q_proj, self.k_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
@@ -83,7 +89,11 @@ class CrossModalMatching(nn.Module):
         else:
             if features.ndim != 2:
                 raise ValueError(f"kv_mode='pooled' needs features [B, D], got {tuple(features.shape)}")
-            weights = torch.softmax(torch.einsum("chd,bhd->hcb", q, k) * scale, dim=-1)  # over the batch
+            if self.batch_gather is None:
+                weights = torch.softmax(torch.einsum("chd,bhd->hcb", q, k) * scale, dim=-1)  # over the batch
+            else:  # the softmax runs over the global batch; keep the columns of this rank's images
+                all_keys, own = self.batch_gather(k)
+                weights = torch.softmax(torch.einsum("chd,bhd->hcb", q, all_keys) * scale, dim=-1)[..., own]
             out = torch.einsum("hcb,bhd->bchd", self.dropout(weights), v)
         return self.out_proj(out.reshape(*out.shape[:2], -1))
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from histovl._io import atomic_write_json, atomic_write_with
 from histovl.errors import HistovlError, NonFiniteError
 from histovl.heads.cmm import CrossModalMatching, KVMode
+from histovl.train.distributed import all_gather_rows_with_grad, all_reduce_sum, current_context, wrap_ddp
 
 HEAD_FORMAT = "histovl-cmm-head/1"
 
@@ -113,10 +114,12 @@ class CMMHead:
             raise ValueError("y must hold only 0 and 1")
         if queries.shape[1] != x.shape[-1]:
             raise ValueError(f"class embeddings have {queries.shape[1]} dims, features {x.shape[-1]}")
+        ctx = current_context()  # a torchrun job (process group up) trains data-parallel
+        device = str(ctx.device) if ctx.backend == "nccl" else self.device  # one GPU per rank
         torch.manual_seed(self.random_state)
         module = CrossModalMatching(
             queries, n_heads=self.n_heads, ffn_dim=self.ffn_dim, dropout=self.dropout, kv_mode=self.kv_mode
-        ).to(self.device)
+        ).to(device)
         optimiser = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         n = x.shape[0]
         steps_per_epoch = math.ceil(n / self.batch_size)
@@ -125,28 +128,61 @@ class CMMHead:
         gen = torch.Generator().manual_seed(self.random_state)
         loss_fn = torch.nn.BCEWithLogitsLoss()
         history: list[float] = []
+        steps: list[float] = []
         module.train()
+        trainer: torch.nn.Module = module
+        if ctx.is_distributed:
+            if self.kv_mode == "pooled":
+                module.batch_gather = all_gather_rows_with_grad
+            trainer = wrap_ddp(module)  # broadcasts rank 0's initial weights; averages gradients
+            torch.manual_seed(self.random_state + ctx.rank)  # independent dropout masks per rank
         for epoch in range(self.epochs):
-            order = torch.randperm(n, generator=gen)
+            order = torch.randperm(n, generator=gen)  # same seed: the same global batches on every rank
             running = 0.0
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
-                logits = module(x[idx].to(self.device))
-                loss = loss_fn(logits, targets[idx].to(self.device))
-                if not torch.isfinite(loss):
+                if ctx.is_distributed:
+                    loss, global_loss = self._distributed_step(trainer, x, targets, idx, ctx.rank, ctx.world_size, device)
+                else:
+                    logits = trainer(x[idx].to(device))
+                    loss = loss_fn(logits, targets[idx].to(device))
+                    global_loss = float(loss.detach())
+                if not math.isfinite(global_loss):
                     raise NonFiniteError(f"CMM loss became NaN/Inf at epoch {epoch}; lower --lr")
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
                 schedule.step()
-                running += float(loss.detach()) * len(idx)
+                running += global_loss * len(idx)
+                steps.append(global_loss)
             history.append(running / n)
-        module.eval()
+        module.batch_gather = None
+        module.to(self.device).eval()
         self.module_ = module
         self.class_names_ = list(class_names) if class_names is not None else [str(i) for i in range(len(queries))]
         self.n_features_in_ = int(x.shape[-1])
         self.loss_history_ = history
+        self.step_loss_history_ = steps
         return self
+
+    @staticmethod
+    def _distributed_step(
+        trainer: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor,
+        rank: int, world: int, device: str,
+    ) -> tuple[torch.Tensor, float]:
+        """One rank's share of a global batch: (loss to back-propagate, the global batch's loss).
+
+        Rank r takes every `world`-th image of the batch (as `DistributedSampler` splits data).
+        The back-propagated loss is this rank's BCE *sum* scaled by ``world / (batch x classes)``,
+        so DDP's gradient average equals the one-process gradient of the global mean, also when
+        the shards differ in size. The logged loss is the global batch's mean (all-reduced).
+        """
+        local = idx[rank::world]
+        logits = trainer(x[local].to(device))
+        summed = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[local].to(device), reduction="sum")
+        denominator = len(idx) * targets.shape[1]
+        global_loss = float(all_reduce_sum(summed.detach())) / denominator
+        return summed * (world / denominator), global_loss
 
     def _check_fitted(self) -> CrossModalMatching:
         if not hasattr(self, "module_"):
@@ -185,7 +221,8 @@ class CMMHead:
         atomic_write_with(out / "head.safetensors", lambda p: save_file(tensors, str(p)))
         meta = {
             "format": HEAD_FORMAT, "params": self.get_params(), "class_names": self.class_names_,
-            "n_features_in": self.n_features_in_, "loss_history": self.loss_history_, "extra": extra or {},
+            "n_features_in": self.n_features_in_, "loss_history": self.loss_history_,
+            "step_loss_history": getattr(self, "step_loss_history_", []), "extra": extra or {},
         }
         atomic_write_json(out / "head.json", meta)
         return out
@@ -220,6 +257,7 @@ class CMMHead:
         head.class_names_ = list(meta["class_names"])
         head.n_features_in_ = int(meta["n_features_in"])
         head.loss_history_ = list(meta.get("loss_history", []))
+        head.step_loss_history_ = list(meta.get("step_loss_history", []))
         head.extra_ = dict(meta.get("extra", {}))
         return head
 

@@ -3,6 +3,9 @@
 fit: data -> frozen features (tokens or pooled) + class queries from the text classifier
      -> `CMMHead.fit` -> head folder (head.safetensors, head.json, train_log.csv) plus the
      standard outputs on the training data.
+     Under `torchrun` (docs/scale-out.md) the feature pass is split over the ranks and gathered,
+     the head trains data-parallel (DDP; `train_batch_size` is the global batch) and rank 0
+     alone evaluates and writes; every rank returns the same result.
 eval: head folder -> same model and feature settings -> standard outputs on new data.
 """
 
@@ -24,6 +27,14 @@ from histovl.heads.cmm import KVMode
 from histovl.heads.cmm_head import CMMHead
 from histovl.heads.features import TokenSource, encode_image_tokens, resolve_token_source
 from histovl.models.encoder import Encoder
+from histovl.train.distributed import (
+    broadcast_object,
+    cleanup_distributed,
+    current_context,
+    init_distributed,
+    run_on_shards,
+    shard_bounds,
+)
 from histovl.zeroshot.multilabel.outputs import (
     evaluate_multilabel,
     label_matrix,
@@ -58,19 +69,81 @@ def cmm_features(
     progress: bool = False,
 ) -> tuple[torch.Tensor, list[bool], list[dict[str, str]]]:
     """Frozen features for the head: tokens [N, T, D] or pooled embeddings [N, D] (cached)."""
+    feats, ok, failures = _path_features(
+        encoder, list(image_set.paths), kv_mode=kv_mode, tokens=tokens, grid=grid, batch_size=batch_size,
+        on_error=on_error, cache=cache, use_cache=use_cache, seed=seed, progress=progress, allow_empty=False,
+    )
+    return feats, ok, failures
+
+
+def _path_features(
+    encoder: Encoder,
+    paths: list[Path],
+    *,
+    kv_mode: KVMode,
+    tokens: TokenSource,
+    grid: int,
+    batch_size: int,
+    on_error: Literal["raise", "skip"],
+    cache: str | os.PathLike[str] | None,
+    use_cache: bool,
+    seed: int,
+    progress: bool,
+    allow_empty: bool,
+) -> tuple[torch.Tensor, list[bool], list[dict[str, str]]]:
+    if not paths and allow_empty:
+        return torch.empty(0), [], []
     if kv_mode == "pooled":
         from histovl.embed import EmbeddingCache, encode_images
 
         res = encode_images(
-            encoder, image_set.paths, cache=EmbeddingCache(cache) if use_cache else None,
+            encoder, paths, cache=EmbeddingCache(cache) if use_cache else None,
             batch_size=batch_size, on_error=on_error, progress=progress, seed=seed,
         )
         return (torch.as_tensor(res.embeddings), list(map(bool, res.ok)),
                 [{"path": str(f.path), "reason": f.reason} for f in res.failures])
     feats, ok, failures = encode_image_tokens(
-        encoder, image_set.paths, source=tokens, grid=grid, batch_size=batch_size, on_error=on_error
+        encoder, paths, source=tokens, grid=grid, batch_size=batch_size, on_error=on_error, allow_empty=allow_empty
     )
     return feats, ok, [{"path": p, "reason": r} for p, r in failures]
+
+
+def sharded_cmm_features(
+    encoder: Encoder,
+    image_set: ImageSet,
+    *,
+    kv_mode: KVMode,
+    tokens: TokenSource = "auto",
+    grid: int = 2,
+    batch_size: int = 32,
+    on_error: Literal["raise", "skip"] = "raise",
+    cache: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    seed: int = 0,
+) -> tuple[torch.Tensor, list[bool], list[dict[str, str]]]:
+    """`cmm_features` split over the ranks of a torchrun job, gathered on every rank.
+
+    Rank r encodes the r-th contiguous block of the images (`shard_bounds`), so the frozen
+    encoder's pass is divided by the number of processes and each image is encoded (and written
+    to the cache, whose per-process shard files are safe to fill concurrently) exactly once;
+    the blocks are then gathered in rank order, which is the input order. An error on any rank
+    stops every rank. One process: exactly `cmm_features`.
+    """
+    ctx = current_context()
+    if not ctx.is_distributed:
+        return cmm_features(encoder, image_set, kv_mode=kv_mode, tokens=tokens, grid=grid, batch_size=batch_size,
+                            on_error=on_error, cache=cache, use_cache=use_cache, seed=seed)
+    start, stop = shard_bounds(len(image_set), ctx.rank, ctx.world_size)
+    paths = list(image_set.paths)[start:stop]
+    parts = run_on_shards(lambda: _path_features(
+        encoder, paths, kv_mode=kv_mode, tokens=tokens, grid=grid, batch_size=batch_size, on_error=on_error,
+        cache=cache, use_cache=use_cache, seed=seed, progress=False, allow_empty=True,
+    ))
+    blocks = [feats.cpu() for feats, _, _ in parts if feats.numel()]
+    if not blocks:
+        raise ValueError(f"none of the {len(image_set)} images could be read")
+    return (torch.cat(blocks), [flag for _, ok, _ in parts for flag in ok],
+            [failure for _, _, failures in parts for failure in failures])
 
 
 def _load_inputs(data: Any, prompts: Any | None, allow_absolute_paths: bool) -> tuple[ImageSet, Any]:
@@ -122,6 +195,10 @@ def cmm_fit(
     from histovl.reproducibility import seed_everything
     from histovl.zeroshot.classifier import build_text_classifier
 
+    owns_group = not torch.distributed.is_initialized()
+    ctx = init_distributed()  # one process unless started by torchrun
+    if ctx.backend == "nccl":
+        device = str(ctx.device)  # one GPU per rank
     seed_everything(seed)
     image_set, prompt_set = _load_inputs(data, prompts, allow_absolute_paths)
     class_names = list(prompt_set.classes)
@@ -129,9 +206,9 @@ def cmm_fit(
     encoder = model if isinstance(model, Encoder) else load_model(str(model), device=device, trust_checkpoint=trust_checkpoint)
     source = resolve_token_source(encoder, tokens) if kv_mode == "tokens" else "pooled"
     t0 = time.perf_counter()
-    feats, ok, skipped = cmm_features(encoder, image_set, kv_mode=kv_mode, tokens=tokens, grid=grid,
-                                      batch_size=batch_size, on_error=on_error, cache=cache,
-                                      use_cache=use_cache, seed=seed)
+    feats, ok, skipped = sharded_cmm_features(encoder, image_set, kv_mode=kv_mode, tokens=tokens, grid=grid,
+                                              batch_size=batch_size, on_error=on_error, cache=cache,
+                                              use_cache=use_cache, seed=seed)
     t1 = time.perf_counter()
     records = [r for r, keep in zip(image_set.records, ok, strict=True) if keep]
     clf = build_text_classifier(encoder, prompt_set, "mean")
@@ -140,11 +217,15 @@ def cmm_fit(
                    batch_size=train_batch_size, random_state=seed, device=device)
     head.fit(feats, label_matrix(records, class_names), class_embeddings=clf.weights, class_names=class_names)
     t2 = time.perf_counter()
-    probs = head.predict_proba(feats)
-    metrics = evaluate_multilabel(records, probs, class_names, n_boot=n_boot, seed=seed)
-    timing = {"features": round(t1 - t0, 3), "fit": round(t2 - t1, 3), "total": round(time.perf_counter() - t0, 3)}
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
+    metrics: dict[str, Any] = {}
+    probs = np.empty(0)
+    timing: dict[str, float] = {}
+    if ctx.is_main:  # the head is the same on every rank: rank 0 evaluates and writes
+        probs = head.predict_proba(feats)
+        metrics = evaluate_multilabel(records, probs, class_names, n_boot=n_boot, seed=seed)
+        timing = {"features": round(t1 - t0, 3), "fit": round(t2 - t1, 3), "total": round(time.perf_counter() - t0, 3)}
+    if ctx.is_main and out_dir is not None:
         extra = {
             "model": model if isinstance(model, str) else encoder.card.name,
             "weights_id": encoder.weights_id, "card": encoder.card.to_dict(), "token_source": source,
@@ -158,8 +239,13 @@ def cmm_fit(
             root=image_set.root, predictions=probs >= 0.5, scores=probs, class_names=class_names,
             models=[encoder.card], prompt_set=prompt_set, seed=seed, inputs=image_set.paths, skipped=skipped,
             config={**head.get_params(), "token_source": source, "grid": grid, "data": str(image_set.source)},
-            extra={"timing_s": timing, "split": "train"},
+            extra={"timing_s": timing, "split": "train",
+                   **({"world_size": ctx.world_size} if ctx.is_distributed else {})},
         )
+    # the other ranks wait here until rank 0 has written, then return the same result
+    metrics, probs, timing = broadcast_object((metrics, probs, timing))
+    if owns_group:
+        cleanup_distributed()
     return CMMRunResult(head, metrics, probs, out_dir, timing)
 
 

@@ -115,11 +115,14 @@ def encode_image_tokens(
     grid: int = 2,
     batch_size: int = 32,
     on_error: Literal["raise", "skip"] = "raise",
+    allow_empty: bool = False,
 ) -> tuple[torch.Tensor, list[bool], list[tuple[str, str]]]:
     """Decode, preprocess and tokenise images: (tokens [n_ok, T, D], ok mask, failures).
 
     Unreadable files raise `ImageReadError` naming the file, or with ``on_error="skip"`` are
-    recorded in `failures` and left out of the tokens.
+    recorded in `failures` and left out of the tokens. When no image could be read this raises
+    `ValueError`, unless `allow_empty` (one rank's shard of a larger set): then the tokens are
+    an empty tensor.
     """
     from histovl.data import read_rgb
 
@@ -149,6 +152,8 @@ def encode_image_tokens(
         if len(batch) >= batch_size:
             flush()
     flush()
+    if not chunks and allow_empty:
+        return torch.empty(0), ok, failures
     if not chunks:
         raise ValueError(f"none of the {len(ok)} images could be read")
     return torch.cat(chunks), ok, failures

@@ -12,6 +12,12 @@ Architecture (HistoStainAlign, arXiv:2506.15853, as implemented here; docs/stain
 ``align=False`` is the paper's baseline: the same encoder, pooling, projection and classifier,
 trained with the classification loss alone (the IHC branch is unused).
 
+Inside a torchrun job (`histovl stainalign fit` under `torchrun`, docs/scale-out.md) `fit` trains
+data-parallel: each rank takes its share of every global batch of ``batch_size`` pairs, DDP
+averages the gradients, and the alignment loss sees the slide embeddings of all ranks (gathered
+with gradients), so the loss curve equals one process's (with ``dropout=0``; dropout masks are
+drawn per rank). One process: unchanged.
+
 The estimator follows scikit-learn's contract: `__init__` stores parameters, `fit` returns self,
 learned state ends in ``_``, and `random_state` fixes initialisation, shuffling and tile sampling.
 """
@@ -35,6 +41,14 @@ from torch import nn
 from histovl._io import atomic_path, atomic_write_json
 from histovl.errors import NonFiniteError
 from histovl.stainalign.mil import GatedAttentionPool, pad_bags, symmetric_contrastive_loss
+from histovl.train.distributed import (
+    DistContext,
+    ForwardThrough,
+    all_gather_rows_with_grad,
+    all_reduce_sum,
+    current_context,
+    wrap_ddp,
+)
 
 FORMAT_VERSION = 1
 
@@ -95,6 +109,14 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def _pad_or_empty(bags: list[torch.Tensor], dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pad_bags` on `device`, or an empty batch [0, 1, dim] for a rank with no bags this step."""
+    if not bags:
+        return torch.zeros((0, 1, dim), device=device), torch.zeros((0, 1), dtype=torch.bool, device=device)
+    x, m = pad_bags(bags)
+    return x.to(device), m.to(device)
+
+
 def _as_bags(bags: Sequence[np.ndarray], what: str, dim: int | None = None) -> list[torch.Tensor]:
     out = []
     for i, b in enumerate(bags):
@@ -153,12 +175,21 @@ class HistoStainAlign:
         counts = torch.bincount(target, minlength=len(classes)).float()
         weight = (counts.sum() / (len(classes) * counts.clamp(min=1))) if p.class_weight == "balanced" else None
 
+        ctx = current_context()  # inside a torchrun job (process group up): data-parallel
         with torch.random.fork_rng(devices=[]), torch_threads(p.num_threads):
             torch.manual_seed(p.random_state)
             gen = torch.Generator().manual_seed(p.random_state)
             net = _Network(dim, len(classes), p)
+            trainer: nn.Module = net
+            if ctx.is_distributed:
+                net.to(ctx.device)  # the CPU under gloo, this rank's GPU under nccl
+                # DDP broadcasts rank 0's weights and averages gradients; the baseline never uses
+                # the IHC branch, so DDP must not wait for its gradients
+                trainer = wrap_ddp(ForwardThrough(net, net.he_embed), find_unused_parameters=ihc is None)
+                torch.manual_seed(p.random_state + ctx.rank)  # independent dropout masks per rank
             opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
             history: list[dict[str, float]] = []
+            steps: list[dict[str, float]] = []
             n = len(he)
             for epoch in range(p.epochs):
                 net.train()
@@ -168,29 +199,84 @@ class HistoStainAlign:
                     batches[-2].extend(batches.pop())
                 sums = {"loss": 0.0, "cls": 0.0, "align": 0.0}
                 for idx in batches:
-                    he_x, he_m = pad_bags([self._sample(he[i], gen) for i in idx])
-                    e_he, _ = net.he_embed(he_x, he_m)
-                    cls_loss = F.cross_entropy(net.classifier(e_he), target[idx], weight=weight)
-                    loss = cls_loss
-                    align_loss = torch.zeros(())
-                    if ihc is not None and len(idx) >= 2:
-                        ihc_x, ihc_m = pad_bags([self._sample(ihc[i], gen) for i in idx])
-                        align_loss = symmetric_contrastive_loss(e_he, net.ihc_embed(ihc_x, ihc_m), p.temperature)
-                        loss = loss + p.align_weight * align_loss
-                    if not torch.isfinite(loss):
+                    if ctx.is_distributed:
+                        loss, logged = self._distributed_step(trainer, net, he, ihc, target, weight, idx, gen, ctx)
+                    else:
+                        he_x, he_m = pad_bags([self._sample(he[i], gen) for i in idx])
+                        e_he, _ = net.he_embed(he_x, he_m)
+                        cls_loss = F.cross_entropy(net.classifier(e_he), target[idx], weight=weight)
+                        loss = cls_loss
+                        align_loss = torch.zeros(())
+                        if ihc is not None and len(idx) >= 2:
+                            ihc_x, ihc_m = pad_bags([self._sample(ihc[i], gen) for i in idx])
+                            align_loss = symmetric_contrastive_loss(e_he, net.ihc_embed(ihc_x, ihc_m), p.temperature)
+                            loss = loss + p.align_weight * align_loss
+                        logged = {"loss": float(loss.detach()), "cls": float(cls_loss.detach()),
+                                  "align": float(align_loss.detach())}
+                    if not np.isfinite(logged["loss"]):
                         raise NonFiniteError(f"HistoStainAlign loss became NaN/Inf at epoch {epoch}; lower --lr")
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    for key, val in (("loss", loss), ("cls", cls_loss), ("align", align_loss)):
-                        sums[key] += float(val.detach()) * len(idx) / n
+                    for key, val in logged.items():
+                        sums[key] += val * len(idx) / n
+                    steps.append({"epoch": float(epoch), **logged})
                 history.append({"epoch": float(epoch), **sums})
+        net.cpu()
         net.eval()
         self.network_ = net
         self.classes_ = classes
         self.n_features_in_ = dim
         self.history_ = history
+        self.step_history_ = steps
         return self
+
+    def _distributed_step(
+        self,
+        trainer: nn.Module,
+        net: _Network,
+        he: list[torch.Tensor],
+        ihc: list[torch.Tensor] | None,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,
+        idx: list[int],
+        gen: torch.Generator,
+        ctx: DistContext,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """This rank's share of the global batch `idx`: (loss to back-propagate, logged losses).
+
+        Every rank draws the tile samples of the *whole* batch from the shared generator (so the
+        generators stay in step, and the samples equal a one-process run's), then keeps every
+        ``world``-th bag (`DistributedSampler`'s split). Classification: this rank's weighted CE
+        *sum* over the global batch's weight total, times ``world``, so DDP's gradient average
+        is the one-process gradient also for shards of different sizes. Alignment: the slide
+        embeddings of all ranks are gathered with gradients and every rank computes the same
+        symmetric InfoNCE over the global batch (the scheme of `all_gather_with_grad`).
+        """
+        p, world, rank = self.params, ctx.world_size, ctx.rank
+        device = ctx.device
+        he_all = [self._sample(he[i], gen) for i in idx]
+        ihc_all = [self._sample(ihc[i], gen) for i in idx] if ihc is not None and len(idx) >= 2 else None
+        local = idx[rank::world]
+        he_x, he_m = _pad_or_empty(he_all[rank::world], he[0].shape[1], device)
+        e_he, _ = trainer(he_x, he_m)
+        y = target[local].to(device)
+        w = weight.to(device) if weight is not None else None
+        per_bag = F.cross_entropy(net.classifier(e_he), y, weight=w, reduction="none")
+        denominator = float((weight[target[idx]] if weight is not None else torch.ones(len(idx))).sum())
+        cls_sum = per_bag.sum()
+        loss = cls_sum * (world / denominator)
+        cls_value = float(all_reduce_sum(cls_sum.detach())) / denominator
+        align_value = 0.0
+        if ihc_all is not None:
+            ihc_x, ihc_m = _pad_or_empty(ihc_all[rank::world], he[0].shape[1], device)
+            all_he, _ = all_gather_rows_with_grad(e_he)
+            all_ihc, _ = all_gather_rows_with_grad(net.ihc_embed(ihc_x, ihc_m))
+            align_loss = symmetric_contrastive_loss(all_he, all_ihc, p.temperature)
+            loss = loss + p.align_weight * align_loss
+            align_value = float(align_loss.detach())
+        total = cls_value + p.align_weight * align_value if ihc_all is not None else cls_value
+        return loss, {"loss": total, "cls": cls_value, "align": align_value}
 
     def _sample(self, bag: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if bag.shape[0] <= self.params.max_tiles:
@@ -250,6 +336,7 @@ class HistoStainAlign:
                 "classes": self.classes_,
                 "n_features_in": self.n_features_in_,
                 "history": self.history_,
+                "step_history": getattr(self, "step_history_", []),
                 **(extra or {}),
             },
         )
@@ -271,4 +358,5 @@ class HistoStainAlign:
         net.eval()
         model.network_, model.classes_ = net, list(meta["classes"])
         model.n_features_in_, model.history_ = int(meta["n_features_in"]), list(meta.get("history", []))
+        model.step_history_ = list(meta.get("step_history", []))
         return model, meta

@@ -292,3 +292,90 @@ def rank0_only(fn: Callable[P, R]) -> Callable[P, R | None]:
         return None
 
     return wrapper
+
+
+# ---- helpers for the head trainers (`cmm fit`, `stainalign fit`) -----------------------------
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """This rank's contiguous block ``[start, stop)`` of `n` items (block sizes differ by <= 1).
+
+    Contiguous (not strided) so that concatenating the ranks' results in rank order restores
+    the input order; a rank whose block is empty (``n < world_size``) gets ``start == stop``.
+    """
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def all_gather_object(obj: R) -> list[R]:
+    """Every rank's picklable `obj`, in rank order (``[obj]`` for one process)."""
+    if not _active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: R, src: int = 0) -> R:
+    """Rank `src`'s picklable `obj` on every rank (`obj` itself for one process)."""
+    if not _active():
+        return obj
+    box: list[Any] = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]  # type: ignore[no-any-return]
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum of a (detached) tensor over ranks, returned on the tensor's own device; no autograd."""
+    if not _active():
+        return value
+    wire = value.detach().to(current_context().device, dtype=torch.float64).clone()
+    dist.all_reduce(wire, op=dist.ReduceOp.SUM)
+    return wire.to(value.device, dtype=value.dtype)
+
+
+def run_on_shards(fn: Callable[[], R]) -> list[R]:
+    """Run `fn` on every rank and gather the results in rank order; a failure fails every rank.
+
+    A rank that raised re-raises its own error; the others raise `RuntimeError` naming that
+    rank and its error, instead of waiting forever in the gather. One process: ``[fn()]``.
+    """
+    if not _active():
+        return [fn()]
+    error: Exception | None = None
+    result: Any = None
+    try:
+        result = fn()
+    except Exception as err:  # noqa: BLE001 - re-raised below on this rank, reported on the others
+        error = err
+    messages = all_gather_object(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(rank, msg) for rank, msg in enumerate(messages) if msg is not None]
+    if failed:
+        rank, msg = failed[0]
+        raise RuntimeError(f"rank {rank} failed, so this rank stops too: {msg}")
+    return all_gather_object(result)
+
+
+def all_gather_rows_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, slice]:
+    """`all_gather_with_grad` for shards of different sizes (even empty ones).
+
+    Returns the rows of every rank in rank order and the slice of them that is this rank's own.
+    Rows are padded to the largest shard for the collective and the padding is dropped again,
+    so the gradient reaching each rank's rows is the sum over ranks, as in
+    `all_gather_with_grad`. One process: ``(tensor, slice(0, len(tensor)))``.
+    """
+    if not _active():
+        return tensor, slice(0, tensor.shape[0])
+    sizes = [int(s) for s in all_gather_with_grad(torch.tensor([tensor.shape[0]], dtype=torch.long)).tolist()]
+    rank, widest = dist.get_rank(), max(sizes)
+    start = sum(sizes[:rank])
+    own = slice(start, start + sizes[rank])
+    if widest == 0:
+        return tensor, own
+    padding = tensor.new_zeros((widest - tensor.shape[0], *tensor.shape[1:]))
+    gathered = all_gather_with_grad(torch.cat([tensor, padding]))
+    keep = torch.cat([torch.arange(r * widest, r * widest + s) for r, s in enumerate(sizes)]).to(gathered.device)
+    return gathered.index_select(0, keep), own

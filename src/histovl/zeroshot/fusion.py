@@ -105,6 +105,8 @@ class EncoderScores:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row softmax in float64, as the single-encoder path does (fused == single for one encoder)."""
+    logits = np.asarray(logits, dtype=np.float64)
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
