@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
         lr: Annotated[float, typer.Option("--lr")] = 1e-3,
         weight_decay: Annotated[float, typer.Option("--weight-decay")] = 1e-4,
         train_batch_size: Annotated[int, typer.Option("--train-batch-size", min=1, help="Images per head training step (global batch under torchrun).")] = 64,
+        dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=1.0, help="Dropout in the head while training.")] = 0.1,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass of the image tower.")] = 32,
         allow_missing_classes: Annotated[bool, typer.Option("--allow-missing-classes")] = False,
         cache: CacheOpt = None,
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
         res = cmm_fit(
             model, data, prompts, out, kv_mode=kv.value, tokens=tokens.value, grid=grid, epochs=epochs,
             warmup_epochs=warmup_epochs, lr=lr, weight_decay=weight_decay, train_batch_size=train_batch_size,
-            batch_size=batch_size, on_error=on_error.value, allow_missing_classes=allow_missing_classes,
+            dropout=dropout, batch_size=batch_size, on_error=on_error.value, allow_missing_classes=allow_missing_classes,
             allow_absolute_paths=allow_absolute_paths, cache=cache, use_cache=not no_cache, device=device,
             trust_checkpoint=trust_checkpoint, n_boot=n_boot, seed=seed,
         )

@@ -37,6 +37,8 @@ def register(app: typer.Typer) -> None:
         epochs: Annotated[int, typer.Option("--epochs", min=1)] = 60,
         align_weight: Annotated[float, typer.Option("--align-weight", min=0.0, help="Weight of the contrastive alignment loss.")] = 1.0,
         temperature: Annotated[float, typer.Option("--temperature", min=1e-4)] = 0.1,
+        batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Paired slides per training step (global batch under torchrun).")] = 16,
+        dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=1.0, help="Dropout in the attention-MIL pooling while training.")] = 0.1,
         cv_folds: Annotated[int, typer.Option("--cv-folds", min=2, help="Grouped cross-validation folds.")] = 5,
         cache: CacheOpt = None,
         n_boot: NBootOpt = 1000,
@@ -45,16 +47,24 @@ def register(app: typer.Typer) -> None:
         trust_checkpoint: TrustOpt = False,
         allow_absolute_paths: AbsPathsOpt = False,
     ) -> None:
-        """Grouped CV of the aligned model vs the no-alignment baseline; save both trained on all pairs."""
+        """Grouped CV of the aligned model vs the no-alignment baseline; save both trained on all pairs.
+
+        Runs unchanged under `torchrun --nproc-per-node N --no-python histovl stainalign fit ...`
+        (docs/scale-out.md): slides embedded in shards, models trained with DDP, rank 0 writes.
+        """
         from histovl.slides import TileSpec
         from histovl.stainalign import stainalign_fit
+        from histovl.train.distributed import DistContext
 
         metrics = stainalign_fit(
             pairs, out, model=model, spec=TileSpec(size=size, mpp=mpp), slide_mpp=slide_mpp, cache_dir=cache,
-            params={"epochs": epochs, "align_weight": align_weight, "temperature": temperature},
+            params={"epochs": epochs, "align_weight": align_weight, "temperature": temperature,
+                    "batch_size": batch_size, "dropout": dropout},
             cv_folds=cv_folds, n_boot=n_boot, seed=seed, device=device, trust_checkpoint=trust_checkpoint,
             allow_absolute_paths=allow_absolute_paths,
         )
+        if not DistContext.from_env().is_main:  # under torchrun: rank 0 reports
+            return
         console = Console()
         console.print(metrics["evaluation"])
         console.print(_line("aligned", metrics))

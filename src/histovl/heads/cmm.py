@@ -95,7 +95,7 @@ class CrossModalMatching(nn.Module):
                 all_keys, own = self.batch_gather(k)
                 weights = torch.softmax(torch.einsum("chd,bhd->hcb", q, all_keys) * scale, dim=-1)[..., own]
             out = torch.einsum("hcb,bhd->bchd", self.dropout(weights), v)
-        return self.out_proj(out.reshape(*out.shape[:2], -1))
+        return self.out_proj(out.flatten(2))  # [B, C, H, dh] -> [B, C, D] (also for B = 0)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         queries: torch.Tensor = self.queries  # type: ignore[assignment]

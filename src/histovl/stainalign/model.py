@@ -91,6 +91,14 @@ class _Network(nn.Module):
         z, _ = self.ihc_pool(bags, mask)
         return F.normalize(self.ihc_proj(z), dim=-1)
 
+    def branches(
+        self, he_x: torch.Tensor, he_m: torch.Tensor, ihc_x: torch.Tensor | None = None, ihc_m: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One training forward: (H&E embeddings, class logits, IHC embeddings or None)."""
+        e_he, _ = self.he_embed(he_x, he_m)
+        e_ihc = self.ihc_embed(ihc_x, ihc_m) if ihc_x is not None and ihc_m is not None else None
+        return e_he, self.classifier(e_he), e_ihc
+
 
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
@@ -185,7 +193,7 @@ class HistoStainAlign:
                 net.to(ctx.device)  # the CPU under gloo, this rank's GPU under nccl
                 # DDP broadcasts rank 0's weights and averages gradients; the baseline never uses
                 # the IHC branch, so DDP must not wait for its gradients
-                trainer = wrap_ddp(ForwardThrough(net, net.he_embed), find_unused_parameters=ihc is None)
+                trainer = wrap_ddp(ForwardThrough(net, net.branches), find_unused_parameters=ihc is None)
                 torch.manual_seed(p.random_state + ctx.rank)  # independent dropout masks per rank
             opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
             history: list[dict[str, float]] = []
@@ -200,7 +208,7 @@ class HistoStainAlign:
                 sums = {"loss": 0.0, "cls": 0.0, "align": 0.0}
                 for idx in batches:
                     if ctx.is_distributed:
-                        loss, logged = self._distributed_step(trainer, net, he, ihc, target, weight, idx, gen, ctx)
+                        loss, logged = self._distributed_step(trainer, he, ihc, target, weight, idx, gen, ctx)
                     else:
                         he_x, he_m = pad_bags([self._sample(he[i], gen) for i in idx])
                         e_he, _ = net.he_embed(he_x, he_m)
@@ -234,7 +242,6 @@ class HistoStainAlign:
     def _distributed_step(
         self,
         trainer: nn.Module,
-        net: _Network,
         he: list[torch.Tensor],
         ihc: list[torch.Tensor] | None,
         target: torch.Tensor,
@@ -259,19 +266,21 @@ class HistoStainAlign:
         ihc_all = [self._sample(ihc[i], gen) for i in idx] if ihc is not None and len(idx) >= 2 else None
         local = idx[rank::world]
         he_x, he_m = _pad_or_empty(he_all[rank::world], he[0].shape[1], device)
-        e_he, _ = trainer(he_x, he_m)
+        ihc_x = ihc_m = None
+        if ihc_all is not None:
+            ihc_x, ihc_m = _pad_or_empty(ihc_all[rank::world], he[0].shape[1], device)
+        e_he, logits, e_ihc = trainer(he_x, he_m, ihc_x, ihc_m)  # all parameters used inside DDP's forward
         y = target[local].to(device)
         w = weight.to(device) if weight is not None else None
-        per_bag = F.cross_entropy(net.classifier(e_he), y, weight=w, reduction="none")
+        per_bag = F.cross_entropy(logits, y, weight=w, reduction="none")
         denominator = float((weight[target[idx]] if weight is not None else torch.ones(len(idx))).sum())
         cls_sum = per_bag.sum()
         loss = cls_sum * (world / denominator)
         cls_value = float(all_reduce_sum(cls_sum.detach())) / denominator
         align_value = 0.0
-        if ihc_all is not None:
-            ihc_x, ihc_m = _pad_or_empty(ihc_all[rank::world], he[0].shape[1], device)
+        if e_ihc is not None:
             all_he, _ = all_gather_rows_with_grad(e_he)
-            all_ihc, _ = all_gather_rows_with_grad(net.ihc_embed(ihc_x, ihc_m))
+            all_ihc, _ = all_gather_rows_with_grad(e_ihc)
             align_loss = symmetric_contrastive_loss(all_he, all_ihc, p.temperature)
             loss = loss + p.align_weight * align_loss
             align_value = float(align_loss.detach())

@@ -5,6 +5,10 @@ no-alignment baseline (metrics with CIs) → both models retrained on all pairs 
 (``OUT/`` aligned, ``OUT/baseline/``) with the encoder spec and tile settings they need.
 
 eval: a saved model + pairs CSV → H&E bags only → predictions, metrics with CIs, heatmaps.
+
+fit runs unchanged under `torchrun` (docs/scale-out.md): the slides are split over the ranks for
+tiling and embedding (then gathered), every rank runs the same folds and trains each model with
+DDP, and rank 0 alone computes the metrics and writes; every rank returns the same metrics.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from histovl.metrics import classification_metrics
 from histovl.models.encoder import Encoder
@@ -25,8 +30,16 @@ from histovl.slides.figures import heatmap_image, save_png
 from histovl.slides.tiling import TileSpec
 from histovl.slides.tissue import TissueParams
 from histovl.stainalign.bags import SlideBag, embed_bags, read_pairs, slide_tiles
-from histovl.stainalign.evaluate import cross_validate, summarise
+from histovl.stainalign.evaluate import CrossValidationResult, cross_validate, summarise
 from histovl.stainalign.model import HistoStainAlign
+from histovl.train.distributed import (
+    broadcast_object,
+    cleanup_distributed,
+    current_context,
+    init_distributed,
+    run_on_shards,
+    shard_bounds,
+)
 
 
 def _encoder(model: str | Encoder, device: str, trust_checkpoint: bool) -> tuple[Encoder, str]:
@@ -38,9 +51,25 @@ def _encoder(model: str | Encoder, device: str, trust_checkpoint: bool) -> tuple
 
 
 def _bags(encoder: Encoder, slides: list[str], work: Path, spec: TileSpec, cache: Any, slide_mpp: float | None) -> list[SlideBag]:
+    """Bags of `slides`; in a torchrun job each rank tiles and embeds its own block of slides.
+
+    The blocks are gathered in rank order, so every rank ends with all bags. Each slide is tiled
+    (into its own work folder) and embedded by exactly one rank, so no two processes write the
+    same tile files; the embedding cache takes concurrent writers. An error on one rank stops all.
+    """
     unique = list(dict.fromkeys(slides))  # a slide listed twice is embedded once
-    tiles = [slide_tiles(s, work, spec, slide_mpp=slide_mpp) for s in unique]
-    by_slide = dict(zip(unique, embed_bags(encoder, tiles, cache=cache), strict=True))
+    ctx = current_context()
+    start, stop = shard_bounds(len(unique), ctx.rank, ctx.world_size)
+    mine = unique[start:stop]
+
+    def embed_mine() -> list[SlideBag]:
+        if not mine:
+            return []
+        tiles = [slide_tiles(s, work, spec, slide_mpp=slide_mpp) for s in mine]
+        return embed_bags(encoder, tiles, cache=cache)
+
+    gathered = [bag for part in run_on_shards(embed_mine) for bag in part]
+    by_slide = dict(zip(unique, gathered, strict=True))
     return [by_slide[s] for s in slides]
 
 
@@ -106,6 +135,10 @@ def stainalign_fit(
     """
     from histovl.embed import EmbeddingCache
 
+    owns_group = not torch.distributed.is_initialized()
+    ctx = init_distributed()  # one process unless started by torchrun
+    if ctx.backend == "nccl":
+        device = str(ctx.device)  # one GPU per rank
     out = Path(out_dir)
     pairs = read_pairs(pairs_csv, allow_absolute_paths=allow_absolute_paths)
     spec = spec or TileSpec()
@@ -116,7 +149,28 @@ def stainalign_fit(
     he_x, ihc_x = [b.embeddings for b in he], [b.embeddings for b in ihc]
     labels, groups = list(pairs["label"]), list(pairs["group"])
 
+    # every rank runs the same folds (same seed) and trains each model data-parallel
     cv = cross_validate(he_x, ihc_x, labels, groups, params=params, n_splits=cv_folds, seed=seed)
+    finals = {}
+    for name, align in (("aligned", True), ("baseline", False)):
+        finals[name] = HistoStainAlign(**{**(params or {}), "align": align, "random_state": seed})
+        finals[name].fit(he_x, ihc_x if align else None, labels)
+    metrics: dict[str, Any] = {}
+    if ctx.is_main:  # the models are the same on every rank: rank 0 evaluates and writes
+        metrics = _write_fit_outputs(pairs_csv, pairs, out, cv, finals, he, encoder, model_spec, spec, slide_mpp,
+                                     params, cv_folds, n_boot, seed, ctx.world_size)
+    metrics = broadcast_object(metrics)  # the other ranks wait here for rank 0's outputs
+    if owns_group:
+        cleanup_distributed()
+    return metrics
+
+
+def _write_fit_outputs(
+    pairs_csv: str | os.PathLike[str], pairs: pd.DataFrame, out: Path, cv: CrossValidationResult,
+    finals: dict[str, HistoStainAlign], he: list[SlideBag], encoder: Encoder, model_spec: str, spec: TileSpec,
+    slide_mpp: float | None, params: dict[str, Any] | None, cv_folds: int, n_boot: int, seed: int, world_size: int,
+) -> dict[str, Any]:
+    groups = list(pairs["group"])
     aligned, aligned_full = _metrics_block(pairs, cv.class_names, cv.probabilities["aligned"], n_boot, seed)
     baseline, baseline_full = _metrics_block(pairs, cv.class_names, cv.probabilities["baseline"], n_boot, seed)
     metrics = {
@@ -133,19 +187,17 @@ def stainalign_fit(
         "encoder": model_spec, "weights_id": encoder.weights_id, "tile_spec": asdict(spec),
         "slide_mpp": slide_mpp, "marker": metrics["marker"],
     }
-    for name, align, folder in (("aligned", True, out), ("baseline", False, out / "baseline")):
-        final = HistoStainAlign(**{**(params or {}), "align": align, "random_state": seed})
-        final.fit(he_x, ihc_x if align else None, labels)
-        final.save(folder, extra={**record_extra, "variant": name})
-        if align:
-            write_heatmaps(final, he, out)
+    for name, folder in (("aligned", out), ("baseline", out / "baseline")):
+        finals[name].save(folder, extra={**record_extra, "variant": name})
+    write_heatmaps(finals["aligned"], he, out)
 
     frame = _predictions(pairs, Path(pairs_csv).parent, cv.class_names, cv.probabilities, "aligned")
     frame["fold"] = cv.folds
+    config = {"pairs": os.fspath(pairs_csv), "params": params or {}, "cv_folds": cv_folds, "n_boot": n_boot, **record_extra}
+    if world_size > 1:
+        config["world_size"] = world_size
     record = build_run_record(
-        command="stainalign fit",
-        config={"pairs": os.fspath(pairs_csv), "params": params or {}, "cv_folds": cv_folds, "n_boot": n_boot, **record_extra},
-        models=[encoder.card], prompt_set=None, seed=seed,
+        command="stainalign fit", config=config, models=[encoder.card], prompt_set=None, seed=seed,
         inputs=list(dict.fromkeys(list(pairs["he_slide"]) + list(pairs["ihc_slide"]))),
     )
     report = build_classification_report(

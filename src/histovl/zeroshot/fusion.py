@@ -132,24 +132,27 @@ def _dedupe(scores: Sequence[EncoderScores]) -> list[EncoderScores]:
     return out
 
 
-def _weights(n: int, weights: Sequence[float] | None) -> np.ndarray:
+def check_fusion_weights(n: int, weights: Sequence[float] | None) -> np.ndarray:
     if weights is None:
         return np.full(n, 1.0 / n)
     w = np.asarray(weights, dtype=float)
     if w.shape != (n,) or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"need {n} non-negative fusion weights with a positive sum, got {list(w)}")
+        raise ValueError(
+            f"need {n} non-negative fusion weights with a positive sum (one --fusion-weight per --model), "
+            f"got {[float(x) for x in w.ravel()]}"
+        )
     return w / w.sum()
 
 
 def fuse_mean_prob(scores: Sequence[EncoderScores], weights: Sequence[float] | None = None) -> np.ndarray:
     """Average of each encoder's softmax probabilities (optionally weighted)."""
-    w = _weights(len(scores), weights)
+    w = check_fusion_weights(len(scores), weights)
     return sum(wi * softmax(s.logits) for wi, s in zip(w, scores, strict=True))  # type: ignore[return-value]
 
 
 def fuse_mean_logit_z(scores: Sequence[EncoderScores], weights: Sequence[float] | None = None) -> np.ndarray:
     """Softmax of the average of standardised one-to-one logits."""
-    w = _weights(len(scores), weights)
+    w = check_fusion_weights(len(scores), weights)
     return softmax(sum(wi * standardise(s.logits) for wi, s in zip(w, scores, strict=True)))  # type: ignore[arg-type]
 
 
@@ -158,7 +161,7 @@ def fuse_m2m(scores: Sequence[EncoderScores], weights: Sequence[float] | None = 
     missing = [s.name for s in scores if s.m2m_logits is None]
     if missing:
         raise ValueError(f"m2m fusion needs many-to-many scores; missing for {missing}")
-    w = _weights(len(scores), weights)
+    w = check_fusion_weights(len(scores), weights)
     return softmax(sum(wi * standardise(s.m2m_logits) for wi, s in zip(w, scores, strict=True)))  # type: ignore[arg-type]
 
 

@@ -97,6 +97,10 @@ def zeroshot(
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     if len(models) > 1 and fusion is None:
         raise ValueError("several models were given: choose how to combine them with --fusion (e.g. mean-prob)")
+    if fusion_weights is not None:  # checked before any encoding, so a typo costs nothing
+        from histovl.zeroshot.fusion import check_fusion_weights
+
+        check_fusion_weights(len(models), fusion_weights)
     encoders = [
         m if isinstance(m, Encoder) else load_model(str(m), device=device, trust_checkpoint=trust_checkpoint)
         for m in models

@@ -124,3 +124,30 @@ def test_cli_unknown_prompt_set_is_one_clear_line(class_folder, tmp_path):
     finally:
         sys.argv = argv
     assert exc.value.code == 2
+
+
+def test_cli_fusion_weights_views_and_aggregator(class_folder, prompts, tmp_path):
+    """Weight 1/0 on two different models gives the first model's own probabilities."""
+    from histovl.models import save_model_dir
+
+    a = save_model_dir(tiny_encoder(0), tmp_path / "a")
+    b = save_model_dir(tiny_encoder(1), tmp_path / "b")
+    base = ["--data", str(class_folder), "--prompts", str(prompts), "--no-cache", "--n-boot", "0", "--quiet"]
+    runner = CliRunner()
+    r = runner.invoke(app, ["zeroshot", "--model", str(a), "--out", str(tmp_path / "single"), *base])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["zeroshot", "--model", str(a), "--model", str(b), "--fusion", "mean-prob",
+                            "--fusion-weight", "1", "--fusion-weight", "0", "--out", str(tmp_path / "w"), *base])
+    assert r.exit_code == 0, r.output
+    single = pd.read_csv(tmp_path / "single" / "predictions.csv")
+    weighted = pd.read_csv(tmp_path / "w" / "predictions.csv")
+    cols = [c for c in single.columns if c.startswith("score:")]
+    np.testing.assert_allclose(weighted[cols].to_numpy(), single[cols].to_numpy(), atol=1e-6)
+    r = runner.invoke(app, ["zeroshot", "--model", str(a), "--model", str(b), "--fusion", "m2m", "--view", "identity",
+                            "--view", "hflip", "--aggregator", "max", "--out", str(tmp_path / "m2m"), *base])
+    assert r.exit_code == 0, r.output
+    run = json.loads((tmp_path / "m2m" / "run.json").read_text())
+    assert "hflip" in json.dumps(run) and "max" in json.dumps(run)
+    r = runner.invoke(app, ["zeroshot", "--model", str(a), "--model", str(b), "--fusion", "mean-prob",
+                            "--fusion-weight", "1", "--out", str(tmp_path / "bad"), *base])
+    assert r.exit_code != 0 and "fusion weights" in str(r.exception)

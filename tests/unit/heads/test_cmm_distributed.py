@@ -1,0 +1,202 @@
+"""`CMMHead.fit` and `histovl cmm fit` on 2 gloo CPU ranks equal one process at the same global batch.
+
+Two levels:
+
+* the estimator in 2 real gloo processes (`torch.multiprocessing` spawn, as
+  tests/unit/train/test_distributed.py) on synthetic tokens, in both key/value modes, with shards
+  of different sizes and an empty shard (a last global batch of one image);
+* the command itself under `torchrun --nproc-per-node 2 --no-python histovl cmm fit` on a tiny
+  CLIP, compared with the library run in this process, with an audit hook showing that rank 1
+  wrote nothing into the output folder.
+
+Tolerance: the per-step loss (and the fitted logits) agree to 1e-5. Both runs see the same global
+batches, so only float summation order differs (the loss is summed per rank, DDP all-reduces the
+gradients, the tiny model encodes the images in two blocks instead of one); measured differences
+are ~1e-7 (see the printed figures). Dropout is 0: with dropout each rank draws its own masks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+
+from histovl.heads import CMMHead
+from tests.unit.heads.test_cmm import _synthetic
+
+WORLD = 2
+TOL = 1e-5
+PARAMS = {"n_heads": 2, "ffn_dim": 16, "epochs": 3, "warmup_epochs": 1, "lr": 3e-3, "dropout": 0.0, "random_state": 0}
+# tokens: 13 images in batches 6, 6, 1 -> the last batch leaves rank 1 empty;
+# pooled: 11 images in batches 4, 4, 3 -> shards of 2 and 1, and the softmax runs over the global batch
+CASES = {"tokens": (13, 6), "pooled": (11, 4)}
+
+
+def _data(kv_mode: str, n: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    x, y, classes = _synthetic(n, seed=5)
+    if kv_mode == "pooled":
+        x = torch.nn.functional.normalize(x.mean(1), dim=-1)
+    return x, y, classes
+
+
+def _fit_all() -> dict[str, tuple[list[float], np.ndarray]]:
+    out = {}
+    for kv_mode, (n, batch) in CASES.items():
+        x, y, classes = _data(kv_mode, n)
+        head = CMMHead(kv_mode=kv_mode, batch_size=batch, **PARAMS).fit(x, y, class_embeddings=classes)  # type: ignore[arg-type]
+        out[kv_mode] = (head.step_loss_history_, head.decision_function(x))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "HISTOVL_DIST_BACKEND": "gloo"})
+    torch.set_num_threads(1)
+    from histovl.train.distributed import init_distributed
+
+    init_distributed()
+    torch.save(_fit_all(), Path(out) / f"rank{rank}.pt")
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_cmm_head_on_two_gloo_ranks_matches_one_process(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    one = _fit_all()
+    for kv_mode, (n, batch) in CASES.items():
+        steps_one, logits_one = one[kv_mode]
+        assert len(steps_one) == PARAMS["epochs"] * -(-n // batch)
+        for r in ranks:
+            steps_two, logits_two = r[kv_mode]
+            diff = float(np.max(np.abs(np.array(steps_one) - np.array(steps_two))))
+            logit_diff = float(np.abs(logits_one - logits_two).max())
+            print(f"{kv_mode}: per-step loss max|diff|={diff:.1e}, logits max|diff|={logit_diff:.1e}")
+            assert diff <= TOL and logit_diff <= TOL
+        assert abs(steps_one[0] - steps_one[-1]) > 100 * TOL  # training moves the loss: the check can fail
+
+
+# ---- the command under torchrun ------------------------------------------------------------
+
+AUDIT_HOOK = '''
+import json, os, sys
+_root, _log, _rank = os.environ.get("AUDIT_WATCH"), os.environ.get("AUDIT_LOG"), os.environ.get("RANK")
+if _root and _log and _rank is not None:  # torchrun's workers only, not its launcher
+    _root = os.path.realpath(_root)
+    _out = f"{_log}.rank{_rank}"
+    open(_out, "w").close()
+    def _inside(p):
+        try:
+            return os.path.realpath(os.fsdecode(p)).startswith(_root)
+        except (TypeError, ValueError):
+            return False
+    def _record(event, path):
+        with open(_out, "a") as fh:
+            fh.write(json.dumps([event, os.fsdecode(path)]) + "\\n")
+    def _hook(event, args):
+        if event == "open" and _inside(args[0]):
+            mode, flags = args[1], args[2] if len(args) > 2 else 0
+            if (mode and any(c in str(mode) for c in "wax+")) or (isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR)):
+                _record(event, args[0])
+        elif event in ("os.rename", "os.replace") and _inside(args[1]):
+            _record(event, args[1])
+        elif event in ("os.mkdir", "os.remove") and _inside(args[0]):
+            _record(event, args[0])
+    sys.addaudithook(_hook)
+'''
+
+
+def audited_env(tmp_path: Path, watch: Path) -> tuple[dict[str, str], Path]:
+    """Environment for a subprocess whose Python records every write under `watch`, per rank."""
+    site = tmp_path / "audit_site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(AUDIT_HOOK)
+    log = tmp_path / "writes"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HISTOVL_DIST_BACKEND": "gloo", "AUDIT_WATCH": str(watch),
+           "AUDIT_LOG": str(log), "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    return env, log
+
+
+def torchrun(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "histovl"
+    if not script.is_file():
+        pytest.skip("the `histovl` console script is not installed next to this Python")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
+           "--no-python", str(script), *args]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _multilabel_set(root: Path, n: int = 11) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    classes = ["aca", "normal", "scc"]
+    rows = []
+    (root / "img").mkdir(parents=True)
+    for i in range(n):
+        present = [c for c in classes if rng.random() < 0.5] or [classes[i % 3]]
+        arr = np.zeros((32, 32, 3), np.int16)
+        for c in present:
+            arr[..., classes.index(c)] += 150
+        arr = np.clip(arr + rng.integers(0, 60, size=arr.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / "img" / f"m{i}.png")
+        rows.append({"path": f"img/m{i}.png", "labels": ";".join(present)})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    prompts = root / "prompts.yaml"
+    prompts.write_text(
+        "name: cmm-test\nclasses:\n  aca: [adenocarcinoma]\n  normal: [benign tissue]\n  scc: [squamous carcinoma]\n"
+        "templates: ['an H&E image of {}.']\n"
+    )
+    return root / "train.csv", prompts
+
+
+@pytest.mark.slow
+def test_cmm_fit_under_torchrun_matches_one_process_and_only_rank0_writes(tmp_path: Path) -> None:
+    from histovl.heads.cmm_run import cmm_fit
+    from histovl.models import save_model_dir
+    from tests.helpers.tiny import tiny_encoder
+
+    model_dir = save_model_dir(tiny_encoder(0), tmp_path / "tiny-model")
+    manifest, prompts = _multilabel_set(tmp_path / "data")
+    # 11 images, global batch 4: steps of 4, 4, 3 images (shards 2+2, 2+2, 2+1)
+    # the command's defaults for the head's size (8 heads, FFN 1024)
+    opts = {"epochs": 3, "warmup_epochs": 1, "lr": 3e-3, "train_batch_size": 4, "dropout": 0.0, "n_boot": 10, "seed": 0}
+    one = cmm_fit(str(model_dir), manifest, prompts, tmp_path / "one", use_cache=False, **opts)  # type: ignore[arg-type]
+
+    out = tmp_path / "two"
+    env, log = audited_env(tmp_path, out)
+    args = ["cmm", "fit", "--model", str(model_dir), "--data", str(manifest), "--prompts", str(prompts),
+            "--out", str(out), "--no-cache", "--epochs", "3", "--warmup-epochs", "1", "--lr", "3e-3",
+            "--train-batch-size", "4", "--dropout", "0", "--n-boot", "10", "--seed", "0"]  # fmt: skip
+    proc = torchrun(args, env)
+
+    meta = json.loads((out / "head.json").read_text())
+    steps_one, steps_two = np.array(one.head.step_loss_history_), np.array(meta["step_loss_history"])
+    diff = float(np.abs(steps_one - steps_two).max())
+    print(f"cmm fit per-step loss: one {steps_one.round(6).tolist()} two ranks {steps_two.round(6).tolist()} max|diff|={diff:.1e}")
+    assert len(steps_one) == 9 and diff <= TOL
+    assert abs(steps_one[0] - steps_one[-1]) > 100 * TOL
+    assert np.abs(np.array(one.head.loss_history_) - np.array(meta["loss_history"])).max() <= TOL
+    assert json.loads((out / "run.json").read_text())["extra"]["world_size"] == 2  # it really ran as 2 ranks
+    for name in ("metrics.json", "predictions.csv", "report.html", "head.safetensors", "train_log.csv"):
+        assert (out / name).is_file(), name
+    writes = {r: [json.loads(line) for line in Path(f"{log}.rank{r}").read_text().splitlines()] for r in range(WORLD)}
+    assert writes[1] == [] and any(p.endswith("head.json") for _, p in writes[0])
+    assert proc.stdout.count("report:") == 1  # the summary is printed once (by rank 0)
