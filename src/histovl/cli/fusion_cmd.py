@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from histovl.cli.common import (
+    AbsPathsOpt,
     BatchOpt,
     CacheOpt,
     DataOpt,
@@ -37,7 +38,8 @@ def register(app: typer.Typer) -> None:
         view: Annotated[list[str] | None, typer.Option("--view", help="Image views for many-to-many (repeat): identity, hflip, vflip, rot90, zoom-0.75.")] = None,
         aggregator: Annotated[str, typer.Option("--aggregator", help="Many-to-many aggregation: mean, max, lse, topk-mean.")] = "mean",
         allow_cross_pairs: Annotated[bool, typer.Option("--allow-cross-pairs", help="Also score encoder A's images against encoder B's texts (only meaningful for aligned spaces).")] = False,
-        allow_missing_classes: Annotated[bool, typer.Option("--allow-missing-classes")] = False,
+        allow_missing_classes: Annotated[bool, typer.Option("--allow-missing-classes", help="Allow prompt-set classes with no images.")] = False,
+        allow_absolute_paths: AbsPathsOpt = False,
         cache: CacheOpt = None,
         no_cache: NoCacheOpt = False,
         batch_size: BatchOpt = 64,
@@ -57,6 +59,7 @@ def register(app: typer.Typer) -> None:
             model, data, prompts, out, views=view or DEFAULT_VIEWS, aggregator=aggregator,
             allow_cross_pairs=allow_cross_pairs, cache=cache, use_cache=not no_cache, batch_size=batch_size,
             num_workers=workers, on_error=on_error.value, allow_missing_classes=allow_missing_classes,
+            allow_absolute_paths=allow_absolute_paths,
             device=device, trust_checkpoint=trust_checkpoint, n_boot=n_boot, seed=seed, progress=not quiet,
         )
         table = Table(*ABLATION_COLUMNS)

@@ -52,6 +52,7 @@ def ablate_fusion(
     num_workers: int | None = None,
     on_error: OnError = "raise",
     allow_missing_classes: bool = False,
+    allow_absolute_paths: bool = False,
     device: str = "cpu",
     trust_checkpoint: bool = False,
     n_boot: int = 1000,
@@ -76,7 +77,7 @@ def ablate_fusion(
         raise ValueError("give at least one --model")
     seed_everything(seed)
     prompt_set = load_prompt_set(prompts)
-    image_set = load_image_set(data)
+    image_set = load_image_set(data, allow_absolute_paths=allow_absolute_paths)
     class_names = list(prompt_set.classes)
     validate_labels(image_set, class_names, allow_missing_classes=allow_missing_classes)
     encoders = [m if isinstance(m, Encoder) else load_model(str(m), device=device, trust_checkpoint=trust_checkpoint) for m in models]
@@ -94,8 +95,10 @@ def ablate_fusion(
     scores, ident = [], []
     names = [e.card.name for e in encoders]
     for i, (s, ok_e, emb) in enumerate(scored):
-        if names.count(s.name) > 1:  # two encoders of one name (e.g. two seeds): keep rows apart
-            s.name = f"{s.name}#{i + 1}"
+        if names.count(s.name) > 1:  # two encoders of one name (e.g. two fine-tunes): keep rows apart
+            spec = models[i]
+            tag = Path(str(spec)).name if isinstance(spec, (str, os.PathLike)) and Path(str(spec)).exists() else f"#{i + 1}"
+            s.name = f"{s.name} ({tag})" if tag != s.name else f"{s.name}#{i + 1}"
         keep = ok[ok_e]
         s.logits = s.logits[keep]
         s.m2m_logits = s.m2m_logits[keep] if s.m2m_logits is not None else None
