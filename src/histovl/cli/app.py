@@ -8,6 +8,7 @@ library function of the same name.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -48,9 +49,31 @@ def _register_all() -> None:
 _register_all()
 
 
+# Commands written to run under `torchrun --nproc-per-node N --no-python histovl ...` (one
+# training job across N processes, rank 0 writing). Any other command started N times would have
+# N processes doing the same work and writing the same files, so it is refused up front.
+TORCHRUN_COMMANDS = (("finetune",), ("cmm", "fit"), ("stainalign", "fit"))
+
+
+def check_torchrun_command(argv: list[str], world_size: int) -> None:
+    """Refuse a command that has no multi-process mode when started by torchrun (WORLD_SIZE > 1)."""
+    if world_size <= 1:
+        return
+    words = [a for a in argv if not a.startswith("-")]
+    if any(tuple(words[: len(c)]) == c for c in TORCHRUN_COMMANDS):
+        return
+    allowed = ", ".join("histovl " + " ".join(c) for c in TORCHRUN_COMMANDS)
+    raise HistovlError(
+        f"`histovl {' '.join(words[:2])}` runs in one process; under torchrun (WORLD_SIZE={world_size}) "
+        f"only {allowed} are distributed. Start it without torchrun "
+        "(embedding at scale: `histovl embed --engine ray`)."
+    )
+
+
 def main() -> None:
     """Console-script entry point: user errors print one clear line, not a traceback."""
     try:
+        check_torchrun_command(sys.argv[1:], int(os.environ.get("WORLD_SIZE", "1") or 1))
         app()
     except HistovlError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
