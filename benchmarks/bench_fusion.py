@@ -57,28 +57,40 @@ def main() -> int:
     encoders = [load_model(s) for s in specs]
     kw = dict(n_boot=200, progress=False)
 
+    from histovl.prompts import load_prompt_set
+    from histovl.zeroshot import build_text_classifier
+
+    clf = build_text_classifier(encoders[0], load_prompt_set(args.prompts))
+    n_prompts = len({p for groups in clf.prompts.values() for group in groups for p in group})
+
     t0 = time.perf_counter()
     for e in encoders:
         zeroshot(e, sample, args.prompts, None, cache=tmp / "c-sep", **kw)
     separate = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    zeroshot(encoders, sample, args.prompts, None, fusion="mean-prob", cache=tmp / "c-mp", **kw)
+    mp = zeroshot(encoders, sample, args.prompts, None, fusion="mean-prob", cache=tmp / "c-mp", **kw)
     mean_prob = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     r = zeroshot(encoders, sample, args.prompts, None, fusion="m2m", cache=tmp / "c-m2m", **kw)
     m2m = time.perf_counter() - t0
     t0 = time.perf_counter()
-    zeroshot(encoders, sample, args.prompts, None, fusion="m2m", cache=tmp / "c-m2m", **kw)
+    warm = zeroshot(encoders, sample, args.prompts, None, fusion="m2m", cache=tmp / "c-m2m", **kw)
     m2m_warm = time.perf_counter() - t0
 
-    n, v = len(r.predictions), len(DEFAULT_VIEWS)
+    def cost(res: object) -> str:
+        c = res.fusion_cost  # type: ignore[attr-defined]
+        return (f"{c.image_passes} encoder passes, {c.images_encoded} images encoded, "
+                f"{c.images_from_cache} from cache, {c.prompts_encoded} prompts encoded")
+
+    n = len(r.predictions)
     print(f"images={n} encoders={[e.card.name for e in encoders]} views={list(DEFAULT_VIEWS)}")
-    print(f"separate runs       : {separate:7.2f} s  ({len(encoders)} encoder passes)")
-    print(f"mean-prob fusion    : {mean_prob:7.2f} s  ({len(encoders)} encoder passes)  RATIO vs separate {mean_prob / separate:.2f}")
-    print(f"m2m fusion (cold)   : {m2m:7.2f} s  ({len(encoders) * v} encoder passes)  RATIO vs separate {m2m / separate:.2f}")
-    print(f"m2m fusion (cached) : {m2m_warm:7.2f} s  (0 encoder passes)  RATIO vs separate {m2m_warm / separate:.2f}")
+    print(f"separate runs       : {separate:7.2f} s  ({len(encoders)} encoder passes, {len(encoders) * n} images encoded, "
+          f"{len(encoders) * n_prompts} prompts encoded)")
+    print(f"mean-prob fusion    : {mean_prob:7.2f} s  ({cost(mp)})  RATIO vs separate {mean_prob / separate:.2f}")
+    print(f"m2m fusion (cold)   : {m2m:7.2f} s  ({cost(r)})  RATIO vs separate {m2m / separate:.2f}")
+    print(f"m2m fusion (cached) : {m2m_warm:7.2f} s  ({cost(warm)})  RATIO vs separate {m2m_warm / separate:.2f}")
     return 0
 
 

@@ -33,6 +33,8 @@ class ZeroShotResult:
     probabilities: np.ndarray
     class_names: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    fusion_cost: Any = None
+    """With several models: a `FusionCost` (image passes, images encoded, prompts encoded, seconds)."""
 
 
 def zeroshot(
@@ -182,4 +184,4 @@ def zeroshot(
                 "fusion_cost": vars(fusion_cost) if fusion_cost is not None else None,
             },
         )
-    return ZeroShotResult(metrics, preds, out_dir, probs, class_names, skipped_list)
+    return ZeroShotResult(metrics, preds, out_dir, probs, class_names, skipped_list, fusion_cost)
