@@ -3,7 +3,10 @@
 1. Zero-shot stain classification (H&E vs DAB IHC) with ``histovl-lite`` on the real sample tiles
    shipped in ``histovl/assets/demo`` (cut from the CC0 CMU-1-Small-Region slide and from
    scikit-image's IHC image), writing metrics, predictions, run record and an HTML report.
-2. When ``../shared/data`` is present: zero-shot lung H&E classification on a small sample of
+2. A small robustness sweep (blur, hue and pen markup at their mildest and strongest levels):
+   zero-shot accuracy per condition, the figures and the corruption gallery; on the LC25000
+   sample below when ``../shared/data`` is present, else on the demo tiles.
+3. When ``../shared/data`` is present: zero-shot lung H&E classification on a small sample of
    LC25000 tiles that histovl-lite never saw in training (its held-out near-duplicate groups).
 
 Needs no network and nothing outside the installed package.
@@ -26,6 +29,7 @@ from histovl._io import atomic_write_text
 DEMO_MODEL = "histovl-lite"
 HELDOUT_LIST = "lc25000_heldout.txt"  # file names of LC25000 tiles held out from training
 LC25000_PER_CLASS = 40
+DEMO_CORRUPTIONS = {"blur": [1, 4], "hue": [-2, 2], "markup": [1, 4]}
 
 
 def shared_data_dir() -> Path | None:
@@ -62,28 +66,37 @@ def lc25000_heldout_manifest(shared: Path, out: Path, per_class: int = LC25000_P
 def run_demo(out: str | os.PathLike[str] = "runs/demo", *, progress: bool = True) -> list[Path]:
     """Run the demo jobs; returns the paths of the HTML reports written."""
     from histovl.models import load_model
+    from histovl.robustness import robustness
     from histovl.zeroshot import zeroshot
 
     out_dir = Path(out)
-    encoder = load_model(DEMO_MODEL)  # loaded once, shared by both jobs
+    encoder = load_model(DEMO_MODEL)  # loaded once, shared by every job
     reports = []
     demo = resources.files("histovl").joinpath("assets", "demo")
     with resources.as_file(demo) as demo_dir:
-        res = zeroshot(encoder, demo_dir / "tiles" / "manifest.csv", demo_dir / "stain-v1.yaml", out_dir / "stain",
-                       progress=progress, command="histovl demo")
-    reports.append(out_dir / "stain" / "report.html")
-    print(f"stain (H&E vs IHC) on {res.metrics['n']} demo tiles: accuracy {res.metrics['accuracy']:.3f}")
-    shared = shared_data_dir()
-    if shared is not None:
-        manifest = lc25000_heldout_manifest(shared, out_dir)
+        tiles, stain_prompts = demo_dir / "tiles" / "manifest.csv", demo_dir / "stain-v1.yaml"
+        res = zeroshot(encoder, tiles, stain_prompts, out_dir / "stain", progress=progress, command="histovl demo")
+        reports.append(out_dir / "stain" / "report.html")
+        print(f"stain (H&E vs IHC) on {res.metrics['n']} demo tiles: accuracy {res.metrics['accuracy']:.3f}")
+        # The robustness sweep runs on the LC25000 sample when ../shared/data is there (a task the
+        # model does well, so degradation is visible), else on the demo tiles (gallery and report).
+        shared = shared_data_dir()
+        manifest = lc25000_heldout_manifest(shared, out_dir) if shared is not None else None
         if manifest is not None:
             lung = zeroshot(encoder, manifest, "lung-he-v1", out_dir / "lc25000", allow_absolute_paths=True,
                             progress=progress, command="histovl demo")
             lo, hi = lung.metrics["ci95"]["f1_macro"]
             print(f"LC25000 held-out sample (n={lung.metrics['n']}): macro F1 {lung.metrics['f1_macro']:.3f} [95% CI {lo:.3f}-{hi:.3f}]")
             reports.append(out_dir / "lc25000" / "report.html")
-    else:
-        print("../shared/data not found: skipping the LC25000 evaluation")
+        else:
+            print("../shared/data not found: skipping the LC25000 evaluation")
+        rob_data, rob_prompts = (manifest, "lung-he-v1") if manifest is not None else (tiles, stain_prompts)
+        rob = robustness([encoder], rob_data, rob_prompts, out_dir / "robustness", corruptions=list(DEMO_CORRUPTIONS),
+                         levels=DEMO_CORRUPTIONS, n_boot=200, allow_absolute_paths=True, progress=progress,
+                         command="histovl demo")
+        reports.append(out_dir / "robustness" / "report.html")
+        accs = ", ".join(f"{r.corruption} {r.severity}: {r.accuracy:.3f}" for r in rob.table.itertuples())
+        print(f"robustness ({'LC25000 sample' if manifest is not None else 'demo tiles'}), accuracy per condition: {accs}")
     for report in reports:
         print(f"report: {report.resolve()}")
     return reports

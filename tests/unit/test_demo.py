@@ -16,8 +16,10 @@ def test_demo_without_shared_data_writes_a_report(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(demo, "shared_data_dir", lambda: None)
     reports = demo.run_demo(tmp_path / "demo", progress=False)
-    assert reports == [tmp_path / "demo" / "stain" / "report.html"]
-    assert reports[0].is_file() and reports[0].stat().st_size > 1000
+    assert reports == [tmp_path / "demo" / "stain" / "report.html", tmp_path / "demo" / "robustness" / "report.html"]
+    assert all(r.is_file() and r.stat().st_size > 1000 for r in reports)
+    rows = (tmp_path / "demo" / "robustness" / "robustness.csv").read_text().splitlines()
+    assert rows[0] == "model,corruption,severity,accuracy,f1_macro,f1_weighted,ha@5,ha@10" and len(rows) == 1 + 7
     metrics = json.loads((tmp_path / "demo" / "stain" / "metrics.json").read_text())
     assert metrics["n"] == 8
     assert "report:" in capsys.readouterr().out

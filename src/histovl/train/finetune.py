@@ -217,6 +217,7 @@ def finetune(
     image_set = _resolve_set(data, allow_absolute_paths)
     templates = load_caption_templates(caption_templates)
     fixed_captions, labels = _pairs_from_set(image_set, templates)
+    val_inputs = _check_validation(val_data, val_prompts, allow_absolute_paths)  # before any feature pass
     tissue_ids = stain_ids = None
     if labels is not None and all(lab in templates.labels for lab in labels):
         t_np, s_np = templates.metadata_ids(labels)
@@ -248,9 +249,8 @@ def finetune(
         image_feats = backbone_image_features(towers, paths, num_workers=num_workers, cache_dir=feature_cache)
 
     val = None
-    if val_data is not None and val_prompts is not None and dist.is_main:
-        vset = _resolve_set(val_data, allow_absolute_paths)
-        val = _prepare_validation(encoder, vset, val_prompts, cache_images, num_workers, feature_cache)
+    if val_inputs is not None and dist.is_main:
+        val = _prepare_validation(encoder, val_inputs[0], val_inputs[1], cache_images, num_workers, feature_cache)
 
     n = len(paths)
     shard = max(1, math.ceil(n / dist.world_size))
@@ -362,6 +362,25 @@ class _Validation:
     features: torch.Tensor | None
     paths: list[Path]
     num_workers: int
+
+
+def _check_validation(val_data: Any, val_prompts: Any, allow_absolute_paths: bool) -> tuple[Any, Any] | None:
+    """Load the validation set and prompt set and check they agree (cheap; runs before training).
+
+    A validation label without a prompt would be scored as always wrong, silently; a typo here
+    must fail before the first feature pass, not after it.
+    """
+    if val_data is None and val_prompts is None:
+        return None
+    if val_data is None or val_prompts is None:
+        raise ValueError("per-epoch validation needs both val_data and val_prompts (--val-data and --val-prompts)")
+    from histovl.data import validate_labels
+    from histovl.prompts import load_prompt_set
+
+    vset = _resolve_set(val_data, allow_absolute_paths)
+    prompt_set = val_prompts if hasattr(val_prompts, "classes") else load_prompt_set(val_prompts)
+    validate_labels(vset, list(prompt_set.classes), allow_missing_classes=True)
+    return vset, prompt_set
 
 
 def _prepare_validation(

@@ -26,6 +26,7 @@ from histovl.zeroshot.multilabel.prompts import TextEmbeddingMemo
 from histovl.zeroshot.multilabel.strategies import (
     MultilabelDecision,
     baseline_decision,
+    check_powerset_size,
     ovr_decision,
     powerset_decision,
     topk_decision,
@@ -47,6 +48,26 @@ class MultilabelResult:
     timing_s: dict[str, float] = field(default_factory=dict)
 
 
+def check_strategy_inputs(strategy: str, prompt_set: Any, *, force_powerset: bool = False) -> None:
+    """Refuse a strategy the prompt set cannot serve, before any model or image work.
+
+    Raises:
+        ValueError: unknown strategy, or ``ovr``/``powerset``/``topk`` without a `negative` prompt.
+        HistovlError: ``powerset`` with more than 16 labels and no `force_powerset`.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy == "baseline":
+        return
+    if not prompt_set.negative:
+        raise ValueError(
+            f"strategy {strategy!r} needs the prompt set's `negative` prompt (e.g. "
+            f"negative: \"an image with nothing in it.\"); {prompt_set.name!r} has none"
+        )
+    if strategy == "powerset":
+        check_powerset_size(len(prompt_set.classes), len(prompt_set.templates), force=force_powerset)
+
+
 def run_strategy(
     strategy: str,
     image_emb: np.ndarray,
@@ -59,18 +80,12 @@ def run_strategy(
     """Apply one strategy to image embeddings, building text embeddings from `prompt_set`."""
     from histovl.zeroshot.classifier import build_text_classifier
 
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    check_strategy_inputs(strategy, prompt_set, force_powerset=force_powerset)
     clf = build_text_classifier(encoder, prompt_set, "mean")
     scale = float(clf.logit_scale)
     if strategy == "baseline":
         return baseline_decision(image_emb, clf.weights, scale)
     negative = prompt_set.negative
-    if not negative:
-        raise ValueError(
-            f"strategy {strategy!r} needs the prompt set's `negative` prompt (e.g. "
-            f"negative: \"an image with nothing in it.\"); {prompt_set.name!r} has none"
-        )
     memo = memo or TextEmbeddingMemo(encoder)
     if strategy == "ovr":
         return ovr_decision(image_emb, clf.weights, memo.encode([negative])[0], scale)
@@ -132,6 +147,7 @@ def multilabel(
     require_multilabel(image_set)
     class_names = list(prompt_set.classes)
     validate_labels(image_set, class_names, allow_missing_classes=allow_missing_classes)
+    check_strategy_inputs(strategy, prompt_set, force_powerset=force_powerset)  # before any encoding
     encoder = model if isinstance(model, Encoder) else load_model(str(model), device=device, trust_checkpoint=trust_checkpoint)
 
     t0 = time.perf_counter()

@@ -128,6 +128,21 @@ class _SubsetArgmax:
         return _decision(scores, self.best_mask, **info)
 
 
+def check_powerset_size(n_labels: int, n_templates: int, *, force: bool = False) -> None:
+    """Refuse power-set prompting beyond `MAX_POWERSET_LABELS` labels unless `force` (cheap, up front).
+
+    Raises:
+        HistovlError: more than 16 labels without `force` (2^n prompts per template).
+    """
+    if n_labels > MAX_POWERSET_LABELS and not force:
+        raise HistovlError(
+            f"power-set prompting with {n_labels} labels needs 2^{n_labels} = {2**n_labels:,} "
+            f"subset prompts per template ({2**n_labels * n_templates:,} text encodings); the "
+            f"limit is {MAX_POWERSET_LABELS} labels. Use --strategy topk (n + 1 prompts per image), "
+            "or pass --force-powerset if you really want this."
+        )
+
+
 def powerset_decision(
     image_emb: np.ndarray | torch.Tensor,
     memo: TextEmbeddingMemo,
@@ -154,13 +169,7 @@ def powerset_decision(
     n_labels = len(descriptions)
     if n_labels == 0:
         raise ValueError("power-set prompting needs at least one class")
-    if n_labels > MAX_POWERSET_LABELS and not force:
-        raise HistovlError(
-            f"power-set prompting with {n_labels} labels needs 2^{n_labels} = {2**n_labels:,} "
-            f"subset prompts per template ({2**n_labels * len(templates):,} text encodings); the "
-            f"limit is {MAX_POWERSET_LABELS} labels. Use --strategy topk (n + 1 prompts per image), "
-            "or pass --force-powerset if you really want this."
-        )
+    check_powerset_size(n_labels, len(templates), force=force)
     n_images = x.shape[0]
     state = _SubsetArgmax(n_images, n_labels)
     n_subsets = 2**n_labels
