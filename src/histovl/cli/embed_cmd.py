@@ -46,13 +46,20 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Encode a data set into the embedding cache; re-running resumes where it stopped."""
         from histovl.embed import embed
+        from histovl.embed.run import skipped_list_path
 
         s = embed(
             model, data, cache=cache, engine=engine.value, export=export, batch_size=batch_size,
             num_workers=workers, on_error=on_error.value, device=device, trust_checkpoint=trust_checkpoint,
             allow_absolute_paths=allow_absolute_paths, ray_address=address, progress=not quiet,
         )
-        Console().print(
+        con = Console()
+        for f in s.result.failures[:20]:
+            con.print(f"[yellow]skipped {f.path}: {f.reason}[/yellow]")
+        if len(s.result.failures) > 20:
+            con.print(f"[yellow]... and {len(s.result.failures) - 20} more[/yellow]")
+        con.print(
             f"{s.n} images: {s.n_cached} from cache, {s.n_encoded} encoded, {s.n_failed} failed; cache {s.cache}"
             + (f"; exported {s.export}" if s.export else "")
+            + (f" (skipped inputs listed in {skipped_list_path(s.export)})" if s.export and s.n_failed else "")
         )

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from histovl._io import atomic_write_with
+from histovl._io import atomic_write_text, atomic_write_with
 from histovl.embed.cache import EmbeddingCache
 from histovl.embed.engine import EmbeddingResult, OnError, encode_images
 from histovl.models.encoder import Encoder
@@ -79,6 +79,9 @@ def embed(
     if out is not None:
         ok_paths = [str(p) for p, ok in zip(image_set.paths, res.ok, strict=True) if ok]
         export_parquet(out, ok_paths, res.embeddings)
+        if res.failures:  # under on_error="skip": say which inputs have no row, and why
+            skipped = "path,reason\n" + "".join(f"{_csv(f.path)},{_csv(f.reason)}\n" for f in res.failures)
+            atomic_write_text(skipped_list_path(out), skipped)
     return EmbedSummary(
         n=len(image_set), n_cached=res.n_cached, n_encoded=res.n_encoded, n_failed=len(res.failures),
         cache=store.root, export=out, result=res,
@@ -93,3 +96,12 @@ def export_parquet(target: Path, paths: list[str], embeddings: np.ndarray) -> No
     col = pa.FixedSizeListArray.from_arrays(values, dim) if dim else pa.array([], pa.list_(pa.float32()))
     table = pa.table({"path": pa.array(paths, pa.string()), "embedding": col.cast(pa.list_(pa.float32()))})
     atomic_write_with(target, lambda tmp: pq.write_table(table, tmp))
+
+
+def skipped_list_path(export: Path) -> Path:
+    """Where `embed` lists the inputs it skipped next to an export: ``<name>.skipped.csv``."""
+    return export.with_name(export.stem + ".skipped.csv")
+
+
+def _csv(field: str) -> str:
+    return '"' + field.replace('"', '""') + '"'
