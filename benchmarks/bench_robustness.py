@@ -94,13 +94,19 @@ def main() -> int:
     # 1. The floor: bare forward on pre-decoded, pre-normalised tensors, `passes` times.
     enc = load_model(spec)
     pixels = torch.stack([enc.preprocess(read_rgb(p)) for p in paths])
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for _ in range(passes):
-            for s in range(0, len(pixels), args.batch_size):
-                enc.encode_image(pixels[s : s + args.batch_size])
-    bare = time.perf_counter() - t0
-    print(f"bare forward: {passes} passes x {len(paths)} images = {bare:.1f} s ({passes * len(paths) / bare:.1f} img/s)")
+    def bare_forward() -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(passes):
+                for s in range(0, len(pixels), args.batch_size):
+                    enc.encode_image(pixels[s : s + args.batch_size])
+        return time.perf_counter() - t
+
+    # Measured before and after the sweep; the mean is the reference (load drift on a shared
+    # machine hits both phases alike; both values are printed).
+    bare_before = bare_forward()
+    print(f"bare forward (before): {passes} passes x {len(paths)} images = {bare_before:.1f} s "
+          f"({passes * len(paths) / bare_before:.1f} img/s)")
 
     # 2. The sweep (fresh cache, so every corrupted view is encoded once). The forward calls
     #    inside it are timed too, to attribute the overhead independently of machine drift.
@@ -128,6 +134,9 @@ def main() -> int:
                cache=tmp / "cache", batch_size=args.batch_size, allow_absolute_paths=True, progress=False)
     resumed = time.perf_counter() - t0
     print(f"same sweep again (all cached) + writing CSV/figures/report: {resumed:.1f} s")
+    bare_after = bare_forward()
+    bare = (bare_before + bare_after) / 2
+    print(f"bare forward (after): {bare_after:.1f} s; reference = mean {bare:.1f} s")
 
     naive = float("nan")
     if not args.skip_naive:
