@@ -224,6 +224,31 @@ def test_encode_images_backs_off_on_oom_and_reports_the_batch_size(
     assert "batch size 1" in caplog.text
 
 
+def test_zeroshot_records_the_batch_size_used_in_run_json(class_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import yaml
+
+    from histovl.zeroshot import zeroshot
+
+    encoder = tiny_encoder(0)
+    real = encoder.encode_image
+
+    def small_memory(pixels: torch.Tensor) -> torch.Tensor:
+        if len(pixels) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(pixels)
+
+    monkeypatch.setattr(encoder, "encode_image", small_memory)
+    prompts = tmp_path / "p.yaml"
+    prompts.write_text(yaml.safe_dump({"name": "p", "classes": {c: [c] for c in ("lung_aca", "lung_n", "lung_scc")},
+                                       "templates": ["{}"]}))
+    zeroshot(encoder, class_folder, prompts, tmp_path / "run", batch_size=12, num_workers=0, use_cache=False,
+             n_boot=0, progress=False)
+    config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert config["batch_size"] == 12 and config["batch_size_used"] == 3
+
+
 # ---- stale cache: the format version is part of the key -------------------------------------------
 
 def test_cache_key_changes_with_the_cache_format_version(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -108,6 +108,7 @@ def zeroshot(
         for m in models
     ]
     fusion_cost = None
+    batch_size_used: int | None = None  # after any out-of-memory back-off (RELIABILITY.md)
     store = EmbeddingCache(cache) if use_cache else None
     paths = image_set.paths
     skipped: dict[str, str] = {}
@@ -119,6 +120,7 @@ def zeroshot(
             on_error=on_error, progress=progress, seed=seed,
         )
         skipped.update({f.path: f.reason for f in res.failures})
+        batch_size_used = res.batch_size_used if res.n_encoded else None
         ok = res.ok
         if not ok.any():
             raise ValueError(f"no image of {len(paths)} could be read; see the skipped list for reasons")
@@ -177,7 +179,7 @@ def zeroshot(
             classifiers=classifiers, prompt_set=prompt_set, image_set=image_set,
             records=records, probs=probs, skipped=skipped_list, seed=seed,
             config={
-                "fusion": fusion, "aggregate": aggregate, "batch_size": batch_size, "on_error": on_error,
+                "fusion": fusion, "aggregate": aggregate, "batch_size": batch_size, "batch_size_used": batch_size_used, "on_error": on_error,
                 "n_boot": n_boot, "allow_missing_classes": allow_missing_classes, "device": device,
                 "data": str(image_set.source), "cache": str(store.root) if store else None,
                 "views": list(views) if len(encoders) > 1 else None, "m2m_aggregator": m2m_aggregator,
