@@ -8,21 +8,7 @@ import torch
 
 from histovl.errors import HistovlError, NonFiniteError
 from histovl.heads import CMMHead, CrossModalMatching
-
-DIM, N_CLASSES, N_TOKENS = 16, 3, 4
-
-
-def _synthetic(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
-    """Tokens hold a noisy copy of class c's direction exactly when class c is present."""
-    gen = torch.Generator().manual_seed(seed)
-    classes = torch.eye(DIM)[:N_CLASSES]
-    y = (torch.rand(n, N_CLASSES, generator=gen) < 0.5).numpy()
-    tokens = 0.3 * torch.randn(n, N_TOKENS, DIM, generator=gen)
-    tokens[:, :, N_CLASSES:] += 0.5  # a shared background direction
-    for i in range(n):
-        for slot, c in enumerate(np.flatnonzero(y[i])):
-            tokens[i, slot] += 2.0 * classes[c]
-    return torch.nn.functional.normalize(tokens, dim=-1), y, classes
+from tests.helpers.synthetic import cmm_tokens as _synthetic
 
 
 def _head(**kw) -> CMMHead:

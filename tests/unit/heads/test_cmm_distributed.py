@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +30,8 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from histovl.heads import CMMHead
-from tests.unit.heads.test_cmm import _synthetic
+from tests.helpers.synthetic import cmm_tokens as _synthetic
+from tests.helpers.torchrun import audited_env, torchrun
 
 WORLD = 2
 TOL = 1e-5
@@ -94,56 +93,6 @@ def test_cmm_head_on_two_gloo_ranks_matches_one_process(tmp_path: Path) -> None:
 
 
 # ---- the command under torchrun ------------------------------------------------------------
-
-AUDIT_HOOK = '''
-import json, os, sys
-_root, _log, _rank = os.environ.get("AUDIT_WATCH"), os.environ.get("AUDIT_LOG"), os.environ.get("RANK")
-if _root and _log and _rank is not None:  # torchrun's workers only, not its launcher
-    _root = os.path.realpath(_root)
-    _out = f"{_log}.rank{_rank}"
-    open(_out, "w").close()
-    def _inside(p):
-        try:
-            return os.path.realpath(os.fsdecode(p)).startswith(_root)
-        except (TypeError, ValueError):
-            return False
-    def _record(event, path):
-        with open(_out, "a") as fh:
-            fh.write(json.dumps([event, os.fsdecode(path)]) + "\\n")
-    def _hook(event, args):
-        if event == "open" and _inside(args[0]):
-            mode, flags = args[1], args[2] if len(args) > 2 else 0
-            if (mode and any(c in str(mode) for c in "wax+")) or (isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR)):
-                _record(event, args[0])
-        elif event in ("os.rename", "os.replace") and _inside(args[1]):
-            _record(event, args[1])
-        elif event in ("os.mkdir", "os.remove") and _inside(args[0]):
-            _record(event, args[0])
-    sys.addaudithook(_hook)
-'''
-
-
-def audited_env(tmp_path: Path, watch: Path) -> tuple[dict[str, str], Path]:
-    """Environment for a subprocess whose Python records every write under `watch`, per rank."""
-    site = tmp_path / "audit_site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(AUDIT_HOOK)
-    log = tmp_path / "writes"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HISTOVL_DIST_BACKEND": "gloo", "AUDIT_WATCH": str(watch),
-           "AUDIT_LOG": str(log), "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    return env, log
-
-
-def torchrun(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    script = Path(sys.executable).parent / "histovl"
-    if not script.is_file():
-        pytest.skip("the `histovl` console script is not installed next to this Python")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
-           "--no-python", str(script), *args]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
 
 def _multilabel_set(root: Path, n: int = 11) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)

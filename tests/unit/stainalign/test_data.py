@@ -13,14 +13,7 @@ from PIL import Image
 from histovl.data.paths import UnsafePathError
 from histovl.stainalign import read_pairs
 from histovl.stainalign.deepliif import build_deepliif_pairs, crop_label, nucleus_centroids
-
-
-def _folder(path: Path, colour: tuple[int, int, int], n: int = 4) -> None:
-    path.mkdir(parents=True)
-    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
-    for i in range(n):
-        arr = np.clip(np.array(colour) + rng.integers(-30, 30, size=(32, 32, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(path / f"tile_x{32 * (i % 2)}_y{32 * (i // 2)}.png")
+from tests.helpers.synthetic import tile_folder as _folder
 
 
 def test_read_pairs_resolves_checks_and_defaults_group(tmp_path: Path) -> None:

@@ -26,9 +26,9 @@ import torch
 import torch.multiprocessing as mp
 
 from histovl.stainalign import HistoStainAlign
-from tests.unit.heads.test_cmm_distributed import audited_env, torchrun
-from tests.unit.stainalign.test_data import _folder
-from tests.unit.stainalign.test_model import toy_pairs
+from tests.helpers.synthetic import tile_folder as _folder
+from tests.helpers.synthetic import toy_pairs
+from tests.helpers.torchrun import audited_env, torchrun
 
 WORLD = 2
 TOL = 1e-5

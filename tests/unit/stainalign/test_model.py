@@ -18,26 +18,7 @@ from histovl.stainalign import (
     pad_bags,
     symmetric_contrastive_loss,
 )
-
-
-def toy_pairs(n: int = 24, dim: int = 16, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[str]]:
-    """Bags where the status shows in a few 'positive' tiles of the H&E and IHC bags."""
-    rng = np.random.default_rng(seed)
-    direction = rng.normal(size=dim)
-    he, ihc, y, groups = [], [], [], []
-    for i in range(n):
-        label = "pos" if i % 2 else "neg"
-        k = int(rng.integers(6, 14))
-        h = rng.normal(size=(k, dim))
-        c = rng.normal(size=(k, dim))
-        if label == "pos":
-            h[:3] += 2.0 * direction
-            c[:3] += 3.0 * direction
-        he.append(h.astype(np.float32))
-        ihc.append(c.astype(np.float32))
-        y.append(label)
-        groups.append(f"patient{i // 2}")
-    return he, ihc, y, groups
+from tests.helpers.synthetic import toy_pairs
 
 
 def test_gated_attention_matches_manual_formula() -> None:

@@ -1,0 +1,53 @@
+"""Synthetic inputs shared by several test modules (deterministic for a given seed/name)."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+CMM_DIM, CMM_N_CLASSES, CMM_N_TOKENS = 16, 3, 4
+
+
+def cmm_tokens(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    """Tokens hold a noisy copy of class c's direction exactly when class c is present."""
+    gen = torch.Generator().manual_seed(seed)
+    classes = torch.eye(CMM_DIM)[:CMM_N_CLASSES]
+    y = (torch.rand(n, CMM_N_CLASSES, generator=gen) < 0.5).numpy()
+    tokens = 0.3 * torch.randn(n, CMM_N_TOKENS, CMM_DIM, generator=gen)
+    tokens[:, :, CMM_N_CLASSES:] += 0.5  # a shared background direction
+    for i in range(n):
+        for slot, c in enumerate(np.flatnonzero(y[i])):
+            tokens[i, slot] += 2.0 * classes[c]
+    return torch.nn.functional.normalize(tokens, dim=-1), y, classes
+
+
+def toy_pairs(n: int = 24, dim: int = 16, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[str]]:
+    """Bags where the status shows in a few 'positive' tiles of the H&E and IHC bags."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=dim)
+    he, ihc, y, groups = [], [], [], []
+    for i in range(n):
+        label = "pos" if i % 2 else "neg"
+        k = int(rng.integers(6, 14))
+        h = rng.normal(size=(k, dim))
+        c = rng.normal(size=(k, dim))
+        if label == "pos":
+            h[:3] += 2.0 * direction
+            c[:3] += 3.0 * direction
+        he.append(h.astype(np.float32))
+        ihc.append(c.astype(np.float32))
+        y.append(label)
+        groups.append(f"patient{i // 2}")
+    return he, ihc, y, groups
+
+
+def tile_folder(path: Path, colour: tuple[int, int, int], n: int = 4) -> None:
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(zlib.crc32(path.name.encode()))  # not hash(): it changes per process
+    for i in range(n):
+        arr = np.clip(np.array(colour) + rng.integers(-30, 30, size=(32, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(path / f"tile_x{32 * (i % 2)}_y{32 * (i // 2)}.png")
