@@ -36,6 +36,8 @@ def register(app: typer.Typer) -> None:
         engine: Annotated[EngineChoice, typer.Option("--engine", help="local, or ray (Ray Data workers and model actors).")] = EngineChoice.local,
         export: Annotated[Path | None, typer.Option("--export", help="Also write path + embedding columns to this Parquet file.")] = None,
         address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (default: a local Ray instance).")] = None,
+        ray_actors: Annotated[int, typer.Option("--ray-actors", min=1, help="Ray: encoder actors (one model load each; one GPU each when CUDA exists).")] = 1,
+        ray_actor_cpus: Annotated[int, typer.Option("--ray-actor-cpus", min=1, help="Ray: CPUs (and torch threads) per encoder actor.")] = 1,
         batch_size: BatchOpt = 64,
         workers: WorkersOpt = None,
         on_error: OnErrorOpt = OnErrorChoice.raise_,
@@ -51,7 +53,8 @@ def register(app: typer.Typer) -> None:
         s = embed(
             model, data, cache=cache, engine=engine.value, export=export, batch_size=batch_size,
             num_workers=workers, on_error=on_error.value, device=device, trust_checkpoint=trust_checkpoint,
-            allow_absolute_paths=allow_absolute_paths, ray_address=address, progress=not quiet,
+            allow_absolute_paths=allow_absolute_paths, ray_address=address, ray_actors=ray_actors,
+            ray_actor_cpus=ray_actor_cpus, progress=not quiet,
         )
         con = Console()
         for f in s.result.failures[:20]:

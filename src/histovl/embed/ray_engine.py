@@ -35,32 +35,33 @@ def _require_ray() -> Any:
     return ray
 
 
-class _Decode:
-    """Ray Data batch function: paths -> normalised pixel arrays (errors carried as strings)."""
+def _decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess) -> dict[str, Any]:
+    """Ray Data batch function: paths -> normalised pixel arrays (errors carried as strings).
 
-    def __init__(self, preprocess: Preprocess) -> None:
-        self.preprocess = preprocess
+    A plain function, so Ray runs it as stateless tasks on as many CPUs as the cluster has,
+    instead of a fixed pool of decode actors.
+    """
+    from histovl.data import read_rgb
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from histovl.data import read_rgb
-
-        torch.set_num_threads(1)
-        pixels, errors = [], []
-        for p in batch["path"]:
-            try:
-                pixels.append(self.preprocess(read_rgb(str(p))).numpy())
-                errors.append("")
-            except ImageReadError as err:
-                pixels.append(np.zeros((3, self.preprocess.image_size, self.preprocess.image_size), np.float32))
-                errors.append(err.reason)
-        return {"index": batch["index"], "pixels": np.stack(pixels), "error": np.array(errors, dtype=object)}
+    torch.set_num_threads(1)
+    pixels, errors = [], []
+    for p in batch["path"]:
+        try:
+            pixels.append(preprocess(read_rgb(str(p))).numpy())
+            errors.append("")
+        except ImageReadError as err:
+            pixels.append(np.zeros((3, preprocess.image_size, preprocess.image_size), np.float32))
+            errors.append(err.reason)
+    return {"index": batch["index"], "pixels": np.stack(pixels), "error": np.array(errors, dtype=object)}
 
 
 class _EncodeActor:
     """One model load per actor; encodes batches of pixels."""
 
-    def __init__(self, encoder_ref: Any, batch_size: int) -> None:
+    def __init__(self, encoder_ref: Any, batch_size: int, threads: int = 1) -> None:
         import ray
+
+        torch.set_num_threads(max(1, threads))  # the CPUs Ray reserved for this actor
 
         # The encoder travels once through the object store; each actor fetches it once.
         self.encoder: Encoder = ray.get(encoder_ref) if isinstance(encoder_ref, ray.ObjectRef) else encoder_ref
@@ -87,6 +88,7 @@ def encode_images_ray(
     on_error: OnError = "raise",
     address: str | None = None,
     num_actors: int = 1,
+    actor_cpus: int = 1,
     num_cpus: int | None = None,
 ) -> EmbeddingResult:
     """Like `histovl.embed.encode_images`, on Ray: CPU decode tasks + encoder actors.
@@ -94,6 +96,9 @@ def encode_images_ray(
     Args:
         address: a Ray cluster to join; None starts (or reuses) a local Ray instance.
         num_actors: encoder actors (each loads the model once; one GPU each when CUDA exists).
+        actor_cpus: CPUs reserved per encoder actor, and its torch threads (CPU encoding on a
+            big node: give the actors most cores; decode tasks use the rest).
+        num_cpus: CPUs of the local Ray instance started when `address` is None.
 
     Example:
         >>> encode_images_ray(load_model("histovl-lite"), paths, cache=EmbeddingCache("c"))  # doctest: +SKIP
@@ -123,12 +128,18 @@ def encode_images_ray(
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      ignore_reinit_error=True)
+        cpus = float(ray.cluster_resources().get("CPU", 0))
+        if num_actors * actor_cpus + 1 > cpus:  # decode tasks need at least one CPU, or nothing moves
+            raise ValueError(
+                f"{num_actors} encoder actor(s) x {actor_cpus} CPU(s) leave no CPU for decoding on a Ray cluster "
+                f"with {cpus:g} CPUs; lower --ray-actors/--ray-actor-cpus (at most {max(0, int(cpus) - 1)} CPUs in all)"
+            )
         ds = ray.data.from_items([{"index": i, "path": str_paths[i]} for i in todo])
-        ds = ds.map_batches(_Decode, fn_constructor_args=(encoder.preprocess,), batch_size=batch_size, concurrency=1, num_cpus=1)
+        ds = ds.map_batches(_decode_batch, fn_kwargs={"preprocess": encoder.preprocess}, batch_size=batch_size, num_cpus=1)
         gpus = 1 if torch.cuda.is_available() else 0
         ds = ds.map_batches(
-            _EncodeActor, fn_constructor_args=(ray.put(encoder), batch_size), batch_size=batch_size,
-            concurrency=num_actors, num_gpus=gpus, num_cpus=1,
+            _EncodeActor, fn_constructor_args=(ray.put(encoder), batch_size, actor_cpus), batch_size=batch_size,
+            concurrency=num_actors, num_gpus=gpus, num_cpus=actor_cpus,
         )
         try:
             for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):

@@ -46,6 +46,8 @@ def embed(
     trust_checkpoint: bool = False,
     allow_absolute_paths: bool = False,
     ray_address: str | None = None,
+    ray_actors: int = 1,
+    ray_actor_cpus: int = 1,
     progress: bool = True,
 ) -> EmbedSummary:
     """Encode every image of `data` into the resumable cache at `cache`.
@@ -66,7 +68,8 @@ def embed(
         from histovl.embed.ray_engine import encode_images_ray
 
         res = encode_images_ray(
-            encoder, image_set.paths, cache=store, batch_size=batch_size, on_error=on_error, address=ray_address
+            encoder, image_set.paths, cache=store, batch_size=batch_size, on_error=on_error, address=ray_address,
+            num_actors=ray_actors, actor_cpus=ray_actor_cpus,
         )
     elif engine == "local":
         res = encode_images(

@@ -33,3 +33,11 @@ def test_ray_engine_equals_local_and_shares_the_cache(local_ray, tiny_clip, clas
     # The local engine resumes from what Ray wrote: everything is a cache hit.
     again = encode_images(tiny_clip, paths, cache=cache, on_error="skip", progress=False)
     assert again.n_cached == len(paths) - 1 and again.n_encoded == 0
+
+
+def test_actors_that_leave_no_cpu_for_decoding_are_refused(local_ray, tiny_clip, class_folder):
+    from histovl.embed.ray_engine import encode_images_ray
+
+    paths = sorted(class_folder.rglob("*.png"))
+    with pytest.raises(ValueError, match="leave no CPU for decoding"):
+        encode_images_ray(tiny_clip, paths, actor_cpus=2)
