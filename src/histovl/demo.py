@@ -77,7 +77,9 @@ def run_demo(out: str | os.PathLike[str] = "runs/demo", *, progress: bool = True
         tiles, stain_prompts = demo_dir / "tiles" / "manifest.csv", demo_dir / "stain-v1.yaml"
         res = zeroshot(encoder, tiles, stain_prompts, out_dir / "stain", progress=progress, command="histovl demo")
         reports.append(out_dir / "stain" / "report.html")
-        print(f"stain (H&E vs IHC) on {res.metrics['n']} demo tiles: accuracy {res.metrics['accuracy']:.3f}")
+        print(f"stain (H&E vs IHC) on {res.metrics['n']} demo tiles: accuracy {res.metrics['accuracy']:.3f} "
+              "(histovl-lite saw IHC only as DeepLIIF Ki67 crops in training and does not recognise this DAB "
+              "image: a known limit, see its model card)")
         # The robustness sweep runs on the LC25000 sample when ../shared/data is there (a task the
         # model does well, so degradation is visible), else on the demo tiles (gallery and report).
         shared = shared_data_dir()
