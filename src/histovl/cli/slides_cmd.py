@@ -20,6 +20,7 @@ SizeOpt = Annotated[int, typer.Option("--size", min=1, help="Tile side in pixels
 SlideMppOpt = Annotated[float | None, typer.Option("--slide-mpp", help="µm per level-0 pixel, when the file records none.")]
 TissueOpt = Annotated[float, typer.Option("--tissue-threshold", min=0.0, max=1.0, help="Keep tiles with at least this tissue fraction.")]
 ReadersOpt = Annotated[int | None, typer.Option("--readers", min=1, help="Tile-reading threads [default: cores, max 8].")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Re-tile even when --out holds a finished tiling of the same slide and settings.")]
 BadOpt = Annotated[int | None, typer.Option("--max-bad-tiles", min=0, help="Unreadable tiles tolerated before the slide fails [default: max(5, 1%)].")]
 
 
@@ -45,16 +46,18 @@ def register(app: typer.Typer) -> None:
         save_tiles: Annotated[bool, typer.Option("--save-tiles/--no-save-tiles", help="Also write every kept tile as PNG.")] = False,
         readers: ReadersOpt = None,
         max_bad_tiles: BadOpt = None,
+        force: ForceOpt = False,
     ) -> None:
         """Detect tissue and write tiles.csv, thumbnail.png, tissue_map.png (and tiles/*.png)."""
         from histovl.slides import tile_slide
 
         spec = _spec(size, mpp, magnification, tissue_threshold, max_bad_tiles)
-        res = tile_slide(slide, out, spec, slide_mpp=slide_mpp, save_tiles=save_tiles, num_workers=readers)
+        res = tile_slide(slide, out, spec, slide_mpp=slide_mpp, save_tiles=save_tiles, num_workers=readers, force=force)
         r = res.resolution
         Console().print(
             f"{len(res.tiles)} tiles of {r.size}px (level {r.level}, {r.extent0} level-0 px each"
             + (f", {r.mpp:.3f} µm/px" if r.mpp else "") + f"); {len(res.bad_tiles)} substituted; outputs in {out}"
+            + (" (finished tiling reused; --force re-tiles)" if res.reused else "")
         )
 
     @slides.command("embed")
@@ -73,6 +76,7 @@ def register(app: typer.Typer) -> None:
         tissue_threshold: TissueOpt = 0.5,
         readers: ReadersOpt = None,
         max_bad_tiles: BadOpt = None,
+        force: ForceOpt = False,
         batch_size: BatchOpt = 64,
         device: DeviceOpt = "cpu",
         trust_checkpoint: TrustOpt = False,
@@ -87,7 +91,7 @@ def register(app: typer.Typer) -> None:
         spec = _spec(size, mpp, magnification, tissue_threshold, max_bad_tiles)
         se = embed_slide(
             encoder, slide, out, spec, cache=None if no_cache else EmbeddingCache(cache), slide_mpp=slide_mpp,
-            batch_size=batch_size, num_workers=readers, progress=not quiet,
+            batch_size=batch_size, num_workers=readers, progress=not quiet, force=force,
         )
         console = Console()
         console.print(f"{len(se.tiles)} tiles: {se.n_cached} from cache, {se.n_encoded} encoded; {out}/embeddings.npy")

@@ -14,7 +14,13 @@ from histovl.slides.embedding import (
     write_slide_zeroshot,
 )
 from histovl.slides.figures import class_map_image, heatmap_image, tissue_map_image
-from histovl.slides.pipeline import TilingResult, load_tiling, plan_slide, tile_slide
+from histovl.slides.pipeline import (
+    TilingResult,
+    load_recorded_tiling,
+    load_tiling,
+    plan_slide,
+    tile_slide,
+)
 from histovl.slides.reader import (
     OpenSlideReader,
     PlainImageReader,
@@ -26,6 +32,7 @@ from histovl.slides.reader import (
     allow_large_images,
     open_slide,
 )
+from histovl.slides.resume import TILING_FORMAT_VERSION, slide_identity, tiling_source
 from histovl.slides.tiling import (
     TILE_COLUMNS,
     Resolution,
@@ -38,6 +45,7 @@ from histovl.slides.tissue import TissueParams, detect_tissue, otsu_threshold, r
 
 __all__ = [
     "TILE_COLUMNS",
+    "TILING_FORMAT_VERSION",
     "OpenSlideReader",
     "PlainImageReader",
     "Resolution",
@@ -57,6 +65,7 @@ __all__ = [
     "embed_slide",
     "heatmap_image",
     "iter_tiles",
+    "load_recorded_tiling",
     "load_tiling",
     "open_slide",
     "otsu_threshold",
@@ -64,8 +73,10 @@ __all__ = [
     "plan_tiles",
     "region_fractions",
     "resolve_resolution",
+    "slide_identity",
     "slide_zeroshot",
     "tile_slide",
+    "tiling_source",
     "tissue_map_image",
     "top_j_pool",
     "write_slide_zeroshot",

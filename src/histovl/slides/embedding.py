@@ -2,7 +2,8 @@
 
 Tiles are written as PNG first and then encoded by `histovl.embed.encode_images`, so slide tiles
 share the content-keyed, resumable embedding cache with every other image: re-embedding a slide
-with the same model costs one hash per tile.
+with the same model into the same folder costs one hash per tile (the finished tiling is reused,
+see `histovl.slides.resume`).
 
 Slide-level zero-shot follows MI-Zero (Lu et al., 2023): each tile gets a cosine score per class;
 a class's slide score is the mean of its `top_j` highest tile scores; the slide prediction is the
@@ -52,11 +53,15 @@ def embed_slide(
     batch_size: int = 64,
     num_workers: int | None = None,
     progress: bool = False,
+    force: bool = False,
 ) -> SlideEmbedding:
     """Tile `slide` into `out_dir` (tile images saved) and encode every kept tile.
 
     Writes ``embeddings.npy`` (float32 [n_tiles, D], L2-normalised, rows in ``tiles.csv``
-    order) next to the tiling outputs.
+    order) next to the tiling outputs. A finished tiling of the same slide with the same
+    parameters already in `out_dir` is reused without reading the slide (`tile_slide`); with a
+    warm cache a re-run then only hashes the tile files. `force` re-tiles from scratch (the
+    embedding cache is still used: it is keyed by tile content).
 
     Example:
         >>> se = embed_slide(load_model("histovl-lite"), "slide.svs", "out/slide", TileSpec(mpp=0.5))  # doctest: +SKIP
@@ -66,7 +71,7 @@ def embed_slide(
     from histovl.embed import encode_images
 
     out = Path(out_dir)
-    tiling = tile_slide(slide, out, spec, slide_mpp=slide_mpp, save_tiles=True, num_workers=num_workers)
+    tiling = tile_slide(slide, out, spec, slide_mpp=slide_mpp, save_tiles=True, num_workers=num_workers, force=force)
     tiles = tiling.tiles
     dim = int(encoder.card.embed_dim or 0)
     if len(tiles) == 0:

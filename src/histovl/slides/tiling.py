@@ -135,7 +135,8 @@ def plan_tiles(reader: SlideReader, res: Resolution, mask: np.ndarray, threshold
             "y": ys[keep].astype(np.int64),
             "level": res.level,
             "size": res.size,
-            "mpp": res.mpp if res.mpp is not None else np.nan,
+            # an explicit float64 column: a scalar NaN would make pandas 3 build an object column
+            "mpp": np.full(int(keep.sum()), res.mpp if res.mpp is not None else np.nan, np.float64),
             "tissue_fraction": np.round(frac[keep], 4),
         },
         columns=TILE_COLUMNS,

@@ -53,3 +53,34 @@ def test_slide_zeroshot_pools_and_writes_map(tiny_clip, tmp_path: Path) -> None:
     write_slide_zeroshot(se, zs, tmp_path / "out")
     for name in ("zeroshot.json", "tile_predictions.csv", "zeroshot_map.png"):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_resumed_tiling_embeds_exactly_like_a_fresh_one(tiny_clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import histovl.slides.pipeline as pipeline_module
+    from histovl.embed import EmbeddingCache
+
+    slide = tmp_path / "slide.png"
+    Image.fromarray(synthetic_tissue(256, 192)).save(slide)
+    spec = TileSpec(size=32)
+    fresh = embed_slide(tiny_clip, slide, tmp_path / "fresh", spec, num_workers=1)
+    real_save, calls = pipeline_module._save_tile, []
+
+    def save_then_die(img: Image.Image, path: Path) -> None:
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(path)
+        real_save(img, path)
+
+    monkeypatch.setattr(pipeline_module, "_save_tile", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        embed_slide(tiny_clip, slide, tmp_path / "out", spec, num_workers=1)
+    monkeypatch.setattr(pipeline_module, "_save_tile", real_save)
+    cache = EmbeddingCache(tmp_path / "cache")
+    resumed = embed_slide(tiny_clip, slide, tmp_path / "out", spec, cache=cache, num_workers=1)
+    assert resumed.tiling.n_tiles_read == len(fresh.tiles) - 3 and resumed.n_encoded == len(fresh.tiles)
+    np.testing.assert_array_equal(resumed.embeddings, fresh.embeddings)
+    assert (tmp_path / "out" / "tiles.csv").read_bytes() == (tmp_path / "fresh" / "tiles.csv").read_bytes()
+    # re-run on the unchanged slide: tiling reused, every embedding from the cache
+    again = embed_slide(tiny_clip, slide, tmp_path / "out", spec, cache=cache, num_workers=1)
+    assert again.tiling.reused and again.n_cached == len(fresh.tiles) and again.n_encoded == 0
+    np.testing.assert_array_equal(again.embeddings, fresh.embeddings)
