@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,3 +66,35 @@ def torchrun(args: list[str], env: dict[str, str], world: int = WORLD) -> subpro
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def free_port() -> int:
+    """A free TCP port on localhost for a test's process group."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _gloo_worker(rank: int, port: int, out: str, world: int, fn: Callable[[int], Any]) -> None:
+    import torch
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "HISTOVL_DIST_BACKEND": "gloo"})
+    torch.set_num_threads(1)
+    from histovl.train.distributed import init_distributed
+
+    init_distributed()
+    torch.save(fn(rank), Path(out) / f"rank{rank}.pt")
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def spawn_gloo_ranks(fn: Callable[[int], Any], out: Path, world: int = WORLD) -> list[Any]:
+    """Run module-level `fn(rank)` in `world` gloo processes joined in one group; return each rank's result."""
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_worker, args=(free_port(), str(out), world, fn), nprocs=world, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]

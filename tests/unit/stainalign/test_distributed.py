@@ -15,20 +15,16 @@ Tolerance 1e-5 on per-step losses and probabilities; only float summation order 
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-import torch.multiprocessing as mp
 
 from histovl.stainalign import HistoStainAlign
 from tests.helpers.synthetic import tile_folder as _folder
 from tests.helpers.synthetic import toy_pairs
-from tests.helpers.torchrun import audited_env, torchrun
+from tests.helpers.torchrun import audited_env, spawn_gloo_ranks, torchrun
 
 WORLD = 2
 TOL = 1e-5
@@ -45,22 +41,8 @@ def _fit_both() -> dict[str, tuple[list[dict[str, float]], np.ndarray]]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "HISTOVL_DIST_BACKEND": "gloo"})
-    torch.set_num_threads(1)
-    from histovl.train.distributed import init_distributed
-
-    init_distributed()
-    torch.save(_fit_both(), Path(out) / f"rank{rank}.pt")
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+def _fit_on_rank(rank: int) -> dict[str, tuple[list[dict[str, float]], np.ndarray]]:
+    return _fit_both()
 
 
 def _max_step_diff(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
@@ -70,8 +52,7 @@ def _max_step_diff(a: list[dict[str, float]], b: list[dict[str, float]]) -> floa
 
 @pytest.mark.slow
 def test_histostainalign_on_two_gloo_ranks_matches_one_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    ranks = spawn_gloo_ranks(_fit_on_rank, tmp_path, WORLD)
     one = _fit_both()
     for name in ("aligned", "baseline"):
         steps_one, probs_one = one[name]

@@ -7,7 +7,6 @@ same loss on the whole batch; the helpers' one-process fallbacks are checked dir
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from histovl.train.distributed import (
     wrap_ddp,
 )
 from histovl.train.losses import his2lip_loss
+from tests.helpers.torchrun import free_port
 
 WORLD = 2
 N_GLOBAL = 8
@@ -49,12 +49,6 @@ def _loss(proj: nn.Module, images: torch.Tensor, texts: torch.Tensor, tissue: to
     if gather:
         img, txt, tissue = all_gather_with_grad(img), all_gather_with_grad(txt), all_gather_with_grad(tissue)
     return his2lip_loss(img, txt, torch.tensor(10.0), tissue=tissue), img
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -88,7 +82,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
