@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from histovl.cli.common import AbsPathsOpt, DataOpt, OutOpt, SeedOpt, WorkersOpt
+from histovl.cli.common import (
+    AbsPathsOpt,
+    DataOpt,
+    OnErrorChoice,
+    OnErrorOpt,
+    OutOpt,
+    SeedOpt,
+    WorkersOpt,
+)
 
 
 class LossChoice(StrEnum):
@@ -45,6 +53,7 @@ def register(app: typer.Typer) -> None:
         seed: SeedOpt = 0,
         workers: WorkersOpt = None,
         allow_absolute_paths: AbsPathsOpt = False,
+        on_error: OnErrorOpt = OnErrorChoice.raise_,
     ) -> None:
         """Fine-tune a model on image-caption pairs; OUT becomes a model `--model OUT` loads."""
         from histovl.train import FinetuneConfig, finetune
@@ -57,7 +66,7 @@ def register(app: typer.Typer) -> None:
         res = finetune(
             model, data, out, config=cfg, val_data=val_data, val_prompts=val_prompts,
             caption_templates=captions, resume=resume, feature_cache=feature_cache,
-            num_workers=workers or 0, allow_absolute_paths=allow_absolute_paths,
+            num_workers=workers or 0, allow_absolute_paths=allow_absolute_paths, on_error=on_error.value,
         )
         if DistContext.from_env().is_main:  # under torchrun only rank 0 wrote, so only rank 0 says so
             typer.echo(f"model written to {res.out} (log: {res.out / 'train_log.csv'})")

@@ -9,7 +9,16 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from histovl.cli.common import AbsPathsOpt, DeviceOpt, NBootOpt, OutOpt, SeedOpt, TrustOpt
+from histovl.cli.common import (
+    AbsPathsOpt,
+    DeviceOpt,
+    NBootOpt,
+    OnErrorChoice,
+    OnErrorOpt,
+    OutOpt,
+    SeedOpt,
+    TrustOpt,
+)
 
 PairsOpt = Annotated[Path, typer.Option("--pairs", help="Pairs CSV: he_slide, ihc_slide, label, marker[, group].")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache", help="Embedding cache folder (tile embeddings are reused across runs).")]
@@ -20,6 +29,13 @@ def _line(name: str, m: dict[str, Any]) -> str:
     ci_text = f" [95% CI {ci[0]:.3f}-{ci[1]:.3f}]" if ci and ci[0] is not None else ""
     auroc = f"{m['auroc']:.3f}" if m["auroc"] is not None else "n/a"
     return f"{name:9s} weighted F1 {m['f1_weighted']:.3f}{ci_text}  accuracy {m['accuracy']:.3f}  AUROC {auroc}  (n={m['n']})"
+
+
+def _skip_line(m: dict[str, Any], out: Path) -> str | None:
+    if not m.get("n_skipped"):
+        return None
+    return (f"skipped {m['n_skipped_tiles']} unreadable tile(s) and dropped {m['n_dropped_pairs']} pair(s) "
+            f"(listed under 'skipped' in {out / 'run.json'})")
 
 
 def register(app: typer.Typer) -> None:
@@ -46,6 +62,7 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "cpu",
         trust_checkpoint: TrustOpt = False,
         allow_absolute_paths: AbsPathsOpt = False,
+        on_error: OnErrorOpt = OnErrorChoice.raise_,
     ) -> None:
         """Grouped CV of the aligned model vs the no-alignment baseline; save both trained on all pairs.
 
@@ -61,7 +78,7 @@ def register(app: typer.Typer) -> None:
             params={"epochs": epochs, "align_weight": align_weight, "temperature": temperature,
                     "batch_size": batch_size, "dropout": dropout},
             cv_folds=cv_folds, n_boot=n_boot, seed=seed, device=device, trust_checkpoint=trust_checkpoint,
-            allow_absolute_paths=allow_absolute_paths,
+            allow_absolute_paths=allow_absolute_paths, on_error=on_error.value,
         )
         if not DistContext.from_env().is_main:  # under torchrun: rank 0 reports
             return
@@ -70,6 +87,8 @@ def register(app: typer.Typer) -> None:
         console.print(_line("aligned", metrics))
         console.print(_line("baseline", metrics["baseline"]))
         console.print(f"model saved in {out} (baseline in {out / 'baseline'})")
+        if (line := _skip_line(metrics, out)) is not None:
+            console.print(line)
 
     @group.command("eval")
     def eval_command(
@@ -83,6 +102,7 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "cpu",
         trust_checkpoint: TrustOpt = False,
         allow_absolute_paths: AbsPathsOpt = False,
+        on_error: OnErrorOpt = OnErrorChoice.raise_,
     ) -> None:
         """Predict the IHC status from the H&E slides only; metrics with CIs and attention heatmaps."""
         from histovl.stainalign import stainalign_eval
@@ -90,11 +110,14 @@ def register(app: typer.Typer) -> None:
         metrics = stainalign_eval(
             model_dir, pairs, out, model=encoder, cache_dir=cache, n_boot=n_boot, seed=seed, device=device,
             trust_checkpoint=trust_checkpoint, allow_absolute_paths=allow_absolute_paths,
+            on_error=on_error.value,
         )
         console = Console()
         console.print(_line("aligned", metrics))
         if "baseline" in metrics:
             console.print(_line("baseline", metrics["baseline"]))
+        if (line := _skip_line(metrics, out)) is not None:
+            console.print(line)
 
     @group.command("build-deepliif")
     def build_deepliif_command(

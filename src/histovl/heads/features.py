@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from histovl.embed.engine import encode_batch_with_backoff
 from histovl.errors import HistovlError, ImageReadError, NonFiniteError
 from histovl.models.encoder import Encoder
 
@@ -120,7 +121,9 @@ def encode_image_tokens(
     """Decode, preprocess and tokenise images: (tokens [n_ok, T, D], ok mask, failures).
 
     Unreadable files raise `ImageReadError` naming the file, or with ``on_error="skip"`` are
-    recorded in `failures` and left out of the tokens. When no image could be read this raises
+    recorded in `failures` and left out of the tokens. A batch that runs out of memory is
+    retried in halves down to 1 image (`histovl.embed.engine.encode_batch_with_backoff`, which
+    logs each new size); later batches keep the size that worked. When no image could be read this raises
     `ValueError`, unless `allow_empty` (one rank's shard of a larger set): then the tokens are
     an empty tensor.
     """
@@ -132,9 +135,17 @@ def encode_image_tokens(
     chunks: list[torch.Tensor] = []
     batch: list[torch.Tensor] = []
 
+    used = batch_size
+
+    def tokenise(pixels: torch.Tensor) -> torch.Tensor:
+        return image_tokens(encoder, pixels, source=source, grid=grid)
+
     def flush() -> None:
+        nonlocal used
         if batch:
-            tokens = image_tokens(encoder, torch.stack(batch), source=source, grid=grid).cpu()
+            # out of memory: the chunk is halved down to 1 (logged); tokens do not depend on the batch
+            tokens, used = encode_batch_with_backoff(tokenise, torch.stack(batch), used)
+            tokens = tokens.cpu()
             if not torch.isfinite(tokens).all():
                 raise NonFiniteError("image tokens contain NaN/Inf; check the model weights")
             chunks.append(tokens)

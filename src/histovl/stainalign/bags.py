@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from histovl.data.paths import UnsafePathError, is_inside
+from histovl.errors import HistovlError
 from histovl.slides.pipeline import tile_slide
-from histovl.slides.reader import TileFolderReader
+from histovl.slides.reader import (
+    IMAGE_EXTENSIONS,
+    SlideOpenError,
+    TileFolderReader,
+    composite_on_white,
+)
 from histovl.slides.tiling import TileSpec
 
 if TYPE_CHECKING:
@@ -84,6 +90,8 @@ class SlideBag:
         extent0: side of a tile in those pixels.
         level0_size: (width, height) of the slide or mosaic.
         thumbnail: RGB thumbnail for heatmaps.
+        skipped: ``{"path", "reason"}`` per tile left out under ``on_error="skip"`` (its row is
+            not in `embeddings` nor `tiles`).
     """
 
     slide: Path
@@ -92,6 +100,7 @@ class SlideBag:
     extent0: int
     level0_size: tuple[int, int]
     thumbnail: Image.Image
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
 
 def _work_folder(work_dir: Path, slide: Path) -> Path:
@@ -111,13 +120,70 @@ class SlideTiles:
     thumbnail: Image.Image
 
 
+class _TolerantTileFolder(TileFolderReader):
+    """A tile folder whose unreadable tiles stay white in the mosaic.
+
+    Same layout as `TileFolderReader`, but the cell size comes from the first tile that opens and
+    a tile that cannot be read is left out of regions and thumbnails instead of failing them:
+    the encoding step that follows meets the same tile and raises `ImageReadError` naming it, or
+    (``on_error="skip"``) records it and leaves it out of the bag.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, mpp: float | None = None) -> None:
+        self.path = Path(path)
+        self.mpp = mpp
+        self.objective_power = None
+        self.tile_paths = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not self.tile_paths:
+            raise SlideOpenError(f"folder {self.path} holds no tile images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        size: tuple[int, int] | None = None
+        for tile in self.tile_paths:
+            try:
+                with Image.open(tile) as img:
+                    size = img.size
+                break
+            except (OSError, ValueError, SyntaxError):
+                continue
+        if size is None:
+            raise SlideOpenError(f"folder {self.path}: none of its {len(self.tile_paths)} tile images can be read")
+        self.tile_size = size
+        self.cells = self._layout()
+        cols = max(c for c, _ in self.cells) + 1
+        rows = max(r for _, r in self.cells) + 1
+        self.level_dimensions = ((cols * self.tile_size[0], rows * self.tile_size[1]),)
+        self.level_downsamples = (1.0,)
+
+    def _read(self, x: int, y: int, level: int, size: tuple[int, int]) -> Image.Image:
+        region = Image.new("RGB", size, (255, 255, 255))
+        for i, path in enumerate(self.tile_paths):
+            tx, ty, tw, th = self.tile_box(i)
+            if tx >= x + size[0] or ty >= y + size[1] or tx + tw <= x or ty + th <= y:
+                continue
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                    tile = composite_on_white(img).copy()
+            except (OSError, ValueError, SyntaxError):
+                continue  # left white; the encoding step records the tile as skipped
+            region.paste(tile.resize((tw, th)) if tile.size != (tw, th) else tile, (tx - x, ty - y))
+        return region
+
+
 def slide_tiles(
-    slide: str | os.PathLike[str], work_dir: str | os.PathLike[str], spec: TileSpec | None = None, *, slide_mpp: float | None = None
+    slide: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str],
+    spec: TileSpec | None = None,
+    *,
+    slide_mpp: float | None = None,
 ) -> SlideTiles:
-    """Tile files of one slide: a folder's images as they are, or a slide file tiled into `work_dir`."""
+    """Tile files of one slide: a folder's images as they are, or a slide file tiled into `work_dir`.
+
+    An unreadable tile in a folder stays white in the thumbnail; it is reported (or, under
+    ``on_error="skip"``, left out and recorded) when `embed_bags` encodes the tiles.
+    """
     path = Path(slide)
     if path.is_dir():
-        mosaic = TileFolderReader(path, mpp=slide_mpp)
+        mosaic = _TolerantTileFolder(path, mpp=slide_mpp)
         boxes = [mosaic.tile_box(i) for i in range(len(mosaic.tile_paths))]
         tiles = pd.DataFrame({"x": [b[0] for b in boxes], "y": [b[1] for b in boxes]})
         return SlideTiles(path, list(mosaic.tile_paths), tiles, mosaic.tile_size[0], mosaic.dimensions, mosaic.thumbnail(1024))
@@ -137,18 +203,37 @@ def embed_bags(
     *,
     cache: EmbeddingCache | None = None,
     batch_size: int = 64,
+    on_error: Literal["raise", "skip"] = "raise",
 ) -> list[SlideBag]:
-    """Encode the tiles of all `slides` in one engine call (full batches, one cache namespace)."""
+    """Encode the tiles of all `slides` in one engine call (full batches, one cache namespace).
+
+    ``on_error="raise"`` stops at the first unreadable tile with `ImageReadError` naming it;
+    ``"skip"`` leaves it out of its slide's bag and lists it in the bag's `skipped` (a slide
+    whose tiles all fail gets an empty bag: `embeddings` has 0 rows).
+    """
     from histovl.embed import encode_images
 
     paths = [p for s in slides for p in s.tile_paths]
-    result = encode_images(encoder, paths, cache=cache, batch_size=batch_size, on_error="raise", progress=False)
+    result = encode_images(encoder, paths, cache=cache, batch_size=batch_size, on_error=on_error, progress=False)
+    reasons = {f.path: f.reason for f in result.failures}
+    rows = np.cumsum(result.ok) - 1  # row of each readable tile in result.embeddings
+    dim = result.embeddings.shape[1] if result.embeddings.ndim == 2 else 0
     bags, start = [], 0
     for s in slides:
         stop = start + len(s.tile_paths)
-        bags.append(SlideBag(s.slide, result.embeddings[start:stop], s.tiles, s.extent0, s.level0_size, s.thumbnail))
+        ok = result.ok[start:stop]
+        emb = result.embeddings[rows[start:stop][ok]] if ok.any() else np.zeros((0, dim), np.float32)
+        skipped = [{"path": os.fspath(p), "reason": reasons.get(os.fspath(p), "unreadable")}
+                   for p, good in zip(s.tile_paths, ok, strict=True) if not good]
+        tiles = s.tiles[ok].reset_index(drop=True) if not ok.all() else s.tiles
+        bags.append(SlideBag(s.slide, emb, tiles, s.extent0, s.level0_size, s.thumbnail, skipped))
         start = stop
     return bags
+
+
+def slide_read_failure(err: Exception) -> bool:
+    """True for errors that mean "this slide cannot be read" (dropped under ``on_error="skip"``)."""
+    return isinstance(err, (HistovlError, OSError)) and not isinstance(err, ValueError)
 
 
 def build_bag(

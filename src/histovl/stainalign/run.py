@@ -14,9 +14,9 @@ DDP, and rank 0 alone computes the metrics and writes; every rank returns the sa
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,13 @@ from histovl.reports.run_record import build_run_record
 from histovl.slides.figures import heatmap_image, save_png
 from histovl.slides.tiling import TileSpec
 from histovl.slides.tissue import TissueParams
-from histovl.stainalign.bags import SlideBag, embed_bags, read_pairs, slide_tiles
+from histovl.stainalign.bags import (
+    SlideBag,
+    embed_bags,
+    read_pairs,
+    slide_read_failure,
+    slide_tiles,
+)
 from histovl.stainalign.evaluate import CrossValidationResult, cross_validate, summarise
 from histovl.stainalign.model import HistoStainAlign
 from histovl.train.distributed import (
@@ -50,27 +56,83 @@ def _encoder(model: str | Encoder, device: str, trust_checkpoint: bool) -> tuple
     return load_model(model, device=device, trust_checkpoint=trust_checkpoint), str(model)
 
 
-def _bags(encoder: Encoder, slides: list[str], work: Path, spec: TileSpec, cache: Any, slide_mpp: float | None) -> list[SlideBag]:
-    """Bags of `slides`; in a torchrun job each rank tiles and embeds its own block of slides.
+def _bags(
+    encoder: Encoder, slides: list[str], work: Path, spec: TileSpec, cache: Any, slide_mpp: float | None,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> tuple[list[SlideBag | None], dict[str, str]]:
+    """Bags of `slides` and, under ``on_error="skip"``, why each dropped slide was dropped.
 
-    The blocks are gathered in rank order, so every rank ends with all bags. Each slide is tiled
-    (into its own work folder) and embedded by exactly one rank, so no two processes write the
-    same tile files; the embedding cache takes concurrent writers. An error on one rank stops all.
+    A dropped slide's bag is None (it could not be opened) or has no rows (no tile was readable).
+
+    In a torchrun job each rank tiles and embeds its own block of slides; the blocks are gathered
+    in rank order, so every rank ends with all bags and the same dropped slides (the skip
+    decisions are made once, by the rank that read the slide). Each slide is tiled (into its own
+    work folder) and embedded by exactly one rank, so no two processes write the same tile
+    files; the embedding cache takes concurrent writers. An error on one rank stops all.
+
+    Under ``"skip"`` an unreadable tile is left out of its bag (listed in `SlideBag.skipped`); a
+    slide that cannot be opened, or none of whose tiles can be read, is dropped.
     """
     unique = list(dict.fromkeys(slides))  # a slide listed twice is embedded once
     ctx = current_context()
     start, stop = shard_bounds(len(unique), ctx.rank, ctx.world_size)
     mine = unique[start:stop]
 
-    def embed_mine() -> list[SlideBag]:
-        if not mine:
-            return []
-        tiles = [slide_tiles(s, work, spec, slide_mpp=slide_mpp) for s in mine]
-        return embed_bags(encoder, tiles, cache=cache)
+    def embed_mine() -> list[tuple[SlideBag | None, str]]:
+        tiles, reasons = [], {}
+        for slide in mine:
+            try:
+                tiles.append(slide_tiles(slide, work, spec, slide_mpp=slide_mpp))
+            except Exception as err:
+                if on_error != "skip" or not slide_read_failure(err):
+                    raise
+                reasons[slide] = f"slide cannot be read: {err}"
+        embedded = {os.fspath(b.slide): b for b in embed_bags(encoder, tiles, cache=cache, on_error=on_error)} if tiles else {}
+        out: list[tuple[SlideBag | None, str]] = []
+        for slide in mine:
+            bag = embedded.get(os.fspath(Path(slide)))
+            if bag is not None and len(bag.embeddings) == 0:
+                out.append((bag, f"none of its {len(bag.skipped)} tile(s) can be read"))
+            else:
+                out.append((bag, reasons.get(slide, "")))
+        return out
 
-    gathered = [bag for part in run_on_shards(embed_mine) for bag in part]
+    gathered = [item for part in run_on_shards(embed_mine) for item in part]
     by_slide = dict(zip(unique, gathered, strict=True))
-    return [by_slide[s] for s in slides]
+    dropped = {s: reason for s, (_, reason) in by_slide.items() if reason}
+    return [by_slide[s][0] for s in slides], dropped
+
+
+def _skip_record(
+    pairs: pd.DataFrame, bags: dict[str, list[SlideBag | None]], dropped: dict[str, str], columns: tuple[str, ...]
+) -> tuple[list[int], list[dict[str, str]], list[dict[str, str]]]:
+    """Pairs to keep, the skipped files (tiles and dropped slides, each once) and the dropped pairs."""
+    skipped: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for column in columns:
+        for slide, bag in zip(pairs[column], bags[column], strict=True):
+            if slide in seen:
+                continue
+            seen.add(slide)
+            if bag is not None:
+                skipped.extend({**t, "slide": slide} for t in bag.skipped)
+            if slide in dropped:
+                skipped.append({"path": slide, "reason": f"{dropped[slide]}; its pair is dropped"})
+    keep, lost = [], []
+    for i in range(len(pairs)):
+        why = [f"{c} {pairs[c].iloc[i]}: {dropped[pairs[c].iloc[i]]}" for c in columns if pairs[c].iloc[i] in dropped]
+        if why:
+            lost.append({"he_slide": str(pairs["he_slide"].iloc[i]), "ihc_slide": str(pairs["ihc_slide"].iloc[i]),
+                         "reason": "; ".join(why)})
+        else:
+            keep.append(i)
+    if not keep:
+        first = lost[0]["reason"] if lost else "no pairs"
+        raise ValueError(
+            f"none of the {len(pairs)} pairs has readable slides, so nothing is left to {'train on' if 'ihc_slide' in columns else 'evaluate'} "
+            f"(first: {first}); check the files listed in the pairs CSV"
+        )
+    return keep, skipped, lost
 
 
 def _relative(paths: list[str], root: Path) -> list[str]:
@@ -104,6 +166,20 @@ def write_heatmaps(model: HistoStainAlign, bags: list[SlideBag], out_dir: Path, 
     return written
 
 
+@dataclass
+class _Skips:
+    """What ``on_error="skip"`` left out: the pairs as read, skipped files, dropped pairs."""
+
+    pairs: pd.DataFrame
+    skipped: list[dict[str, str]]
+    dropped_pairs: list[dict[str, str]]
+    on_error: str
+
+    def counts(self) -> dict[str, int]:
+        n_tiles = sum(1 for s in self.skipped if "slide" in s)
+        return {"n_skipped": len(self.skipped), "n_skipped_tiles": n_tiles, "n_dropped_pairs": len(self.dropped_pairs)}
+
+
 def _metrics_block(pairs: pd.DataFrame, classes: list[str], probs: np.ndarray, n_boot: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     full = classification_metrics(list(pairs["label"]), probs, classes, groups=list(pairs["group"]), n_boot=n_boot, seed=seed)
     return summarise(full), full
@@ -124,11 +200,19 @@ def stainalign_fit(
     device: str = "cpu",
     trust_checkpoint: bool = False,
     allow_absolute_paths: bool = False,
+    on_error: Literal["raise", "skip"] = "raise",
 ) -> dict[str, Any]:
     """Cross-validate aligned vs baseline, then train both on all pairs and save them in `out_dir`.
 
     Returns the metrics written to ``metrics.json`` (aligned model's keys at the top level, the
     baseline's under ``baseline``).
+
+    ``on_error="raise"`` stops at the first unreadable tile or slide with an error naming it.
+    ``"skip"`` leaves an unreadable tile out of its slide's bag, and drops a pair whose H&E or IHC
+    slide has no readable tile; every skipped tile and dropped slide is listed under ``skipped``
+    in ``run.json`` (dropped pairs under ``extra.dropped_pairs``) and counted in ``metrics.json``
+    (``n_skipped``, ``n_skipped_tiles``, ``n_dropped_pairs``). With no pair left it raises
+    `ValueError`.
 
     Example:
         >>> stainalign_fit("pairs.csv", "runs/ki67", model="histovl-lite", cv_folds=5)  # doctest: +SKIP
@@ -144,8 +228,14 @@ def stainalign_fit(
     spec = spec or TileSpec()
     encoder, model_spec = _encoder(model, device, trust_checkpoint)
     cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
-    he = _bags(encoder, list(pairs["he_slide"]), out / "tiles", spec, cache, slide_mpp)
-    ihc = _bags(encoder, list(pairs["ihc_slide"]), out / "tiles", spec, cache, slide_mpp)
+    all_pairs = pairs
+    he_all, he_dropped = _bags(encoder, list(pairs["he_slide"]), out / "tiles", spec, cache, slide_mpp, on_error)
+    ihc_all, ihc_dropped = _bags(encoder, list(pairs["ihc_slide"]), out / "tiles", spec, cache, slide_mpp, on_error)
+    keep, skipped, lost = _skip_record(pairs, {"he_slide": he_all, "ihc_slide": ihc_all}, {**he_dropped, **ihc_dropped},
+                                       ("he_slide", "ihc_slide"))
+    pairs = pairs.iloc[keep].reset_index(drop=True)
+    he = [cast(SlideBag, he_all[i]) for i in keep]
+    ihc = [cast(SlideBag, ihc_all[i]) for i in keep]
     he_x, ihc_x = [b.embeddings for b in he], [b.embeddings for b in ihc]
     labels, groups = list(pairs["label"]), list(pairs["group"])
 
@@ -158,7 +248,8 @@ def stainalign_fit(
     metrics: dict[str, Any] = {}
     if ctx.is_main:  # the models are the same on every rank: rank 0 evaluates and writes
         metrics = _write_fit_outputs(pairs_csv, pairs, out, cv, finals, he, encoder, model_spec, spec, slide_mpp,
-                                     params, cv_folds, n_boot, seed, ctx.world_size)
+                                     params, cv_folds, n_boot, seed, ctx.world_size,
+                                     _Skips(all_pairs, skipped, lost, on_error))
     metrics = broadcast_object(metrics)  # the other ranks wait here for rank 0's outputs
     if owns_group:
         cleanup_distributed()
@@ -169,6 +260,7 @@ def _write_fit_outputs(
     pairs_csv: str | os.PathLike[str], pairs: pd.DataFrame, out: Path, cv: CrossValidationResult,
     finals: dict[str, HistoStainAlign], he: list[SlideBag], encoder: Encoder, model_spec: str, spec: TileSpec,
     slide_mpp: float | None, params: dict[str, Any] | None, cv_folds: int, n_boot: int, seed: int, world_size: int,
+    skips: _Skips,
 ) -> dict[str, Any]:
     groups = list(pairs["group"])
     aligned, aligned_full = _metrics_block(pairs, cv.class_names, cv.probabilities["aligned"], n_boot, seed)
@@ -182,6 +274,7 @@ def _write_fit_outputs(
         "class_names": cv.class_names,
         "n_groups": len(set(groups)),
         "details": {"aligned": aligned_full, "baseline": baseline_full},
+        **skips.counts(),
     }
     record_extra = {
         "encoder": model_spec, "weights_id": encoder.weights_id, "tile_spec": asdict(spec),
@@ -193,12 +286,15 @@ def _write_fit_outputs(
 
     frame = _predictions(pairs, Path(pairs_csv).parent, cv.class_names, cv.probabilities, "aligned")
     frame["fold"] = cv.folds
-    config = {"pairs": os.fspath(pairs_csv), "params": params or {}, "cv_folds": cv_folds, "n_boot": n_boot, **record_extra}
+    config = {"pairs": os.fspath(pairs_csv), "params": params or {}, "cv_folds": cv_folds, "n_boot": n_boot,
+              "on_error": skips.on_error, **record_extra}
     if world_size > 1:
         config["world_size"] = world_size
+    all_pairs = skips.pairs
     record = build_run_record(
         command="stainalign fit", config=config, models=[encoder.card], prompt_set=None, seed=seed,
-        inputs=list(dict.fromkeys(list(pairs["he_slide"]) + list(pairs["ihc_slide"]))),
+        inputs=list(dict.fromkeys(list(all_pairs["he_slide"]) + list(all_pairs["ihc_slide"]))),
+        skipped=skips.skipped, extra={"dropped_pairs": skips.dropped_pairs},
     )
     report = build_classification_report(
         f"HistoStainAlign ({metrics['marker']}): grouped CV, aligned model", aligned_full, frame, record, n_examples=0,
@@ -220,12 +316,14 @@ def stainalign_eval(
     device: str = "cpu",
     trust_checkpoint: bool = False,
     allow_absolute_paths: bool = False,
+    on_error: Literal["raise", "skip"] = "raise",
 ) -> dict[str, Any]:
     """Predict the IHC status from the H&E slides of `pairs_csv` (IHC slides are not read).
 
     The encoder and tile settings are the ones recorded at fit time (`model` overrides the
     encoder; its weights must be the same). When ``MODEL_DIR/baseline`` exists its metrics are
-    reported under ``baseline``.
+    reported under ``baseline``. `on_error` as in `stainalign_fit` (only H&E slides are read, so
+    only they can drop a pair).
     """
     from histovl.embed import EmbeddingCache
 
@@ -243,7 +341,12 @@ def stainalign_eval(
     spec = TileSpec(**{**meta["tile_spec"], "tissue": TissueParams(**meta["tile_spec"]["tissue"])})
     cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
     out = Path(out_dir)
-    he = _bags(encoder, list(pairs["he_slide"]), out / "tiles", spec, cache, meta.get("slide_mpp"))
+    all_pairs = pairs
+    he_all, dropped = _bags(encoder, list(pairs["he_slide"]), out / "tiles", spec, cache, meta.get("slide_mpp"), on_error)
+    keep, skipped, lost = _skip_record(pairs, {"he_slide": he_all}, dropped, ("he_slide",))
+    skips = _Skips(all_pairs, skipped, lost, on_error)
+    pairs = pairs.iloc[keep].reset_index(drop=True)
+    he = [cast(SlideBag, he_all[i]) for i in keep]
     he_x = [b.embeddings for b in he]
     classes = list(aligned_model.classes_)
     probs = {"aligned": aligned_model.predict_proba(he_x)}
@@ -252,15 +355,17 @@ def stainalign_eval(
         probs["baseline"] = baseline_model.predict_proba(he_x)
     summary, full = _metrics_block(pairs, classes, probs["aligned"], n_boot, seed)
     metrics: dict[str, Any] = {**summary, "model": "aligned", "marker": meta.get("marker"), "class_names": classes,
-                               "details": {"aligned": full}}
+                               "details": {"aligned": full}, **skips.counts()}
     if "baseline" in probs:
         metrics["baseline"], metrics["details"]["baseline"] = _metrics_block(pairs, classes, probs["baseline"], n_boot, seed)
     write_heatmaps(aligned_model, he, out)
     frame = _predictions(pairs, Path(pairs_csv).parent, classes, probs, "aligned")
     record = build_run_record(
         command="stainalign eval",
-        config={"model_dir": os.fspath(model_dir), "pairs": os.fspath(pairs_csv), "n_boot": n_boot, "encoder": meta["encoder"]},
-        models=[encoder.card], prompt_set=None, seed=seed, inputs=list(pairs["he_slide"]),
+        config={"model_dir": os.fspath(model_dir), "pairs": os.fspath(pairs_csv), "n_boot": n_boot, "encoder": meta["encoder"],
+                "on_error": on_error},
+        models=[encoder.card], prompt_set=None, seed=seed, inputs=list(all_pairs["he_slide"]),
+        skipped=skipped, extra={"dropped_pairs": lost},
     )
     report = build_classification_report(f"HistoStainAlign ({meta.get('marker')}): evaluation", full, frame, record, n_examples=0)
     write_evaluation_outputs(out, metrics=metrics, predictions=frame, run_record=record, report=report)

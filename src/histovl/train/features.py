@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from histovl._io import atomic_path
-from histovl.errors import NonFiniteError
+from histovl.embed.engine import encode_batch_with_backoff
+from histovl.errors import ImageReadError, NonFiniteError
 from histovl.models.encoder import Encoder
 from histovl.models.preprocess import Preprocess
 
 GROUPS = ("image", "text", "image_projection", "text_projection", "logit_scale")
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -92,6 +96,69 @@ def image_loader(paths: Sequence[Path], preprocess: Preprocess, batch_size: int,
     return DataLoader(_ImageDataset(paths, preprocess), batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
+class _CheckedDataset(Dataset[tuple[int, torch.Tensor | None, str]]):
+    """Like `_ImageDataset`, but a decode failure comes back as a reason instead of an exception.
+
+    Raising inside a DataLoader worker loses the exception's type and file name; returning the
+    reason lets the main process raise `ImageReadError` naming the file, or skip it.
+    """
+
+    def __init__(self, paths: Sequence[Path], preprocess: Preprocess) -> None:
+        self.paths = list(paths)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+        from histovl.data import read_rgb
+
+        try:
+            return index, self.preprocess(read_rgb(self.paths[index])), ""
+        except ImageReadError as err:
+            return index, None, err.reason
+        except (OSError, ValueError, SyntaxError) as err:  # decoder faults Pillow lets through
+            return index, None, f"{type(err).__name__}: {err}"
+
+
+def _collate_checked(
+    batch: list[tuple[int, torch.Tensor | None, str]],
+) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    good = [(i, x) for i, x, _ in batch if x is not None]
+    pixels = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], pixels, [(i, r) for i, x, r in batch if x is None]
+
+
+def _checked_batches(
+    paths: Sequence[Path], preprocess: Preprocess, batch_size: int, num_workers: int, on_error: Literal["raise", "skip"]
+) -> DataLoader[Any]:
+    return DataLoader(
+        _CheckedDataset(paths, preprocess), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=_collate_checked,
+    )
+
+
+def unreadable_images(
+    paths: Sequence[Path],
+    preprocess: Preprocess,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    on_error: Literal["raise", "skip"] = "skip",
+) -> dict[int, str]:
+    """Index -> reason for every path that cannot be decoded and preprocessed (one pass, no model).
+
+    With ``on_error="raise"`` the first such path raises `ImageReadError` naming it instead.
+    """
+    failures: dict[int, str] = {}
+    for _, _, bad in _checked_batches(paths, preprocess, batch_size, num_workers, on_error):
+        for i, reason in bad:
+            if on_error == "raise":
+                raise ImageReadError(paths[i], reason)
+            failures[i] = reason
+    return failures
+
+
 def _backbone_key(encoder: Encoder) -> str:
     """Identity of the image backbone and its preprocessing (what a cached feature depends on)."""
     parts = [type(encoder).__name__, encoder.card.architecture, encoder.card.preprocessing_key()]
@@ -103,6 +170,98 @@ def _file_key(path: Path) -> str:
     return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
+@dataclass
+class ImageFeatures:
+    """Backbone features of a list of paths.
+
+    Attributes:
+        features: float32 [N, F] in path order; the rows of `failures` are zeros.
+        failures: index -> reason for each path skipped under ``on_error="skip"``.
+        batch_size_used: the forward batch size after any out-of-memory back-off (0 when every
+            feature came from the cache).
+    """
+
+    features: torch.Tensor
+    failures: dict[int, str] = field(default_factory=dict)
+    batch_size_used: int = 0
+
+
+def extract_image_features(
+    encoder: SplitTowers,
+    paths: Sequence[Path],
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    cache_dir: str | Path | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> ImageFeatures:
+    """Backbone features of `paths`, reusing and extending a per-file cache in `cache_dir`.
+
+    Each cached row is keyed by the file's resolved path, size and modification time, and the
+    cache file by the backbone identity and preprocessing, so edited images or another backbone
+    never reuse stale features, while any subset of already-seen files costs nothing.
+    Only backbones that training leaves frozen are cached.
+
+    An unreadable (or missing) file raises `ImageReadError` naming it, or under
+    ``on_error="skip"`` is listed in `failures` (never cached). A batch that runs out of memory
+    is halved down to 1 (`histovl.embed.engine.encode_batch_with_backoff`, logged).
+    """
+    if not isinstance(encoder, Encoder):
+        raise TypeError("backbone_image_features needs an Encoder that implements SplitTowers")
+    failures: dict[int, str] = {}
+    keys: list[str | None] = []
+    for i, p in enumerate(paths):
+        try:
+            keys.append(_file_key(p))
+        except OSError as err:
+            if on_error == "raise":
+                raise ImageReadError(p, "file not found" if isinstance(err, FileNotFoundError) else str(err)) from None
+            keys.append(None)
+            failures[i] = "file not found" if isinstance(err, FileNotFoundError) else str(err)
+    known: dict[str, torch.Tensor] = {}
+    target: Path | None = None
+    if cache_dir is not None:
+        target = Path(cache_dir) / f"image-features-{_backbone_key(encoder)}.pt"
+        if target.is_file():
+            stored = torch.load(target, map_location="cpu", weights_only=True)
+            known = dict(zip(stored["keys"], stored["features"], strict=True))
+    todo = [i for i, k in enumerate(keys) if k is not None and k not in known]
+    used = 0
+    if todo:
+        used = batch_size
+        new: dict[int, torch.Tensor] = {}
+        with torch.inference_mode():
+            for local, pixels, bad in _checked_batches([paths[i] for i in todo], encoder.preprocess, batch_size,
+                                                       num_workers, on_error):
+                for j, reason in bad:
+                    if on_error == "raise":
+                        raise ImageReadError(paths[todo[j]], reason)
+                    failures[todo[j]] = reason
+                if pixels is None:
+                    continue
+                feats, used = encode_batch_with_backoff(encoder.image_features, pixels, used)
+                feats = feats.float().cpu()
+                if not torch.isfinite(feats).all():
+                    bad_row = int((~torch.isfinite(feats).all(dim=1)).nonzero()[0])
+                    raise NonFiniteError(f"the image backbone produced NaN/Inf for {paths[todo[local[bad_row]]]}")
+                new.update({todo[j]: f for j, f in zip(local, feats, strict=True)})
+        if used < batch_size:
+            log.info("backbone features computed with batch size %d (out-of-memory back-off from %d)", used, batch_size)
+        for i, f in new.items():
+            key = keys[i]
+            if key is not None:
+                known[key] = f
+        if target is not None and new:
+            all_keys = list(known)
+            with atomic_path(target, suffix=".pt") as tmp:
+                torch.save({"keys": all_keys, "features": torch.stack([known[k] for k in all_keys])}, tmp)
+    width = next((known[k].shape[-1] for k in keys if k is not None and k in known), 0)
+    zero = torch.zeros(width)
+    rows = [zero if (k is None or i in failures) else known[k] for i, k in enumerate(keys)]
+    out = torch.stack(rows) if rows else torch.zeros(0, width)
+    return ImageFeatures(out, dict(sorted(failures.items())), used)
+
+
 def backbone_image_features(
     encoder: SplitTowers,
     paths: Sequence[Path],
@@ -111,39 +270,10 @@ def backbone_image_features(
     num_workers: int = 0,
     cache_dir: str | Path | None = None,
 ) -> torch.Tensor:
-    """Backbone features [N, F] of `paths`, reusing and extending a per-file cache in `cache_dir`.
-
-    Each cached row is keyed by the file's resolved path, size and modification time, and the
-    cache file by the backbone identity and preprocessing, so edited images or another backbone
-    never reuse stale features, while any subset of already-seen files costs nothing.
-    Only backbones that training leaves frozen are cached.
-    """
-    if not isinstance(encoder, Encoder):
-        raise TypeError("backbone_image_features needs an Encoder that implements SplitTowers")
-    keys = [_file_key(p) for p in paths]
-    known: dict[str, torch.Tensor] = {}
-    target: Path | None = None
-    if cache_dir is not None:
-        target = Path(cache_dir) / f"image-features-{_backbone_key(encoder)}.pt"
-        if target.is_file():
-            stored = torch.load(target, map_location="cpu", weights_only=True)
-            known = dict(zip(stored["keys"], stored["features"], strict=True))
-    todo = [i for i, k in enumerate(keys) if k not in known]
-    if todo:
-        chunks = []
-        with torch.inference_mode():
-            for pixels in image_loader([paths[i] for i in todo], encoder.preprocess, batch_size, num_workers):
-                chunks.append(encoder.image_features(pixels).float().cpu())
-        feats = torch.cat(chunks)
-        if not torch.isfinite(feats).all():
-            bad = paths[todo[int((~torch.isfinite(feats).all(dim=1)).nonzero()[0])]]
-            raise NonFiniteError(f"the image backbone produced NaN/Inf for {bad}")
-        known.update({keys[i]: f for i, f in zip(todo, feats, strict=True)})
-        if target is not None:
-            all_keys = list(known)
-            with atomic_path(target, suffix=".pt") as tmp:
-                torch.save({"keys": all_keys, "features": torch.stack([known[k] for k in all_keys])}, tmp)
-    return torch.stack([known[k] for k in keys])
+    """Backbone features [N, F] of `paths` (`extract_image_features` with ``on_error="raise"``)."""
+    return extract_image_features(
+        encoder, paths, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir, on_error="raise"
+    ).features
 
 
 def backbone_text_features(encoder: SplitTowers, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:

@@ -26,27 +26,33 @@ import torch
 from torch import nn
 
 from histovl._io import atomic_write_json, atomic_write_text
+from histovl.embed.engine import encode_batch_with_backoff
 from histovl.models.encoder import Encoder
 from histovl.reproducibility import seed_everything
 from histovl.train.captions import CaptionTemplates, load_caption_templates, sample_captions
 from histovl.train.checkpoint import load_checkpoint, save_checkpoint
 from histovl.train.distributed import (
     ForwardThrough,
+    all_gather_object,
     all_gather_with_grad,
     barrier,
     cleanup_distributed,
+    current_context,
     gradient_sync,
     init_distributed,
+    run_on_shards,
+    shard_bounds,
     shard_indices,
     wrap_ddp,
 )
 from histovl.train.features import (
     SplitTowers,
-    backbone_image_features,
     backbone_text_features,
+    extract_image_features,
     image_loader,
     log_logit_scale_parameter,
     parameter_groups,
+    unreadable_images,
 )
 from histovl.train.losses import His2LipWeights, get_loss
 from histovl.train.validation import zero_shot_scores
@@ -176,6 +182,7 @@ def finetune(
     feature_cache: str | Path | None = None,
     num_workers: int = 0,
     allow_absolute_paths: bool = False,
+    on_error: Literal["raise", "skip"] = "raise",
     hooks: DistributedHooks | None = None,
     progress: Callable[[str], None] | None = print,
 ) -> FinetuneResult:
@@ -195,6 +202,13 @@ def finetune(
         feature_cache: folder to keep frozen-backbone image features between runs.
         num_workers: image decode workers.
         allow_absolute_paths: accept manifest paths outside the manifest's folder.
+        on_error: ``"raise"`` stops at the first unreadable image with `ImageReadError` naming
+            it (checkpoints of finished epochs are kept); ``"skip"`` drops its image-caption
+            pair from training (or its image from validation) and lists it, with the reason,
+            under ``skipped`` in ``finetune.json``. The skip decision is made once, before the
+            first epoch: in the backbone-feature pass when the image tower is frozen, else in a
+            decode-only pass over the images (sharded over torchrun ranks and gathered, so every
+            rank drops the same pairs).
         hooks: DDP process layout; by default read from the torchrun environment
             (`histovl.train.distributed`), i.e. one process unless started by torchrun. Under
             torchrun, `config.batch_size` is the global batch, split evenly across ranks.
@@ -218,6 +232,26 @@ def finetune(
     templates = load_caption_templates(caption_templates)
     fixed_captions, labels = _pairs_from_set(image_set, templates)
     val_inputs = _check_validation(val_data, val_prompts, allow_absolute_paths)  # before any feature pass
+
+    trainable = set(MODE_GROUPS[cfg.train])
+    split = isinstance(encoder, SplitTowers)
+    towers = cast(SplitTowers, encoder)
+    cache_images = split and "image" not in trainable
+    cache_texts = split and "text" not in trainable
+    all_paths = list(image_set.paths)
+    image_feats, failures, feature_batch = _train_features(encoder, all_paths, cache_images, num_workers, feature_cache, on_error)
+    keep = [i for i in range(len(all_paths)) if i not in failures]
+    paths = [all_paths[i] for i in keep]
+    if failures:
+        fixed_captions = None if fixed_captions is None else [fixed_captions[i] for i in keep]
+        labels = None if labels is None else [labels[i] for i in keep]
+        image_feats = None if image_feats is None else image_feats[keep]
+    skipped = [{"path": str(all_paths[i]), "reason": r, "split": "train"} for i, r in sorted(failures.items())]
+    if len(paths) < 2:
+        raise ValueError(
+            f"{len(paths)} of {len(all_paths)} training images could be read; contrastive training needs at least 2 "
+            f"(first unreadable: {skipped[0]['path'] if skipped else 'none'})"
+        )
     tissue_ids = stain_ids = None
     if labels is not None and all(lab in templates.labels for lab in labels):
         t_np, s_np = templates.metadata_ids(labels)
@@ -226,7 +260,6 @@ def finetune(
         classes = sorted(set(labels))
         tissue_ids = torch.tensor([classes.index(lab) for lab in labels])
 
-    trainable = set(MODE_GROUPS[cfg.train])
     groups = parameter_groups(encoder)
     for name, params in groups.items():
         for p in params:
@@ -239,18 +272,13 @@ def finetune(
         )
     encoder.eval()  # BatchNorm statistics and dropout stay as pretrained (small CPU batches)
 
-    split = isinstance(encoder, SplitTowers)
-    towers = cast(SplitTowers, encoder)
-    cache_images = split and "image" not in trainable
-    cache_texts = split and "text" not in trainable
-    paths = list(image_set.paths)
-    image_feats = None
-    if cache_images:
-        image_feats = backbone_image_features(towers, paths, num_workers=num_workers, cache_dir=feature_cache)
-
     val = None
     if val_inputs is not None and dist.is_main:
-        val = _prepare_validation(encoder, val_inputs[0], val_inputs[1], cache_images, num_workers, feature_cache)
+        val = _prepare_validation(encoder, val_inputs[0], val_inputs[1], cache_images, num_workers, feature_cache, on_error)
+        skipped += val.skipped
+    if skipped and progress is not None and dist.is_main:
+        progress(f"skipped {len(skipped)} unreadable image(s) (listed in finetune.json), first: "
+                 f"{skipped[0]['path']} ({skipped[0]['reason']})")
 
     n = len(paths)
     shard = max(1, math.ceil(n / dist.world_size))
@@ -346,8 +374,9 @@ def finetune(
         atomic_write_text(out_dir / LOG_FILE, pd.DataFrame(rows).to_csv(index=False))
         atomic_write_json(
             out_dir / "finetune.json",
-            {"config": cfg.to_dict(), "base_model": encoder.card.name, "n_train": n, "caption_templates": templates.name,
-             "world_size": dist.world_size},
+            {"config": cfg.to_dict(), "base_model": encoder.card.name, "n_train": n, "n_inputs": len(all_paths),
+             "caption_templates": templates.name, "world_size": dist.world_size, "on_error": on_error,
+             "n_skipped": len(skipped), "skipped": skipped, "feature_batch_size_used": feature_batch},
         )
     barrier()  # no rank returns before rank 0's outputs exist
     if owns_group:
@@ -362,6 +391,41 @@ class _Validation:
     features: torch.Tensor | None
     paths: list[Path]
     num_workers: int
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def _train_features(
+    encoder: Encoder, paths: list[Path], cache_images: bool, num_workers: int, feature_cache: Any,
+    on_error: Literal["raise", "skip"],
+) -> tuple[torch.Tensor | None, dict[int, str], int]:
+    """Frozen-backbone features (or None) and the unreadable training images every rank agrees on.
+
+    With a frozen image tower every rank computes all features (as before); the failures are
+    then united over the ranks, so a file one rank could not read is dropped everywhere. Without
+    cached features, ``skip`` runs a decode-only pass, each rank over its own block of images,
+    gathered to all ranks. ``raise`` adds no pass: an unreadable image stops the run where it is
+    first read, naming it.
+    """
+    if cache_images:
+        extracted = extract_image_features(cast(SplitTowers, encoder), paths, num_workers=num_workers,
+                                           cache_dir=feature_cache, on_error=on_error)
+        failures: dict[int, str] = {}
+        for part in all_gather_object(extracted.failures):
+            failures.update(part)
+        return extracted.features, failures, extracted.batch_size_used
+    if on_error != "skip":
+        return None, {}, 0
+
+    def check_mine() -> dict[int, str]:
+        ctx = current_context()
+        start, stop = shard_bounds(len(paths), ctx.rank, ctx.world_size)
+        found = unreadable_images(paths[start:stop], encoder.preprocess, num_workers=num_workers)
+        return {start + i: r for i, r in found.items()}
+
+    failures = {}
+    for part in run_on_shards(check_mine):
+        failures.update(part)
+    return None, failures, 0
 
 
 def _check_validation(val_data: Any, val_prompts: Any, allow_absolute_paths: bool) -> tuple[Any, Any] | None:
@@ -384,16 +448,32 @@ def _check_validation(val_data: Any, val_prompts: Any, allow_absolute_paths: boo
 
 
 def _prepare_validation(
-    encoder: Encoder, val_data: Any, val_prompts: Any, cache: bool, num_workers: int, feature_cache: Any
+    encoder: Encoder, val_data: Any, val_prompts: Any, cache: bool, num_workers: int, feature_cache: Any,
+    on_error: Literal["raise", "skip"] = "raise",
 ) -> _Validation:
+    """Validation inputs (rank 0 only); under ``skip`` unreadable images are left out and listed."""
     from histovl.prompts import load_prompt_set
 
     vset = _resolve_set(val_data)
     prompt_set = val_prompts if hasattr(val_prompts, "classes") else load_prompt_set(val_prompts)
+    paths, labels = list(vset.paths), list(vset.labels)
     feats = None
     if cache:
-        feats = backbone_image_features(cast(SplitTowers, encoder), vset.paths, num_workers=num_workers, cache_dir=feature_cache)
-    return _Validation(list(vset.labels), prompt_set, feats, list(vset.paths), num_workers)
+        extracted = extract_image_features(cast(SplitTowers, encoder), paths, num_workers=num_workers,
+                                           cache_dir=feature_cache, on_error=on_error)
+        feats, failures = extracted.features, extracted.failures
+    elif on_error == "skip":
+        failures = unreadable_images(paths, encoder.preprocess, num_workers=num_workers)
+    else:
+        failures = {}
+    keep = [i for i in range(len(paths)) if i not in failures]
+    if not keep and failures:
+        raise ValueError(f"none of the {len(paths)} validation images could be read (first: {paths[min(failures)]})")
+    skipped = [{"path": str(paths[i]), "reason": r, "split": "val"} for i, r in sorted(failures.items())]
+    if failures:
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+        feats = None if feats is None else feats[keep]
+    return _Validation(labels, prompt_set, feats, paths, num_workers, skipped)
 
 
 def _validate(encoder: Encoder, val: _Validation) -> dict[str, float]:
@@ -401,5 +481,6 @@ def _validate(encoder: Encoder, val: _Validation) -> dict[str, float]:
         if val.features is not None:
             emb = nn.functional.normalize(cast(SplitTowers, encoder).project_image(val.features).float(), dim=-1)
         else:
-            emb = torch.cat([encoder.encode_image(px) for px in image_loader(val.paths, encoder.preprocess, 64, val.num_workers)])
+            emb = torch.cat([encode_batch_with_backoff(encoder.encode_image, px, len(px))[0]
+                             for px in image_loader(val.paths, encoder.preprocess, 64, val.num_workers)])
     return zero_shot_scores(encoder, emb.cpu().numpy().astype(np.float32), val.labels, val.prompt_set)
