@@ -311,17 +311,22 @@ class TileFolderReader(SlideReader):
     `histovl slides tile --save-tiles` round-trip); otherwise tiles are placed row by row in file
     name order, ``ceil(sqrt(n))`` per row. Every cell is the size of the first tile; gaps are
     white. The mosaic has one level; `mpp` is whatever the user says it is.
+
+    With ``tolerant=True`` the cell size comes from the first tile that opens and a tile that
+    cannot be read is left white in regions and thumbnails instead of raising `TileReadError`
+    (stainalign: the encoding step that follows meets the same tile and raises `ImageReadError`
+    naming it, or, with ``on_error="skip"``, records it and leaves it out of the bag).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, mpp: float | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, mpp: float | None = None, tolerant: bool = False) -> None:
         self.path = Path(path)
         self.mpp = mpp
         self.objective_power = None
+        self.tolerant = tolerant
         self.tile_paths = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not self.tile_paths:
             raise SlideOpenError(f"folder {self.path} holds no tile images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        with Image.open(self.tile_paths[0]) as first:
-            self.tile_size = first.size
+        self.tile_size = self._first_tile_size()
         self.cells = self._layout()
         cols = max(c for c, _ in self.cells) + 1
         rows = max(r for _, r in self.cells) + 1
@@ -337,6 +342,18 @@ class TileFolderReader(SlideReader):
             return [(col_of[x], row_of[y]) for x, y in xy]
         per_row = math.ceil(math.sqrt(len(self.tile_paths)))
         return [(i % per_row, i // per_row) for i in range(len(self.tile_paths))]
+
+    def _first_tile_size(self) -> tuple[int, int]:
+        if not self.tolerant:
+            with Image.open(self.tile_paths[0]) as first:
+                return first.size
+        for tile in self.tile_paths:
+            try:
+                with Image.open(tile) as img:
+                    return img.size
+            except (OSError, ValueError, SyntaxError):
+                continue
+        raise SlideOpenError(f"folder {self.path}: none of its {len(self.tile_paths)} tile images can be read")
 
     def tile_box(self, index: int) -> tuple[int, int, int, int]:
         """(x, y, width, height) of tile `index` in mosaic pixels."""
@@ -355,6 +372,8 @@ class TileFolderReader(SlideReader):
                     img.load()
                     tile = composite_on_white(img).copy()
             except (OSError, ValueError, SyntaxError) as err:
+                if self.tolerant:
+                    continue  # left white
                 raise TileReadError(f"cannot read tile {path}: {err}") from err
             region.paste(tile.resize((tw, th)) if tile.size != (tw, th) else tile, (tx - x, ty - y))
         return region

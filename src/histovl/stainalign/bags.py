@@ -21,10 +21,7 @@ from histovl.data.paths import UnsafePathError, is_inside
 from histovl.errors import HistovlError
 from histovl.slides.pipeline import tile_slide
 from histovl.slides.reader import (
-    IMAGE_EXTENSIONS,
-    SlideOpenError,
     TileFolderReader,
-    composite_on_white,
 )
 from histovl.slides.tiling import TileSpec
 
@@ -120,55 +117,6 @@ class SlideTiles:
     thumbnail: Image.Image
 
 
-class _TolerantTileFolder(TileFolderReader):
-    """A tile folder whose unreadable tiles stay white in the mosaic.
-
-    Same layout as `TileFolderReader`, but the cell size comes from the first tile that opens and
-    a tile that cannot be read is left out of regions and thumbnails instead of failing them:
-    the encoding step that follows meets the same tile and raises `ImageReadError` naming it, or
-    (``on_error="skip"``) records it and leaves it out of the bag.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, mpp: float | None = None) -> None:
-        self.path = Path(path)
-        self.mpp = mpp
-        self.objective_power = None
-        self.tile_paths = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not self.tile_paths:
-            raise SlideOpenError(f"folder {self.path} holds no tile images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        size: tuple[int, int] | None = None
-        for tile in self.tile_paths:
-            try:
-                with Image.open(tile) as img:
-                    size = img.size
-                break
-            except (OSError, ValueError, SyntaxError):
-                continue
-        if size is None:
-            raise SlideOpenError(f"folder {self.path}: none of its {len(self.tile_paths)} tile images can be read")
-        self.tile_size = size
-        self.cells = self._layout()
-        cols = max(c for c, _ in self.cells) + 1
-        rows = max(r for _, r in self.cells) + 1
-        self.level_dimensions = ((cols * self.tile_size[0], rows * self.tile_size[1]),)
-        self.level_downsamples = (1.0,)
-
-    def _read(self, x: int, y: int, level: int, size: tuple[int, int]) -> Image.Image:
-        region = Image.new("RGB", size, (255, 255, 255))
-        for i, path in enumerate(self.tile_paths):
-            tx, ty, tw, th = self.tile_box(i)
-            if tx >= x + size[0] or ty >= y + size[1] or tx + tw <= x or ty + th <= y:
-                continue
-            try:
-                with Image.open(path) as img:
-                    img.load()
-                    tile = composite_on_white(img).copy()
-            except (OSError, ValueError, SyntaxError):
-                continue  # left white; the encoding step records the tile as skipped
-            region.paste(tile.resize((tw, th)) if tile.size != (tw, th) else tile, (tx - x, ty - y))
-        return region
-
-
 def slide_tiles(
     slide: str | os.PathLike[str],
     work_dir: str | os.PathLike[str],
@@ -183,7 +131,7 @@ def slide_tiles(
     """
     path = Path(slide)
     if path.is_dir():
-        mosaic = _TolerantTileFolder(path, mpp=slide_mpp)
+        mosaic = TileFolderReader(path, mpp=slide_mpp, tolerant=True)
         boxes = [mosaic.tile_box(i) for i in range(len(mosaic.tile_paths))]
         tiles = pd.DataFrame({"x": [b[0] for b in boxes], "y": [b[1] for b in boxes]})
         return SlideTiles(path, list(mosaic.tile_paths), tiles, mosaic.tile_size[0], mosaic.dimensions, mosaic.thumbnail(1024))
