@@ -83,7 +83,7 @@ def _gloo_worker(rank: int, port: int, out: str, world: int, fn: Callable[[int],
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "HISTOVL_DIST_BACKEND": "gloo"})
     torch.set_num_threads(1)
-    from histovl.train.distributed import init_distributed
+    from histovl.distributed import init_distributed
 
     init_distributed()
     torch.save(fn(rank), Path(out) / f"rank{rank}.pt")

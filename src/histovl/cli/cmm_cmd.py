@@ -71,8 +71,8 @@ def register(app: typer.Typer) -> None:
         (docs/scale-out.md): features split over the ranks, the head trained with DDP, rank 0 writes.
         """
         from histovl.cli.multilabel_cmd import print_multilabel_summary
+        from histovl.distributed import DistContext
         from histovl.heads.cmm_run import cmm_fit
-        from histovl.train.distributed import DistContext
 
         res = cmm_fit(
             model, data, prompts, out, kv_mode=kv.value, tokens=tokens.value, grid=grid, epochs=epochs,

@@ -56,8 +56,8 @@ def register(app: typer.Typer) -> None:
         on_error: OnErrorOpt = OnErrorChoice.raise_,
     ) -> None:
         """Fine-tune a model on image-caption pairs; OUT becomes a model `--model OUT` loads."""
+        from histovl.distributed import DistContext
         from histovl.train import FinetuneConfig, finetune
-        from histovl.train.distributed import DistContext
 
         cfg = FinetuneConfig(
             loss=loss.value, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,

@@ -69,9 +69,9 @@ def register(app: typer.Typer) -> None:
         Runs unchanged under `torchrun --nproc-per-node N --no-python histovl stainalign fit ...`
         (docs/scale-out.md): slides embedded in shards, models trained with DDP, rank 0 writes.
         """
+        from histovl.distributed import DistContext
         from histovl.slides import TileSpec
         from histovl.stainalign import stainalign_fit
-        from histovl.train.distributed import DistContext
 
         metrics = stainalign_fit(
             pairs, out, model=model, spec=TileSpec(size=size, mpp=mpp), slide_mpp=slide_mpp, cache_dir=cache,

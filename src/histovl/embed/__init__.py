@@ -1,6 +1,6 @@
 """The encoding engine and the content-keyed embedding cache."""
 
-from histovl.embed.cache import EmbeddingCache, default_cache_dir
+from histovl.embed.cache import EmbeddingCache, cache_for, default_cache_dir
 from histovl.embed.engine import EmbeddingResult, Failure, ImageTransform, encode_images
 from histovl.embed.run import EmbedSummary, embed, export_parquet
 
@@ -10,6 +10,7 @@ __all__ = [
     "EmbeddingResult",
     "Failure",
     "ImageTransform",
+    "cache_for",
     "default_cache_dir",
     "embed",
     "encode_images",

@@ -31,14 +31,9 @@ import numpy as np
 from filelock import FileLock
 
 from histovl._io import atomic_path, atomic_write_json
+from histovl.options import RunOptions, default_cache_dir  # noqa: F401  (default_cache_dir re-exported)
 
 CACHE_FORMAT_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    """`$HISTOVL_CACHE`, else `~/.cache/histovl/embeddings`."""
-    env = os.environ.get("HISTOVL_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "histovl" / "embeddings"
 
 
 def file_content_key(path: str | os.PathLike[str]) -> str:
@@ -191,3 +186,9 @@ class EmbeddingCache:
             **(meta or {}),
         }
         return CacheNamespace(self.root / key, info)
+
+
+def cache_for(options: RunOptions) -> EmbeddingCache | None:
+    """The embedding cache a run uses: ``options.cache`` (or the default folder), or None with
+    ``use_cache=False``. Every command opens its cache through this one call."""
+    return EmbeddingCache(options.cache) if options.use_cache else None

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,10 +23,9 @@ from histovl.embed.progress import progress_bar
 from histovl.errors import ImageReadError, NonFiniteError
 from histovl.models.encoder import Encoder
 from histovl.models.preprocess import Preprocess
+from histovl.options import OnError
 
 log = logging.getLogger(__name__)
-
-OnError = Literal["raise", "skip"]
 
 
 class ImageTransform(Protocol):

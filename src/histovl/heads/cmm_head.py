@@ -20,14 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from histovl._io import atomic_write_json, atomic_write_with
-from histovl.errors import HistovlError, NonFiniteError
-from histovl.heads.cmm import CrossModalMatching, KVMode
-from histovl.train.distributed import (
+from histovl.distributed import (
     all_gather_rows_with_grad,
     all_reduce_sum,
     current_context,
     wrap_ddp,
 )
+from histovl.errors import HistovlError, NonFiniteError
+from histovl.heads.cmm import CrossModalMatching, KVMode
 
 HEAD_FORMAT = "histovl-cmm-head/1"
 

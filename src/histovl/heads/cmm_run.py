@@ -22,12 +22,7 @@ import torch
 
 from histovl._io import atomic_write_text
 from histovl.data.records import ImageSet
-from histovl.errors import HistovlError
-from histovl.heads.cmm import KVMode
-from histovl.heads.cmm_head import CMMHead
-from histovl.heads.features import TokenSource, encode_image_tokens, resolve_token_source
-from histovl.models.encoder import Encoder
-from histovl.train.distributed import (
+from histovl.distributed import (
     broadcast_object,
     cleanup_distributed,
     current_context,
@@ -35,6 +30,11 @@ from histovl.train.distributed import (
     run_on_shards,
     shard_bounds,
 )
+from histovl.errors import HistovlError
+from histovl.heads.cmm import KVMode
+from histovl.heads.cmm_head import CMMHead
+from histovl.heads.features import TokenSource, encode_image_tokens, resolve_token_source
+from histovl.models.encoder import Encoder
 from histovl.zeroshot.multilabel.outputs import (
     evaluate_multilabel,
     label_matrix,

@@ -57,7 +57,7 @@ register_family("conch", _conch.build_conch, hub_files=_conch.HUB_WEIGHT_FILES)
 
 
 def load_model(
-    spec: str | Path,
+    spec: str | Path | Encoder,
     *,
     device: str = "cpu",
     trust_checkpoint: bool = False,
@@ -66,7 +66,8 @@ def load_model(
     """Load an encoder from a registry name, a local spec or a model directory.
 
     Args:
-        spec: see the module docstring for the accepted forms.
+        spec: see the module docstring for the accepted forms, or a loaded `Encoder` (returned
+            as it is, so every command accepts a spec or an encoder through this one call).
         device: torch device for the model.
         trust_checkpoint: allow pickle-based weight files (``.pt``/``.bin``), read with
             ``torch.load(weights_only=True)``; safetensors never need it.
@@ -83,6 +84,8 @@ def load_model(
         >>> enc.encode_text(["an H&E image of lung adenocarcinoma"]).shape  # doctest: +SKIP
         torch.Size([1, 512])
     """
+    if isinstance(spec, Encoder):  # already loaded: commands accept either, without a guard each
+        return spec
     text = str(spec)
     if text.startswith("open_clip:"):
         return _load_open_clip_file(text, device, trust_checkpoint)

@@ -39,9 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from histovl._io import atomic_path, atomic_write_json
-from histovl.errors import NonFiniteError
-from histovl.stainalign.mil import GatedAttentionPool, pad_bags, symmetric_contrastive_loss
-from histovl.train.distributed import (
+from histovl.distributed import (
     DistContext,
     ForwardThrough,
     all_gather_rows_with_grad,
@@ -49,6 +47,8 @@ from histovl.train.distributed import (
     current_context,
     wrap_ddp,
 )
+from histovl.errors import NonFiniteError
+from histovl.stainalign.mil import GatedAttentionPool, pad_bags, symmetric_contrastive_loss
 
 FORMAT_VERSION = 1
 

@@ -22,6 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from histovl.distributed import (
+    broadcast_object,
+    cleanup_distributed,
+    current_context,
+    init_distributed,
+    run_on_shards,
+    shard_bounds,
+)
 from histovl.metrics import classification_metrics
 from histovl.models.encoder import Encoder
 from histovl.reports import build_classification_report, write_evaluation_outputs
@@ -38,14 +46,6 @@ from histovl.stainalign.bags import (
 )
 from histovl.stainalign.evaluate import CrossValidationResult, cross_validate, summarise
 from histovl.stainalign.model import HistoStainAlign
-from histovl.train.distributed import (
-    broadcast_object,
-    cleanup_distributed,
-    current_context,
-    init_distributed,
-    run_on_shards,
-    shard_bounds,
-)
 
 
 def _encoder(model: str | Encoder, device: str, trust_checkpoint: bool) -> tuple[Encoder, str]:

@@ -26,12 +26,7 @@ import torch
 from torch import nn
 
 from histovl._io import atomic_write_json, atomic_write_text
-from histovl.embed.engine import encode_batch_with_backoff
-from histovl.models.encoder import Encoder
-from histovl.reproducibility import seed_everything
-from histovl.train.captions import CaptionTemplates, load_caption_templates, sample_captions
-from histovl.train.checkpoint import load_checkpoint, save_checkpoint
-from histovl.train.distributed import (
+from histovl.distributed import (
     ForwardThrough,
     all_gather_object,
     all_gather_with_grad,
@@ -45,6 +40,11 @@ from histovl.train.distributed import (
     shard_indices,
     wrap_ddp,
 )
+from histovl.embed.engine import encode_batch_with_backoff
+from histovl.models.encoder import Encoder
+from histovl.reproducibility import seed_everything
+from histovl.train.captions import CaptionTemplates, load_caption_templates, sample_captions
+from histovl.train.checkpoint import load_checkpoint, save_checkpoint
 from histovl.train.features import (
     SplitTowers,
     backbone_text_features,
@@ -210,7 +210,7 @@ def finetune(
             decode-only pass over the images (sharded over torchrun ranks and gathered, so every
             rank drops the same pairs).
         hooks: DDP process layout; by default read from the torchrun environment
-            (`histovl.train.distributed`), i.e. one process unless started by torchrun. Under
+            (`histovl.distributed`), i.e. one process unless started by torchrun. Under
             torchrun, `config.batch_size` is the global batch, split evenly across ranks.
         progress: called with one line per epoch (None for silence).
     """

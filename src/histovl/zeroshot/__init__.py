@@ -2,12 +2,13 @@
 
 from histovl.zeroshot.ablation import AblationResult, ablate_fusion
 from histovl.zeroshot.classifier import TextClassifier, build_text_classifier, encode_prompts
-from histovl.zeroshot.single_label import ZeroShotResult, zeroshot
+from histovl.zeroshot.single_label import ZeroshotConfig, ZeroShotResult, zeroshot
 
 __all__ = [
     "AblationResult",
     "TextClassifier",
     "ZeroShotResult",
+    "ZeroshotConfig",
     "ablate_fusion",
     "build_text_classifier",
     "encode_prompts",

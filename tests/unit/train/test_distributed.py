@@ -1,4 +1,4 @@
-"""`histovl.train.distributed`: the gathered contrastive loss and DDP give single-process gradients.
+"""`histovl.distributed`: the gathered contrastive loss and DDP give single-process gradients.
 
 Two real gloo processes (torch.multiprocessing spawn) are compared with one process computing the
 same loss on the whole batch; the helpers' one-process fallbacks are checked directly.
@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from histovl.train.distributed import (
+from histovl.distributed import (
     DistContext,
     all_gather_with_grad,
     barrier,

@@ -1,0 +1,149 @@
+"""The golden cases: four commands run through the CLI on one fixed synthetic fixture.
+
+`tests/golden/test_golden_outputs.py` re-runs them and compares metrics.json and predictions.csv
+with the files recorded in `tests/golden/expected/` (written by `python -m tests.golden.cases
+--record` at the commit before the command-shape refactor). The fixture is generated, not stored:
+seeded pixels, a tiny open_clip model with seeded weights, a prompt set written here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tests.helpers.tiny import register_tiny_open_clip_arch, save_safetensors, tiny_open_clip_model
+
+EXPECTED = Path(__file__).parent / "expected"
+COMPARED = ("metrics.json", "predictions.csv")
+CLASSES = ("lung_aca", "lung_n", "lung_scc")
+PROMPTS_YAML = """\
+name: golden
+version: 1
+classes:
+  lung_aca: [red tissue, reddish glands]
+  lung_n: [green tissue]
+  lung_scc: [blue tissue, bluish sheets]
+templates: ["an image of {}.", "a tile showing {}."]
+"""
+MULTILABEL_YAML = """\
+name: golden-ml
+version: 1
+classes:
+  tumor: [red tissue]
+  stroma: [green tissue]
+  necrosis: [blue tissue]
+templates: ["an image of {}."]
+negative: "an image with nothing in it."
+"""
+
+
+def build_fixture(root: Path) -> dict[str, str]:
+    """Images, manifests, prompt sets and the tiny model's weights under `root`; returns paths."""
+    rng = np.random.default_rng(1234)
+    tiles = root / "tiles"
+    for ci, cls in enumerate(CLASSES):
+        (tiles / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(6):
+            base = np.zeros((40, 48, 3), dtype=np.int16)
+            base[..., ci] = 150 + 10 * (i % 3)
+            arr = np.clip(base + rng.integers(0, 90, size=base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(tiles / cls / f"{cls}_{i}.png")
+    manifest = ["path,label,group"]
+    for ci, cls in enumerate(CLASSES):
+        for i in range(6):
+            manifest.append(f"tiles/{cls}/{cls}_{i}.png,{cls},p{(ci * 6 + i) % 5}")
+    (root / "manifest.csv").write_text("\n".join(manifest) + "\n")
+    ml = ["path,labels"]
+    names = ("tumor", "stroma", "necrosis")
+    for ci, cls in enumerate(CLASSES):
+        for i in range(6):
+            labels = {names[ci]} | ({names[(ci + 1) % 3]} if i % 2 else set())
+            ml.append(f"tiles/{cls}/{cls}_{i}.png,{';'.join(sorted(labels))}")
+    (root / "multilabel.csv").write_text("\n".join(ml) + "\n")
+    (root / "prompts.yaml").write_text(PROMPTS_YAML)
+    (root / "ml_prompts.yaml").write_text(MULTILABEL_YAML)
+    arch = register_tiny_open_clip_arch(root)
+    weights = save_safetensors(tiny_open_clip_model(7), root / "tiny.safetensors")
+    return {
+        "model": f"open_clip:{arch}:{weights}",
+        "manifest": str(root / "manifest.csv"),
+        "multilabel": str(root / "multilabel.csv"),
+        "prompts": str(root / "prompts.yaml"),
+        "ml_prompts": str(root / "ml_prompts.yaml"),
+    }
+
+
+def command_lines(f: dict[str, str], out: Path, cache: Path) -> dict[str, list[str]]:
+    """The CLI argument lists of the four golden runs (spellings valid before and after)."""
+    common = ["--cache", str(cache), "--n-boot", "50", "--seed", "3", "--quiet", "--workers", "0"]
+    return {
+        "zeroshot": ["zeroshot", "--model", f["model"], "--data", f["manifest"], "--prompts", f["prompts"],
+                     "--out", str(out / "zeroshot"), *common],
+        "retrieve": ["retrieve", "--model", f["model"], "--data", f["manifest"], "--out", str(out / "retrieve"),
+                     "--k", "3", *common],
+        "robustness": ["robustness", "--model", f["model"], "--data", f["manifest"], "--prompts", f["prompts"],
+                       "--out", str(out / "robustness"), "-c", "blur", "-c", "hue", "-l", "1", "-l", "3", "--k", "3",
+                       *common],
+        "multilabel": ["multilabel", "--model", f["model"], "--data", f["multilabel"], "--prompts", f["ml_prompts"],
+                       "--out", str(out / "multilabel"), "--strategy", "ovr", *common],
+    }
+
+
+def run_all(work: Path) -> Path:
+    """Run the four commands in-process; returns the output root."""
+    from typer.testing import CliRunner
+
+    from histovl.cli.app import app
+
+    torch.manual_seed(0)
+    files = build_fixture(work / "fixture")
+    out = work / "out"
+    runner = CliRunner()
+    for name, args in command_lines(files, out, work / "cache").items():
+        res = runner.invoke(app, args, catch_exceptions=False)
+        if res.exit_code != 0:
+            raise RuntimeError(f"golden case {name} failed ({res.exit_code}):\n{res.output}")
+    return out
+
+
+def machine_signature() -> dict[str, str]:
+    """What decides whether float outputs can be byte-identical to the recorded ones."""
+    return {"torch": torch.__version__, "machine": platform.machine(), "numpy": np.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+CASES = ("zeroshot", "retrieve", "robustness", "multilabel")
+
+
+def output_bytes(work: Path, out: Path, case: str, name: str) -> bytes:
+    """An output file's bytes with the run's temporary folder replaced by ``<work>`` (the model
+    spec names the weights file, and the robustness table records the spec)."""
+    return (out / case / name).read_bytes().replace(str(work).encode(), b"<work>")
+
+
+def record(work: Path) -> None:
+    out = run_all(work)
+    if EXPECTED.exists():
+        shutil.rmtree(EXPECTED)
+    for case in CASES:
+        for name in COMPARED:
+            (EXPECTED / case).mkdir(parents=True, exist_ok=True)
+            (EXPECTED / case / name).write_bytes(output_bytes(work, out, case, name))
+    (EXPECTED / "machine.json").write_text(json.dumps(machine_signature(), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        record(Path(tmp)) if args.record else print(run_all(Path(tmp)))
