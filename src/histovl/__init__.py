@@ -1,6 +1,99 @@
 """histovl: a vision-language toolkit for histopathology.
 
-The public Python API mirrors the CLI: every `histovl <command>` has a function of the same name.
+The public Python API mirrors the CLI: every ``histovl <command>`` has a function here with the
+same meaning (`histovl.cli.app.API_FUNCTIONS` pairs them; a test checks every command has one),
+plus the core types a caller needs to drive them.
+
+    >>> import histovl
+    >>> opts = histovl.RunOptions(n_boot=200, seed=1)
+    >>> res = histovl.zeroshot("histovl-lite", "tiles/", "lung-he-v1", "runs/lung",
+    ...                        histovl.ZeroshotConfig(aggregate="max"), opts)  # doctest: +SKIP
+
+Names load on first use (PEP 562), so ``import histovl`` stays cheap: torch, open_clip and
+transformers are imported by the first command you call, not by the import.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+#: public name -> module that defines it.
+_EXPORTS: dict[str, str] = {
+    # the shared run options
+    "RunOptions": "histovl.options",
+    "OnError": "histovl.options",
+    # models, data, prompts
+    "Encoder": "histovl.models",
+    "ModelCard": "histovl.models",
+    "load_model": "histovl.models",
+    "model_statuses": "histovl.models",
+    "ImageSet": "histovl.data",
+    "load_image_set": "histovl.data",
+    "mosaic": "histovl.data.mosaic",
+    "PromptSet": "histovl.prompts",
+    "load_prompt_set": "histovl.prompts",
+    "list_prompt_sets": "histovl.prompts",
+    # commands and their configs
+    "embed": "histovl.embed",
+    "EmbeddingCache": "histovl.embed",
+    "encode_images": "histovl.embed",
+    "zeroshot": "histovl.zeroshot",
+    "ZeroshotConfig": "histovl.zeroshot",
+    "ablate_fusion": "histovl.zeroshot",
+    "multilabel": "histovl.zeroshot.multilabel.pipeline",
+    "retrieve": "histovl.retrieval",
+    "build_index": "histovl.retrieval",
+    "query_index": "histovl.retrieval",
+    "robustness": "histovl.robustness",
+    "cmm_fit": "histovl.heads.cmm_run",
+    "cmm_eval": "histovl.heads.cmm_run",
+    "CMMHead": "histovl.heads",
+    "finetune": "histovl.train",
+    "FinetuneConfig": "histovl.train",
+    "tile_slide": "histovl.slides",
+    "embed_slide": "histovl.slides",
+    "slide_zeroshot": "histovl.slides",
+    "stainalign_fit": "histovl.stainalign",
+    "stainalign_eval": "histovl.stainalign",
+    "StainAlignParams": "histovl.stainalign",
+    "build_deepliif_pairs": "histovl.stainalign",
+    # errors
+    "HistovlError": "histovl.errors",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'histovl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # the same names, for type checkers and IDEs
+    from histovl.data import ImageSet, load_image_set
+    from histovl.data.mosaic import mosaic
+    from histovl.embed import EmbeddingCache, embed, encode_images
+    from histovl.errors import HistovlError
+    from histovl.heads import CMMHead
+    from histovl.heads.cmm_run import cmm_eval, cmm_fit
+    from histovl.models import Encoder, ModelCard, load_model, model_statuses
+    from histovl.options import OnError, RunOptions
+    from histovl.prompts import PromptSet, list_prompt_sets, load_prompt_set
+    from histovl.retrieval import build_index, query_index, retrieve
+    from histovl.robustness import robustness
+    from histovl.slides import embed_slide, slide_zeroshot, tile_slide
+    from histovl.stainalign import StainAlignParams, build_deepliif_pairs, stainalign_eval, stainalign_fit
+    from histovl.train import FinetuneConfig, finetune
+    from histovl.zeroshot import ZeroshotConfig, ablate_fusion, zeroshot
+    from histovl.zeroshot.multilabel.pipeline import multilabel

@@ -61,6 +61,31 @@ COMMANDS: dict[str, str] = {
 }
 
 
+#: Every command -> the name of its library function in `histovl` (same meaning, same inputs).
+API_FUNCTIONS: dict[str, str] = {
+    "models": "model_statuses",
+    "prompts list": "list_prompt_sets",
+    "prompts show": "load_prompt_set",
+    "embed": "embed",
+    "zeroshot": "zeroshot",
+    "ablate-fusion": "ablate_fusion",
+    "multilabel": "multilabel",
+    "retrieve": "retrieve",
+    "index build": "build_index",
+    "index query": "query_index",
+    "robustness": "robustness",
+    "cmm fit": "cmm_fit",
+    "cmm eval": "cmm_eval",
+    "finetune": "finetune",
+    "slides tile": "tile_slide",
+    "slides embed": "embed_slide",
+    "stainalign fit": "stainalign_fit",
+    "stainalign eval": "stainalign_eval",
+    "stainalign build-deepliif": "build_deepliif_pairs",
+    "data mosaic": "mosaic",
+}
+
+
 def command_function(target: str) -> Any:
     """The CLI function behind a "module:function" entry of `COMMANDS`."""
     module, _, name = target.partition(":")

@@ -9,37 +9,32 @@ from rich.console import Console
 from rich.table import Table
 
 
-def register(app: typer.Typer) -> None:
-    prompts_app = typer.Typer(help="Shipped prompt sets and your own YAML files.", no_args_is_help=True)
-    app.add_typer(prompts_app, name="prompts")
+def prompts_list_command() -> None:
+    """List the shipped prompt sets: name, classes, prompts, stain wording."""
+    from histovl.prompts import list_prompt_sets, load_prompt_set
 
-    @prompts_app.command("list")
-    def list_command() -> None:
-        """List the shipped prompt sets: name, classes, prompts, stain wording."""
-        from histovl.prompts import list_prompt_sets, load_prompt_set
+    table = Table("name", "classes", "prompts", "negative", "content hash")
+    for name in list_prompt_sets():
+        ps = load_prompt_set(name)
+        table.add_row(
+            name, ", ".join(ps.class_names), str(len(ps.all_prompts())), "yes" if ps.negative else "-",
+            ps.content_hash()[:12],
+        )
+    Console().print(table)
 
-        table = Table("name", "classes", "prompts", "negative", "content hash")
-        for name in list_prompt_sets():
-            ps = load_prompt_set(name)
-            table.add_row(
-                name, ", ".join(ps.class_names), str(len(ps.all_prompts())), "yes" if ps.negative else "-",
-                ps.content_hash()[:12],
-            )
-        Console().print(table)
 
-    @prompts_app.command("show")
-    def show_command(
-        name_or_path: Annotated[str, typer.Argument(help="A shipped set name or a YAML file.")],
-    ) -> None:
-        """Validate a prompt set and print every prompt it expands to, class by class."""
-        from histovl.prompts import load_prompt_set
+def prompts_show_command(
+    name_or_path: Annotated[str, typer.Argument(help="A shipped set name or a YAML file.")],
+) -> None:
+    """Validate a prompt set and print every prompt it expands to, class by class."""
+    from histovl.prompts import load_prompt_set
 
-        ps = load_prompt_set(name_or_path)
-        console = Console()
-        console.print(f"[bold]{ps.name}[/bold]  hash {ps.content_hash()}")
-        for label in ps.class_names:
-            console.print(f"[bold]{label}[/bold]")
-            for prompt in ps.prompts_for(label):
-                console.print(f"  {prompt}", markup=False)
-        if ps.negative:
-            console.print(f"[bold]negative[/bold]: {ps.negative}")
+    ps = load_prompt_set(name_or_path)
+    console = Console()
+    console.print(f"[bold]{ps.name}[/bold]  hash {ps.content_hash()}")
+    for label in ps.class_names:
+        console.print(f"[bold]{label}[/bold]")
+        for prompt in ps.prompts_for(label):
+            console.print(f"  {prompt}", markup=False)
+    if ps.negative:
+        console.print(f"[bold]negative[/bold]: {ps.negative}")
