@@ -16,7 +16,7 @@ transformers are imported by the first command you call, not by the import.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -79,21 +79,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return __all__
 
-
-if TYPE_CHECKING:  # the same names, for type checkers and IDEs
-    from histovl.data import ImageSet, load_image_set
-    from histovl.data.mosaic import mosaic
-    from histovl.embed import EmbeddingCache, embed, encode_images
-    from histovl.errors import HistovlError
-    from histovl.heads import CMMHead
-    from histovl.heads.cmm_run import cmm_eval, cmm_fit
-    from histovl.models import Encoder, ModelCard, load_model, model_statuses
-    from histovl.options import OnError, RunOptions
-    from histovl.prompts import PromptSet, list_prompt_sets, load_prompt_set
-    from histovl.retrieval import build_index, query_index, retrieve
-    from histovl.robustness import robustness
-    from histovl.slides import embed_slide, slide_zeroshot, tile_slide
-    from histovl.stainalign import StainAlignParams, build_deepliif_pairs, stainalign_eval, stainalign_fit
-    from histovl.train import FinetuneConfig, finetune
-    from histovl.zeroshot import ZeroshotConfig, ablate_fusion, zeroshot
-    from histovl.zeroshot.multilabel.pipeline import multilabel
