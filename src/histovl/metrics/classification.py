@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,13 @@ from sklearn.metrics import (
 
 from histovl.errors import NonFiniteError
 from histovl.metrics import _weighted
-from histovl.metrics.bootstrap import group_codes, percentile_interval, resample_counts
+from histovl.metrics._summary import (
+    metrics_head,
+    none_if_nan,
+    precision_recall_f1,
+    replicate_intervals,
+)
+from histovl.metrics.bootstrap import percentile_interval, resample_counts
 
 #: metrics reported with a confidence interval, in the order of ``metrics.json``.
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "auroc_macro")
@@ -88,96 +95,83 @@ def classification_metrics(
     """
     names = [str(c) for c in class_names]
     y, s = _validate(y_true, scores, names, item_names)
-    n_classes = len(names)
-    labels = list(range(n_classes))
     y_pred = s.argmax(axis=1)
-
-    with warnings.catch_warnings():
-        # "y_pred contains classes not in y_true" is expected; the docstring defines the handling.
-        warnings.simplefilter("ignore", UserWarning)
-        balanced = float(balanced_accuracy_score(y, y_pred))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y, y_pred, labels=labels, zero_division=np.nan
+    per_class = _per_class_scores(y, s, y_pred, len(names))
+    replicates = (
+        classification_replicates(y, s, y_pred, len(names), groups=groups, n_boot=n_boot, seed=seed)
+        if n_boot > 0
+        else None
     )
-    per_class_auroc = _per_class_auroc(y, s)
-    defined_auroc = [c for c in labels if per_class_auroc[c] is not None]
-    point: dict[str, float | None] = {
-        "accuracy": float(accuracy_score(y, y_pred)),
-        "balanced_accuracy": balanced,
-        "f1_macro": none_if_nan(
-            f1_score(y, y_pred, labels=labels, average="macro", zero_division=np.nan)
-        ),
-        "f1_weighted": none_if_nan(
-            f1_score(y, y_pred, labels=labels, average="weighted", zero_division=np.nan)
-        ),
-        "auroc_macro": float(np.mean([per_class_auroc[c] for c in defined_auroc]))
-        if defined_auroc
-        else None,
-    }
-
-    intervals, skipped, f1_intervals = _bootstrap(
-        y, s, y_pred, n_classes, groups=groups, n_boot=n_boot, seed=seed, ci=ci
-    )
-    codes = group_codes(groups, len(y))
-    n_groups = None if codes is None else int(codes.max()) + 1
+    intervals, skipped = replicate_intervals(replicates, CLASSIFICATION_METRICS, ci)
+    f1_intervals = _per_class_f1_intervals(replicates, len(names), ci)
+    labels = range(len(names))
     return {
-        "n": int(len(y)),
-        **point,
-        "ci95": intervals,
-        "ci_skipped": skipped,
-        "ci_level": ci,
-        "n_boot": int(n_boot),
-        "bootstrap_unit": "group" if groups is not None else "item",
-        "n_groups": n_groups,
-        "confusion_matrix": confusion_matrix(y, y_pred, labels=labels).astype(int).tolist(),
+        **metrics_head(len(y), _point_estimates(y, y_pred, per_class), intervals, skipped,
+                       ci=ci, n_boot=n_boot, groups=groups),
+        "confusion_matrix": confusion_matrix(y, y_pred, labels=list(labels)).astype(int).tolist(),
         "per_class": {
             names[c]: {
-                "precision": none_if_nan(precision[c]),
-                "recall": none_if_nan(recall[c]),
-                "f1": none_if_nan(f1[c]),
+                **precision_recall_f1(per_class.precision, per_class.recall, per_class.f1, c),
                 "f1_ci95": f1_intervals[c],
-                "support": int(support[c]),
-                "auroc": per_class_auroc[c],
+                "support": int(per_class.support[c]),
+                "auroc": per_class.auroc[c],
             }
             for c in labels
         },
         "class_names": names,
-        "auroc_classes": [names[c] for c in defined_auroc],
+        "auroc_classes": [names[c] for c in per_class.auroc_defined],
     }
 
 
-def _bootstrap(
-    y: NDArray[np.int64],
-    s: NDArray[np.float64],
-    y_pred: NDArray[np.int64],
-    n_classes: int,
-    *,
-    groups: ArrayLike | None,
-    n_boot: int,
-    seed: int,
-    ci: float,
-) -> tuple[dict[str, list[float | None]], dict[str, int], list[list[float | None]]]:
-    """(ci95 block, skipped resamples per metric, per-class F1 intervals)."""
-    if n_boot <= 0:
-        empty: list[float | None] = [None, None]
-        return (
-            {m: list(empty) for m in CLASSIFICATION_METRICS},
-            {m: 0 for m in CLASSIFICATION_METRICS},
-            [list(empty) for _ in range(n_classes)],
-        )
-    replicates = classification_replicates(
-        y, s, y_pred, n_classes, groups=groups, n_boot=n_boot, seed=seed
+@dataclass(frozen=True)
+class _PerClass:
+    """Per-class point estimates (NaN where undefined) and the classes with a defined AUROC."""
+
+    precision: NDArray[np.float64]
+    recall: NDArray[np.float64]
+    f1: NDArray[np.float64]
+    support: NDArray[np.int64]
+    auroc: list[float | None]
+    auroc_defined: list[int]
+
+
+def _per_class_scores(
+    y: NDArray[np.int64], s: NDArray[np.float64], y_pred: NDArray[np.int64], n_classes: int
+) -> _PerClass:
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, y_pred, labels=list(range(n_classes)), zero_division=np.nan
     )
-    intervals = {m: percentile_interval(replicates[m], ci) for m in CLASSIFICATION_METRICS}
-    per_class_f1 = [
-        percentile_interval(replicates["f1_per_class"][:, c], ci).as_list()
-        for c in range(n_classes)
-    ]
-    return (
-        {m: iv.as_list() for m, iv in intervals.items()},
-        {m: iv.n_skipped for m, iv in intervals.items()},
-        per_class_f1,
-    )
+    auroc = _per_class_auroc(y, s)
+    defined = [c for c in range(n_classes) if auroc[c] is not None]
+    return _PerClass(precision, recall, f1, support, auroc, defined)
+
+
+def _point_estimates(
+    y: NDArray[np.int64], y_pred: NDArray[np.int64], per_class: _PerClass
+) -> dict[str, float | None]:
+    """The five metrics of `CLASSIFICATION_METRICS` on the whole data set (docstring of the module)."""
+    labels = list(range(len(per_class.auroc)))
+    with warnings.catch_warnings():
+        # "y_pred contains classes not in y_true" is expected; the docstring defines the handling.
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = float(balanced_accuracy_score(y, y_pred))
+    defined = per_class.auroc_defined
+    return {
+        "accuracy": float(accuracy_score(y, y_pred)),
+        "balanced_accuracy": balanced,
+        "f1_macro": none_if_nan(f1_score(y, y_pred, labels=labels, average="macro", zero_division=np.nan)),
+        "f1_weighted": none_if_nan(f1_score(y, y_pred, labels=labels, average="weighted", zero_division=np.nan)),
+        "auroc_macro": float(np.mean([per_class.auroc[c] for c in defined])) if defined else None,
+    }
+
+
+def _per_class_f1_intervals(
+    replicates: dict[str, NDArray[np.float64]] | None, n_classes: int, ci: float
+) -> list[list[float | None]]:
+    """Each class's F1 interval (``f1_ci95``); ``[None, None]`` without a bootstrap."""
+    if replicates is None:
+        return [[None, None] for _ in range(n_classes)]
+    return [percentile_interval(replicates["f1_per_class"][:, c], ci).as_list() for c in range(n_classes)]
 
 
 def classification_replicates(
@@ -275,9 +269,3 @@ def check_finite_rows(
             f"{what} {who} contains NaN or Inf ({len(rows)} bad row(s) of {len(values)}); "
             "metrics are never computed on non-finite values: check the model output for that item"
         )
-
-
-def none_if_nan(value: Any) -> float | None:
-    """float, or None for NaN (undefined metrics are JSON null, never NaN)."""
-    f = float(value)
-    return None if np.isnan(f) else f

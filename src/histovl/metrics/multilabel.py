@@ -26,8 +26,14 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from histovl.metrics.bootstrap import group_codes, percentile_interval, resample_counts
-from histovl.metrics.classification import check_finite_rows, none_if_nan
+from histovl.metrics._summary import (
+    metrics_head,
+    none_if_nan,
+    precision_recall_f1,
+    replicate_intervals,
+)
+from histovl.metrics.bootstrap import resample_counts
+from histovl.metrics.classification import check_finite_rows
 
 #: metrics reported with a confidence interval, in the order of ``metrics.json``.
 MULTILABEL_METRICS = ("macc", "f1_macro", "f1_micro", "exact_match")
@@ -78,46 +84,36 @@ def multilabel_metrics(
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, decisions, average=None, zero_division=np.nan
     )
-    label_accuracy = [
-        float(accuracy_score(truth[:, c], decisions[:, c])) for c in range(len(names))
-    ]
-    point = {
-        "macc": float(np.mean(label_accuracy)),
-        "f1_macro": none_if_nan(f1_score(truth, decisions, average="macro", zero_division=np.nan)),
-        "f1_micro": none_if_nan(f1_score(truth, decisions, average="micro", zero_division=np.nan)),
-        "exact_match": float(accuracy_score(truth, decisions)),
-    }
-    intervals: dict[str, list[float | None]] = {m: [None, None] for m in MULTILABEL_METRICS}
-    skipped = {m: 0 for m in MULTILABEL_METRICS}
-    if n_boot > 0:
-        replicates = multilabel_replicates(
-            truth, decisions, groups=groups, n_boot=n_boot, seed=seed
-        )
-        for name in MULTILABEL_METRICS:
-            iv = percentile_interval(replicates[name], ci)
-            intervals[name], skipped[name] = iv.as_list(), iv.n_skipped
-    codes = group_codes(groups, len(truth))
+    label_accuracy = [float(accuracy_score(truth[:, c], decisions[:, c])) for c in range(len(names))]
+    replicates = (
+        multilabel_replicates(truth, decisions, groups=groups, n_boot=n_boot, seed=seed) if n_boot > 0 else None
+    )
+    intervals, skipped = replicate_intervals(replicates, MULTILABEL_METRICS, ci)
     return {
-        "n": int(len(truth)),
-        **point,
-        "ci95": intervals,
-        "ci_skipped": skipped,
-        "ci_level": ci,
-        "n_boot": int(n_boot),
-        "bootstrap_unit": "group" if codes is not None else "item",
-        "n_groups": None if codes is None else int(codes.max()) + 1,
+        **metrics_head(len(truth), _point_estimates(truth, decisions, label_accuracy), intervals, skipped,
+                       ci=ci, n_boot=n_boot, groups=groups),
         "threshold": threshold,
         "per_label": {
             names[c]: {
-                "precision": none_if_nan(precision[c]),
-                "recall": none_if_nan(recall[c]),
-                "f1": none_if_nan(f1[c]),
+                **precision_recall_f1(precision, recall, f1, c),
                 "accuracy": label_accuracy[c],
                 "support": int(support[c]),
             }
             for c in range(len(names))
         },
         "class_names": names,
+    }
+
+
+def _point_estimates(
+    truth: NDArray[np.bool_], decisions: NDArray[np.bool_], label_accuracy: list[float]
+) -> dict[str, float | None]:
+    """The four metrics of `MULTILABEL_METRICS` on the whole data set (mAcc = mean label accuracy)."""
+    return {
+        "macc": float(np.mean(label_accuracy)),
+        "f1_macro": none_if_nan(f1_score(truth, decisions, average="macro", zero_division=np.nan)),
+        "f1_micro": none_if_nan(f1_score(truth, decisions, average="micro", zero_division=np.nan)),
+        "exact_match": float(accuracy_score(truth, decisions)),
     }
 
 
