@@ -1,10 +1,12 @@
 """The encoding engine and the content-keyed embedding cache."""
 
 from histovl.embed.cache import EmbeddingCache, cache_for, default_cache_dir
-from histovl.embed.engine import EmbeddingResult, Failure, ImageTransform, encode_images
-from histovl.embed.run import EmbedSummary, embed, export_parquet
+from histovl.embed.engine import ImageTransform, encode_images, encode_with_options
+from histovl.embed.fill import EmbeddingResult, Failure
+from histovl.embed.run import EmbedConfig, EmbedSummary, embed, export_parquet
 
 __all__ = [
+    "EmbedConfig",
     "EmbedSummary",
     "EmbeddingCache",
     "EmbeddingResult",
@@ -14,5 +16,6 @@ __all__ = [
     "default_cache_dir",
     "embed",
     "encode_images",
+    "encode_with_options",
     "export_parquet",
 ]

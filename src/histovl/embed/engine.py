@@ -1,6 +1,6 @@
 """The encoding engine: decode in worker processes, batch, encode, check, cache.
 
-The model forward is already near this machine's arithmetic limit (PERFORMANCE.md), so the
+The model forward is already near this machine's arithmetic limit (docs/performance.md), so the
 engine wins by never encoding an image twice (content-keyed cache) and by keeping the model busy
 (decode + preprocess run in DataLoader workers while the main process encodes).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,12 +17,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from histovl.embed.cache import CacheNamespace, EmbeddingCache, content_keys
+from histovl.embed.cache import CacheNamespace, EmbeddingCache, cache_for, content_keys
+from histovl.embed.fill import CacheFill, EmbeddingResult, cache_namespace
 from histovl.embed.progress import progress_bar
-from histovl.errors import ImageReadError, NonFiniteError
+from histovl.errors import ImageReadError
 from histovl.models.encoder import Encoder
 from histovl.models.preprocess import Preprocess
-from histovl.options import OnError
+from histovl.options import OnError, RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -40,37 +40,6 @@ class ImageTransform(Protocol):
     def key(self) -> str: ...
 
     def __call__(self, image: torch.Tensor, seed: int) -> torch.Tensor: ...
-
-
-@dataclass
-class Failure:
-    """One input that produced no embedding, and why."""
-
-    path: str
-    reason: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "reason": self.reason}
-
-
-@dataclass
-class EmbeddingResult:
-    """Embeddings for the inputs that decoded, in input order.
-
-    Attributes:
-        embeddings: float32 [n_ok, D], L2-normalised.
-        ok: bool mask over the inputs; `embeddings[i]` belongs to the i-th True entry.
-        failures: inputs skipped under ``on_error="skip"``, with reasons.
-        n_cached / n_encoded: how many came from the cache / were encoded now.
-        batch_size_used: the batch size after any out-of-memory back-off.
-    """
-
-    embeddings: np.ndarray
-    ok: np.ndarray
-    failures: list[Failure] = field(default_factory=list)
-    n_cached: int = 0
-    n_encoded: int = 0
-    batch_size_used: int = 0
 
 
 def _read_rgb(path: str) -> Any:
@@ -158,17 +127,6 @@ def encode_batch_with_backoff(
                 torch.cuda.empty_cache()
 
 
-def check_finite(emb: np.ndarray, paths: Sequence[str]) -> None:
-    """Raise `NonFiniteError` naming the first item whose embedding has NaN/Inf."""
-    bad = ~np.isfinite(emb).all(axis=1)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise NonFiniteError(
-            f"the model produced NaN/Inf for {int(bad.sum())} image(s), first: {paths[first]}; "
-            "check the weights (e.g. a fp16 checkpoint run in fp32 overflow) and the input image"
-        )
-
-
 def encode_images(
     encoder: Encoder,
     paths: Sequence[str | os.PathLike[str]],
@@ -200,100 +158,66 @@ def encode_images(
         (2, 512)
     """
     str_paths = [os.fspath(p) for p in paths]
-    n = len(str_paths)
-    tf_key = transform.key if transform is not None else "none"
-    ns: CacheNamespace | None
-    if isinstance(cache, EmbeddingCache):
-        ns = cache.namespace(
-            weights_id=encoder.weights_id,
-            preprocessing=encoder.card.preprocessing_key(),
-            transform=tf_key,
-            meta={"model": encoder.card.name},
-        )
-    else:
-        ns = cache
+    ns = cache_namespace(encoder, cache, transform)
+    # Content keys address the cache and seed a transform; without either, no file is hashed.
+    keys = content_keys(str_paths) if (ns is not None or transform is not None) else None
+    fill = CacheFill(str_paths, keys, ns, on_error=on_error)
+    todo = fill.missing()
+    if not todo:
+        return fill.result(batch_size_used=batch_size)
+    loader = _decode_loader(encoder, fill, todo, transform, batch_size=batch_size, num_workers=num_workers, seed=seed)
+    with fill.flushing():
+        used = _encode_loop(encoder, loader, fill, progress)
+    return fill.result(batch_size_used=used)
 
-    keys: list[str | None] = content_keys(str_paths) if (ns is not None or transform is not None) else [None] * n
-    out: list[np.ndarray | None] = [None] * n
-    failures: dict[int, str] = {}
-    n_cached = 0
-    if ns is not None:
-        hit, rows = ns.get(keys)
-        for hit_index, row in zip(np.flatnonzero(hit), rows, strict=True):
-            out[int(hit_index)] = row
-        n_cached = int(hit.sum())
-    for i, k in enumerate(keys):
-        if (ns is not None or transform is not None) and k is None:
-            failures[i] = "file missing or unreadable"
-    todo = [i for i in range(n) if out[i] is None and i not in failures]
-    if failures and on_error == "raise":
-        first = min(failures)
-        raise ImageReadError(str_paths[first], failures[first])
 
-    used = batch_size
-    if todo:
-        seeds = [seed_for_key(keys[i], seed) for i in todo]
-        ds = _DecodeDataset(str_paths, todo, encoder.preprocess, transform, seeds)
-        workers = default_num_workers(len(todo), batch_size) if num_workers is None else num_workers
-        loader = DataLoader(
-            ds,
-            batch_size=batch_size,
-            num_workers=workers,
-            collate_fn=_collate,
-            worker_init_fn=_worker_init if workers else None,
-            persistent_workers=False,
-        )
-        try:
-            used = _encode_loop(encoder, loader, str_paths, keys, out, failures, ns, on_error, progress, n_cached, n)
-        finally:
-            if ns is not None:
-                ns.flush()  # whatever finished is kept, also on error or Ctrl-C
-
-    ok = np.array([o is not None for o in out], dtype=bool)
-    rows_ok = [o for o in out if o is not None]
-    dim = rows_ok[0].shape[0] if rows_ok else 0
-    emb = np.stack(rows_ok).astype(np.float32, copy=False) if rows_ok else np.zeros((0, dim), np.float32)
-    return EmbeddingResult(
-        embeddings=emb,
-        ok=ok,
-        failures=[Failure(str_paths[i], r) for i, r in sorted(failures.items())],
-        n_cached=n_cached,
-        n_encoded=len(todo) - sum(1 for i in todo if i in failures),
-        batch_size_used=used,
+def encode_with_options(
+    encoder: Encoder, paths: Sequence[str | os.PathLike[str]], options: RunOptions, *, transform: ImageTransform | None = None
+) -> EmbeddingResult:
+    """`encode_images` as a command runs it: cache, batch size, decode workers, on_error, progress
+    and seed from the command's `RunOptions` (the cache opened by `cache_for`)."""
+    return encode_images(
+        encoder, paths, cache=cache_for(options), transform=transform, batch_size=options.batch_size,
+        num_workers=options.workers, on_error=options.on_error, progress=options.progress, seed=options.seed,
     )
 
 
-def _encode_loop(
-    encoder: Encoder,
-    loader: DataLoader[Any],
-    paths: list[str],
-    keys: list[str | None],
-    out: list[np.ndarray | None],
-    failures: dict[int, str],
-    ns: CacheNamespace | None,
-    on_error: OnError,
-    progress: bool,
-    n_done: int,
-    n_total: int,
-) -> int:
+def encode_pixels(encoder: Encoder, pixels: torch.Tensor, batch_size: int) -> tuple[np.ndarray, int]:
+    """Normalised pixels -> float32 embeddings (no autograd, OOM back-off); also the batch size used."""
+    with torch.inference_mode():
+        feats, used = encode_batch_with_backoff(encoder.encode_image, pixels, batch_size)
+    return feats.cpu().numpy().astype(np.float32, copy=False), used
+
+
+def _decode_loader(
+    encoder: Encoder, fill: CacheFill, todo: list[int], transform: ImageTransform | None,
+    *, batch_size: int, num_workers: int | None, seed: int,
+) -> DataLoader[Any]:
+    """Batches of the `todo` images, decoded (and transformed) in worker processes."""
+    seeds = [seed_for_key(fill.keys[i], seed) for i in todo]
+    ds = _DecodeDataset(fill.paths, todo, encoder.preprocess, transform, seeds)
+    workers = default_num_workers(len(todo), batch_size) if num_workers is None else num_workers
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        worker_init_fn=_worker_init if workers else None,
+        persistent_workers=False,
+    )
+
+
+def _encode_loop(encoder: Encoder, loader: DataLoader[Any], fill: CacheFill, progress: bool) -> int:
+    """Encode every batch the loader decodes into `fill`; returns the batch size that worked."""
     used = loader.batch_size or 1
-    with progress_bar(total=n_total, completed=n_done, description="encoding images", enabled=progress) as bar:
+    with progress_bar(total=len(fill), completed=fill.n_cached, description="encoding images", enabled=progress) as bar:
         batches: Iterator[Any] = iter(loader)
         for idx, pixels, bad in batches:
             for i, reason in bad:
-                if on_error == "raise":
-                    raise ImageReadError(paths[i], reason)
-                failures[i] = reason
+                fill.fail(i, reason)
             if pixels is not None:
-                with torch.inference_mode():
-                    feats, used = encode_batch_with_backoff(encoder.encode_image, pixels, used)
-                emb = feats.cpu().numpy().astype(np.float32, copy=False)
-                check_finite(emb, [paths[i] for i in idx])
-                for row, i in zip(emb, idx, strict=True):
-                    out[i] = row
-                if ns is not None:
-                    ks = [keys[i] for i in idx]
-                    ns.put([k for k in ks if k is not None], emb[[k is not None for k in ks]])
+                emb, used = encode_pixels(encoder, pixels, used)
+                fill.store(idx, emb)
             bar.advance(len(idx) + len(bad))
     return used
 

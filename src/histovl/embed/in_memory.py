@@ -34,14 +34,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from histovl.embed.cache import CacheNamespace, EmbeddingCache, content_keys
 from histovl.embed.engine import (
-    EmbeddingResult,
-    Failure,
     ImageTransform,
     OnError,
-    check_finite,
     default_num_workers,
-    encode_batch_with_backoff,
+    encode_pixels,
     seed_for_key,
+)
+from histovl.embed.fill import (
+    CacheFill,
+    EmbeddingResult,
+    Failure,
+    cache_namespace,
+    raise_first_failure,
+    unreadable_inputs,
 )
 from histovl.embed.progress import progress_bar
 from histovl.errors import ImageReadError
@@ -116,10 +121,8 @@ class DecodedImages:
         self.num_workers = num_workers
         self.decode_batch_size = decode_batch_size
         self.progress = progress
-        self.failures: dict[int, str] = {i: "file missing or unreadable" for i, k in enumerate(self.keys) if k is None}
-        if self.failures and on_error == "raise":
-            first = min(self.failures)
-            raise ImageReadError(self.paths[first], self.failures[first])
+        self.failures: dict[int, str] = unreadable_inputs(self.keys)
+        raise_first_failure(self.paths, self.failures, on_error)
         self._pixels: torch.Tensor | None = None
         self._row = np.full(len(self.paths), -1, dtype=np.int64)
 
@@ -190,20 +193,6 @@ class DecodedImages:
         return [Failure(self.paths[i], r) for i, r in sorted(self.failures.items())]
 
 
-def cache_namespace(
-    encoder: Encoder, cache: EmbeddingCache | CacheNamespace | None, transform: ImageTransform | None
-) -> CacheNamespace | None:
-    """The namespace `encode_images` uses for this encoder and transform (None: no cache)."""
-    if not isinstance(cache, EmbeddingCache):
-        return cache
-    return cache.namespace(
-        weights_id=encoder.weights_id,
-        preprocessing=encoder.card.preprocessing_key(),
-        transform=transform.key if transform is not None else "none",
-        meta={"model": encoder.card.name},
-    )
-
-
 def corrupt_batch(
     pixels: torch.Tensor, transform: ImageTransform | None, seeds: Sequence[int]
 ) -> torch.Tensor:
@@ -239,44 +228,19 @@ def encode_decoded(
             f"these images were decoded for preprocessing {images.preprocess}, but the model "
             f"{encoder.card.name} expects {encoder.preprocess}; decode them again for this model"
         )
-    ns = cache_namespace(encoder, cache, transform)
-    n = len(images)
-    out: list[np.ndarray | None] = [None] * n
-    n_cached = 0
-    if ns is not None:
-        hit, rows = ns.get(images.keys)
-        for hit_index, row in zip(np.flatnonzero(hit), rows, strict=True):
-            out[int(hit_index)] = row
-        n_cached = int(hit.sum())
-    todo = [i for i in range(n) if out[i] is None and i not in images.failures]
+    fill = CacheFill(images.paths, images.keys, cache_namespace(encoder, cache, transform),
+                     on_error=images.on_error, failures=images.failures)
+    if fill.missing():
+        images.decode()  # nothing is decoded when every row is cached
+        fill.failures.update(images.failures)
+    todo = fill.missing()
     used = batch_size
-    if todo:
-        images.decode()
-        todo = [i for i in todo if i not in images.failures]
-    try:
-        with progress_bar(total=len(todo), description="encoding", enabled=progress and bool(todo)) as bar:
-            for start in range(0, len(todo), batch_size):
-                idx = todo[start : start + batch_size]
-                seeds = [seed_for_key(images.keys[i], seed) for i in idx]
-                pixels = corrupt_batch(images.float_pixels(idx), transform, seeds)
-                pixels = encoder.preprocess.normalise(pixels)
-                with torch.inference_mode():
-                    feats, used = encode_batch_with_backoff(encoder.encode_image, pixels, used)
-                emb = feats.cpu().numpy().astype(np.float32, copy=False)
-                check_finite(emb, [images.paths[i] for i in idx])
-                for row, i in zip(emb, idx, strict=True):
-                    out[i] = row
-                if ns is not None:
-                    ns.put([str(images.keys[i]) for i in idx], emb)
-                bar.advance(len(idx))
-    finally:
-        if ns is not None:
-            ns.flush()  # whatever finished is kept, also on error or Ctrl-C
-    ok = np.array([o is not None for o in out], dtype=bool)
-    rows_ok = [o for o in out if o is not None]
-    dim = rows_ok[0].shape[0] if rows_ok else 0
-    emb_all = np.stack(rows_ok).astype(np.float32, copy=False) if rows_ok else np.zeros((0, dim), np.float32)
-    return EmbeddingResult(
-        embeddings=emb_all, ok=ok, failures=images.failure_list(), n_cached=n_cached,
-        n_encoded=len(todo), batch_size_used=used,
-    )
+    with fill.flushing(), progress_bar(total=len(todo), description="encoding", enabled=progress and bool(todo)) as bar:
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start : start + batch_size]
+            seeds = [seed_for_key(images.keys[i], seed) for i in idx]
+            pixels = encoder.preprocess.normalise(corrupt_batch(images.float_pixels(idx), transform, seeds))
+            emb, used = encode_pixels(encoder, pixels, used)
+            fill.store(idx, emb)
+            bar.advance(len(idx))
+    return fill.result(batch_size_used=used)

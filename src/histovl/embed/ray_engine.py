@@ -8,20 +8,15 @@ Ray is an optional extra (`pip install 'histovl[ray]'`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from histovl.embed.cache import CacheNamespace, EmbeddingCache, content_keys
-from histovl.embed.engine import (
-    EmbeddingResult,
-    Failure,
-    OnError,
-    check_finite,
-    encode_batch_with_backoff,
-)
+from histovl.embed.engine import OnError, encode_pixels
+from histovl.embed.fill import CacheFill, EmbeddingResult, cache_namespace
 from histovl.errors import HistovlError, ImageReadError
 from histovl.models.encoder import Encoder
 from histovl.models.preprocess import Preprocess
@@ -73,9 +68,7 @@ class _EncodeActor:
         dim = self.encoder.card.embed_dim
         emb = np.zeros((len(ok), dim), np.float32)
         if ok.any():
-            with torch.inference_mode():
-                feats, _ = encode_batch_with_backoff(self.encoder.encode_image, torch.as_tensor(batch["pixels"][ok]), self.batch_size)
-            emb[ok] = feats.cpu().numpy()
+            emb[ok], _ = encode_pixels(self.encoder, torch.as_tensor(batch["pixels"][ok]), self.batch_size)
         return {"index": batch["index"], "embedding": emb, "error": batch["error"]}
 
 
@@ -105,69 +98,51 @@ def encode_images_ray(
     """
     ray = _require_ray()
     str_paths = [os.fspath(p) for p in paths]
-    ns = (
-        cache.namespace(weights_id=encoder.weights_id, preprocessing=encoder.card.preprocessing_key(), meta={"model": encoder.card.name})
-        if isinstance(cache, EmbeddingCache)
-        else cache
-    )
-    keys = content_keys(str_paths)
-    out: list[np.ndarray | None] = [None] * len(str_paths)
-    failures: dict[int, str] = {i: "file missing or unreadable" for i, k in enumerate(keys) if k is None}
-    n_cached = 0
-    if ns is not None:
-        hit, rows = ns.get(keys)
-        for hit_index, row in zip(np.flatnonzero(hit), rows, strict=True):
-            out[int(hit_index)] = row
-        n_cached = int(hit.sum())
-    if failures and on_error == "raise":
-        first = min(failures)
-        raise ImageReadError(str_paths[first], failures[first])
-    todo = [i for i in range(len(str_paths)) if out[i] is None and i not in failures]
-
+    fill = CacheFill(str_paths, content_keys(str_paths), cache_namespace(encoder, cache, None), on_error=on_error)
+    todo = fill.missing()
     if todo:
-        if not ray.is_initialized():
-            ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True)
-        cpus = float(ray.cluster_resources().get("CPU", 0))
-        if num_actors * actor_cpus + 1 > cpus:  # decode tasks need at least one CPU, or nothing moves
-            raise ValueError(
-                f"{num_actors} encoder actor(s) x {actor_cpus} CPU(s) leave no CPU for decoding on a Ray cluster "
-                f"with {cpus:g} CPUs; lower --ray-actors/--ray-actor-cpus (at most {max(0, int(cpus) - 1)} CPUs in all)"
-            )
-        ds = ray.data.from_items([{"index": i, "path": str_paths[i]} for i in todo])
-        ds = ds.map_batches(_decode_batch, fn_kwargs={"preprocess": encoder.preprocess}, batch_size=batch_size, num_cpus=1)
-        gpus = 1 if torch.cuda.is_available() else 0
-        ds = ds.map_batches(
-            _EncodeActor, fn_constructor_args=(ray.put(encoder), batch_size, actor_cpus), batch_size=batch_size,
-            concurrency=num_actors, num_gpus=gpus, num_cpus=actor_cpus,
-        )
-        try:
-            for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-                idx = [int(i) for i in batch["index"]]
-                good = [j for j, e in enumerate(batch["error"]) if e == ""]
-                for j, e in enumerate(batch["error"]):
-                    if e != "":
-                        if on_error == "raise":
-                            raise ImageReadError(str_paths[idx[j]], str(e))
-                        failures[idx[j]] = str(e)
-                emb = np.asarray(batch["embedding"], dtype=np.float32)[good]
-                check_finite(emb, [str_paths[idx[j]] for j in good])
-                for row, j in zip(emb, good, strict=True):
-                    out[idx[j]] = row
-                if ns is not None and good:
-                    ns.put([keys[idx[j]] for j in good], emb)  # type: ignore[misc]
-        finally:
-            if ns is not None:
-                ns.flush()
+        _start_ray(ray, address=address, num_cpus=num_cpus, num_actors=num_actors, actor_cpus=actor_cpus)
+        with fill.flushing():
+            for batch in _encoded_batches(ray, encoder, [(i, str_paths[i]) for i in todo], batch_size=batch_size,
+                                          num_actors=num_actors, actor_cpus=actor_cpus):
+                _take_batch(fill, batch)
+    return fill.result(batch_size_used=batch_size)
 
-    ok = np.array([o is not None for o in out], dtype=bool)
-    rows_ok = [o for o in out if o is not None]
-    dim = rows_ok[0].shape[0] if rows_ok else 0
-    return EmbeddingResult(
-        embeddings=np.stack(rows_ok) if rows_ok else np.zeros((0, dim), np.float32),
-        ok=ok,
-        failures=[Failure(str_paths[i], r) for i, r in sorted(failures.items())],
-        n_cached=n_cached,
-        n_encoded=len(todo) - sum(1 for i in todo if i in failures),
-        batch_size_used=batch_size,
+
+def _start_ray(ray: Any, *, address: str | None, num_cpus: int | None, num_actors: int, actor_cpus: int) -> None:
+    """Join (or start) Ray, and refuse actor sizes that would leave no CPU for decoding."""
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True)
+    cpus = float(ray.cluster_resources().get("CPU", 0))
+    if num_actors * actor_cpus + 1 > cpus:  # decode tasks need at least one CPU, or nothing moves
+        raise ValueError(
+            f"{num_actors} encoder actor(s) x {actor_cpus} CPU(s) leave no CPU for decoding on a Ray cluster "
+            f"with {cpus:g} CPUs; lower --ray-actors/--ray-actor-cpus (at most {max(0, int(cpus) - 1)} CPUs in all)"
+        )
+
+
+def _encoded_batches(
+    ray: Any, encoder: Encoder, items: list[tuple[int, str]], *, batch_size: int, num_actors: int, actor_cpus: int
+) -> Iterator[dict[str, Any]]:
+    """The Ray Data pipeline: stateless decode tasks, then encoder actors; batches as they finish."""
+    ds = ray.data.from_items([{"index": i, "path": p} for i, p in items])
+    ds = ds.map_batches(_decode_batch, fn_kwargs={"preprocess": encoder.preprocess}, batch_size=batch_size, num_cpus=1)
+    gpus = 1 if torch.cuda.is_available() else 0
+    ds = ds.map_batches(
+        _EncodeActor, fn_constructor_args=(ray.put(encoder), batch_size, actor_cpus), batch_size=batch_size,
+        concurrency=num_actors, num_gpus=gpus, num_cpus=actor_cpus,
     )
+    batches: Iterator[dict[str, Any]] = ds.iter_batches(batch_size=batch_size, batch_format="numpy")
+    return batches
+
+
+def _take_batch(fill: CacheFill, batch: dict[str, Any]) -> None:
+    """Record one encoded batch: failures by on_error, embeddings into the rows and the cache."""
+    idx = [int(i) for i in batch["index"]]
+    good = [j for j, e in enumerate(batch["error"]) if e == ""]
+    for j, e in enumerate(batch["error"]):
+        if e != "":
+            fill.fail(idx[j], str(e))
+    emb = np.asarray(batch["embedding"], dtype=np.float32)[good]
+    fill.store([idx[j] for j in good], emb)

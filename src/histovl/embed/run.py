@@ -3,20 +3,51 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from histovl._io import atomic_write_text, atomic_write_with
-from histovl.embed.cache import EmbeddingCache
-from histovl.embed.engine import EmbeddingResult, OnError, encode_images
+from histovl.embed.cache import EmbeddingCache, cache_for
+from histovl.embed.engine import encode_with_options
+from histovl.embed.fill import EmbeddingResult, Failure
 from histovl.models.encoder import Encoder
+from histovl.options import RunOptions, split_overrides
 
 Engine = Literal["local", "ray"]
+ENGINES: tuple[Engine, ...] = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """How `histovl embed` runs (the shared options, cache folder included, are in `RunOptions`).
+
+    Attributes:
+        engine: ``local`` (DataLoader workers, this process encodes) or ``ray`` (Ray Data decode
+            tasks and encoder actors; see docs/scale-out.md).
+        export: also write path + embedding columns to this Parquet file (and the skipped inputs
+            to ``<name>.skipped.csv`` beside it).
+        ray_address: Ray cluster to join; None starts (or reuses) a local Ray instance.
+        ray_actors: Ray encoder actors (one model load each; one GPU each when CUDA exists).
+        ray_actor_cpus: CPUs (and torch threads) per Ray encoder actor.
+    """
+
+    engine: Engine = "local"
+    export: Path | None = None
+    ray_address: str | None = None
+    ray_actors: int = 1
+    ray_actor_cpus: int = 1
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be 'local' or 'ray', got {self.engine!r}")
+        if self.export is not None and not isinstance(self.export, Path):
+            object.__setattr__(self, "export", Path(os.fspath(self.export)))
 
 
 @dataclass
@@ -34,26 +65,24 @@ class EmbedSummary:
 
 def embed(
     model: str | Encoder,
-    data: str | os.PathLike[str],
-    *,
-    cache: str | os.PathLike[str] | None = None,
-    engine: Engine = "local",
-    export: str | os.PathLike[str] | None = None,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    on_error: OnError = "raise",
-    device: str = "cpu",
-    trust_checkpoint: bool = False,
-    allow_absolute_paths: bool = False,
-    ray_address: str | None = None,
-    ray_actors: int = 1,
-    ray_actor_cpus: int = 1,
-    progress: bool = True,
+    data: str | os.PathLike[str] | Any,
+    config: EmbedConfig | None = None,
+    options: RunOptions | None = None,
+    **overrides: Any,
 ) -> EmbedSummary:
-    """Encode every image of `data` into the resumable cache at `cache`.
+    """Encode every image of `data` into the resumable cache at ``options.cache`` (default folder
+    when None).
 
     Interrupt it at any time: a re-run encodes only what is missing and gives exactly the
-    embeddings an uninterrupted run would have.
+    embeddings an uninterrupted run would have. Filling the cache is the point of the command, so
+    ``use_cache=False`` is refused; ``n_boot`` and ``seed`` have nothing to act on.
+
+    Args:
+        model: a model spec (see `histovl models`) or a loaded `Encoder`.
+        data: a class folder, a CSV manifest or an `ImageSet`.
+        config: engine and export (`EmbedConfig`).
+        options: the shared run options (cache, batch size, workers, on_error, device, ...).
+        overrides: fields of either, as keywords (``engine="ray"``, ``cache="cache/"``).
 
     Example:
         >>> embed("histovl-lite", "tiles/", cache="cache/", export="emb.parquet")  # doctest: +SKIP
@@ -61,34 +90,34 @@ def embed(
     from histovl.data import load_image_set
     from histovl.models import load_model
 
-    image_set = load_image_set(data, allow_absolute_paths=allow_absolute_paths)
-    encoder = model if isinstance(model, Encoder) else load_model(model, device=device, trust_checkpoint=trust_checkpoint)
-    store = EmbeddingCache(cache)
-    if engine == "ray":
-        from histovl.embed.ray_engine import encode_images_ray
-
-        res = encode_images_ray(
-            encoder, image_set.paths, cache=store, batch_size=batch_size, on_error=on_error, address=ray_address,
-            num_actors=ray_actors, actor_cpus=ray_actor_cpus,
-        )
-    elif engine == "local":
-        res = encode_images(
-            encoder, image_set.paths, cache=store, batch_size=batch_size, num_workers=num_workers,
-            on_error=on_error, progress=progress,
-        )
-    else:
-        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
-    out = Path(export) if export is not None else None
-    if out is not None:
+    cfg, opts = split_overrides(overrides, config, EmbedConfig, options)
+    store = cache_for(opts)
+    if store is None:
+        raise ValueError("`embed` fills the embedding cache; it cannot run with use_cache=False (--no-cache)")
+    image_set = load_image_set(data, allow_absolute_paths=opts.allow_absolute_paths)
+    encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
+    res = _encode(encoder, image_set.paths, store, cfg, opts)
+    if cfg.export is not None:
         ok_paths = [str(p) for p, ok in zip(image_set.paths, res.ok, strict=True) if ok]
-        export_parquet(out, ok_paths, res.embeddings)
+        export_parquet(cfg.export, ok_paths, res.embeddings)
         if res.failures:  # under on_error="skip": say which inputs have no row, and why
-            skipped = "path,reason\n" + "".join(f"{_csv(f.path)},{_csv(f.reason)}\n" for f in res.failures)
-            atomic_write_text(skipped_list_path(out), skipped)
+            write_skipped_list(skipped_list_path(cfg.export), res.failures)
     return EmbedSummary(
         n=len(image_set), n_cached=res.n_cached, n_encoded=res.n_encoded, n_failed=len(res.failures),
-        cache=store.root, export=out, result=res,
+        cache=store.root, export=cfg.export, result=res,
     )
+
+
+def _encode(encoder: Encoder, paths: Sequence[str | os.PathLike[str]], store: EmbeddingCache, cfg: EmbedConfig, opts: RunOptions) -> EmbeddingResult:
+    """Run the chosen engine over `paths`, reading and filling `store`."""
+    if cfg.engine == "ray":
+        from histovl.embed.ray_engine import encode_images_ray
+
+        return encode_images_ray(
+            encoder, paths, cache=store, batch_size=opts.batch_size, on_error=opts.on_error,
+            address=cfg.ray_address, num_actors=cfg.ray_actors, actor_cpus=cfg.ray_actor_cpus,
+        )
+    return encode_with_options(encoder, paths, opts)  # opts.use_cache is True: the same folder
 
 
 def export_parquet(target: Path, paths: list[str], embeddings: np.ndarray) -> None:
@@ -104,6 +133,11 @@ def export_parquet(target: Path, paths: list[str], embeddings: np.ndarray) -> No
 def skipped_list_path(export: Path) -> Path:
     """Where `embed` lists the inputs it skipped next to an export: ``<name>.skipped.csv``."""
     return export.with_name(export.stem + ".skipped.csv")
+
+
+def write_skipped_list(target: Path, failures: list[Failure]) -> None:
+    """``path,reason`` CSV of the skipped inputs (quoted), written atomically."""
+    atomic_write_text(target, "path,reason\n" + "".join(f"{_csv(f.path)},{_csv(f.reason)}\n" for f in failures))
 
 
 def _csv(field: str) -> str:
