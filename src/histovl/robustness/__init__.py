@@ -26,11 +26,14 @@ from histovl.robustness.registry import (
     register_corruption,
     unregister_corruption,
 )
-from histovl.robustness.sweep import CSV_COLUMNS, RobustnessResult, plan_conditions, robustness
+from histovl.robustness.results import CSV_COLUMNS, Condition, RobustnessResult
+from histovl.robustness.sweep import RobustnessConfig, plan_conditions, robustness
 
 __all__ = [
     "BUILTIN_CORRUPTIONS",
     "CSV_COLUMNS",
+    "Condition",
+    "RobustnessConfig",
     "RobustnessResult",
     "plan_conditions",
     "robustness",

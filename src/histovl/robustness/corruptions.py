@@ -1,6 +1,6 @@
 """The seven corruptions of the PathCLIP robustness study, registered under ``histovl/``.
 
-Parameters follow ``../shared/seeds/004`` section 3.5 (model input 224 × 224):
+Parameters follow the study's section 3.5 (model input 224 × 224; see docs/robustness.md):
 
 | corruption | levels | parameter per level | implementation |
 |---|---|---|---|

@@ -104,7 +104,7 @@ class ConditionScorer:
     def predictions(
         self, probs: np.ndarray, model: str, mitigation: str, corruption: str, severity: int
     ) -> pd.DataFrame:
-        """predictions.csv rows for one condition (INTERFACES.md columns plus the condition)."""
+        """predictions.csv rows for one condition (docs/interfaces.md columns plus the condition)."""
         frame = predictions_frame(
             [r.path for r in self.records], self.labels, probs, self.class_names, root=self.root
         )

@@ -1,11 +1,11 @@
 """The sweep's output folder: CSVs, figures, degradation tables, metrics.json, run.json, report.
 
 - ``robustness.csv``: exactly ``model,corruption,severity,accuracy,f1_macro,f1_weighted,ha@5,ha@10``
-  (INTERFACES.md); stain-normalised rows name the model ``<model>+macenko``.
+  (docs/interfaces.md); stain-normalised rows name the model ``<model>+macenko``.
 - ``robustness_detail.csv``: the same rows first-columns-first, plus mitigation, the level's raw
   parameter, n, 95 % CI bounds and the other metrics (balanced accuracy, AUROC, recall@K, ...).
 - ``metrics.json``: per model the clean scores, the degradation tables and every condition.
-- ``predictions.csv``: one row per model × condition × image (INTERFACES.md columns + condition).
+- ``predictions.csv``: one row per model × condition × image (docs/interfaces.md columns + condition).
 - ``report.html`` with ``figures/``: metric vs level (one panel per corruption, one line per
   model), the degradation tables, the gallery of one tile under every corruption, provenance.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,9 +23,7 @@ from matplotlib.figure import Figure
 
 from histovl._io import atomic_open
 from histovl.reports import Report, build_run_record, write_evaluation_outputs
-
-if TYPE_CHECKING:
-    from histovl.robustness.sweep import RobustnessResult
+from histovl.robustness.results import CSV_COLUMNS, RobustnessResult
 
 FIGURE_METRICS = ("accuracy", "f1_macro", "f1_weighted", "ha@5", "ha@10")
 
@@ -104,8 +102,6 @@ def write_robustness_outputs(
     gallery_tile: tuple[torch.Tensor, str | None] | None,
 ) -> None:
     """Write every output atomically; run.json last (its presence marks a complete folder)."""
-    from histovl.robustness.sweep import CSV_COLUMNS
-
     out.mkdir(parents=True, exist_ok=True)
     fixed = pd.DataFrame(list(rows), columns=list(CSV_COLUMNS))
     _write_csv(out / "robustness.csv", fixed)

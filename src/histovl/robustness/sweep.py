@@ -1,6 +1,6 @@
 """`histovl robustness`: every model × corruption × level, zero-shot and image→image retrieval.
 
-The protocol is the PathCLIP study's (``../shared/seeds/004``, sections 3.2–3.5):
+The protocol is the PathCLIP study's (sections 3.2–3.5; see docs/robustness.md):
 
 - zero-shot: the corrupted images are classified with the model's text classifier (built once
   per model from the prompt set); accuracy, macro and weighted F1 with bootstrap 95 % CIs.
@@ -15,6 +15,10 @@ hashed once and decoded once into memory (shared by models with equal preprocess
 corrupted view is encoded once and cached under a key with the corruption and level, so an
 interrupted or extended sweep resumes where it stopped and gives exactly the same numbers.
 
+The run is named steps: `_prepare` (every input checked before any model work), `_sweep_model`
+(one model: clean encoding, scorer, then `_run_condition` per mitigation × condition), and
+`_write` (the writer in `histovl.robustness.outputs`).
+
 Example:
     >>> r = robustness(["histovl-lite"], "tiles/", "lung-he-v1", out="runs/robust")  # doctest: +SKIP
     >>> r.table.head()  # doctest: +SKIP
@@ -27,59 +31,66 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from histovl.embed.cache import EmbeddingCache, content_keys
-from histovl.embed.engine import ImageTransform, OnError
+from histovl.embed.cache import EmbeddingCache, cache_for, content_keys
+from histovl.embed.engine import EmbeddingResult, ImageTransform
 from histovl.embed.in_memory import DecodedImages, encode_decoded
 from histovl.models.encoder import Encoder
+from histovl.options import RunOptions, config_record, split_overrides
 from histovl.robustness.corruptions import BUILTIN_CORRUPTIONS
-from histovl.robustness.registry import BUILTIN_NAMESPACE, Corruption, get_corruption
+from histovl.robustness.registry import get_corruption
+from histovl.robustness.results import CSV_COLUMNS, Condition, RobustnessResult, levels_by_name
+
+if TYPE_CHECKING:
+    from histovl.robustness.evaluation import ConditionScorer
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ("model", "corruption", "severity", "accuracy", "f1_macro", "f1_weighted", "ha@5", "ha@10")
-"""The fixed columns of robustness.csv (INTERFACES.md), in order."""
-
-
-@dataclass
-class RobustnessResult:
-    """What a sweep produced (also written to `out`).
-
-    Attributes:
-        table: one row per model × mitigation × corruption × severity with `CSV_COLUMNS` plus
-            ``mitigation``, ``n`` and the CI bounds (``<metric>_lo`` / ``<metric>_hi``).
-        conditions: full metric dicts (with CIs) per row, in table order.
-        encode_stats: per row, how many embeddings came from the cache and how many were encoded.
-    """
-
-    table: pd.DataFrame
-    conditions: list[dict[str, Any]]
-    encode_stats: list[dict[str, Any]]
-    out: Path | None = None
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+Levels = Sequence[int] | Mapping[str, Sequence[int]]
 
 
 @dataclass(frozen=True)
-class Condition:
-    """One corruption at one level (``corruption is None``: the clean baseline)."""
+class RobustnessConfig:
+    """What `histovl robustness` computes (the run options are in `RunOptions`).
 
-    corruption: Corruption | None
-    level: int
+    Attributes:
+        corruptions: registered names (None: the study's seven).
+        levels: which levels (None: all of each corruption), see `plan_conditions`.
+        k: retrieval cut-offs (5 and 10 are always computed for the CSV).
+        stain_normalisation: also run every condition with Macenko normalisation, reported as
+            rows with ``mitigation = macenko`` (and ``<model>+macenko`` in robustness.csv).
+        stain_reference: the reference tile (None: the first readable image of the data).
+        exclude_same_group: keep a query's group out of its retrieval results.
+        allow_missing_classes: allow prompt-set classes with no images.
+        save_predictions: write the per-image predictions.csv rows.
+    """
 
-    @property
-    def name(self) -> str:
-        c = self.corruption
-        return "none" if c is None else (c.name if c.namespace == BUILTIN_NAMESPACE else c.key)
+    corruptions: tuple[str, ...] | None = None
+    levels: tuple[int, ...] | Mapping[str, tuple[int, ...]] | None = None
+    k: tuple[int, ...] = (5, 10)
+    stain_normalisation: bool = False
+    stain_reference: str | None = None
+    exclude_same_group: bool = True
+    allow_missing_classes: bool = False
+    save_predictions: bool = True
+
+    def __post_init__(self) -> None:
+        if self.corruptions is not None:
+            object.__setattr__(self, "corruptions", tuple(self.corruptions))
+        if isinstance(self.levels, Mapping):
+            object.__setattr__(self, "levels", {str(n): tuple(v) for n, v in self.levels.items()})
+        elif self.levels is not None:
+            object.__setattr__(self, "levels", tuple(self.levels))
+        object.__setattr__(self, "k", tuple(self.k))
+        if self.stain_reference is not None:
+            object.__setattr__(self, "stain_reference", os.fspath(self.stain_reference))
 
 
-def plan_conditions(
-    corruptions: Sequence[str] | None, levels: Sequence[int] | Mapping[str, Sequence[int]] | None
-) -> list[Condition]:
+def plan_conditions(corruptions: Sequence[str] | None, levels: Levels | None) -> list[Condition]:
     """``none`` first, then each corruption's requested levels (all by default).
 
     `levels` may be one list applied to every corruption (each keeps the levels it has, e.g.
@@ -105,32 +116,58 @@ def plan_conditions(
     return out
 
 
+@dataclass
+class _Plan:
+    """The checked inputs of a sweep (`_prepare`)."""
+
+    prompt_set: Any
+    image_set: Any
+    class_names: list[str]
+    conditions: list[Condition]
+    ks: list[int]
+    specs: list[str | Encoder]
+    mitigations: list[str]
+    notes: list[str]
+    keys: list[str | None]
+
+
+@dataclass
+class _Collected:
+    """What the sweep accumulates over models and conditions, in row order."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    details: list[dict[str, Any]] = field(default_factory=list)
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    predictions: list[pd.DataFrame] = field(default_factory=list)
+    cards: list[Any] = field(default_factory=list)
+    weights_ids: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    gallery_tile: tuple[Any, str | None] | None = None
+    bank: DecodedImages | None = None
+
+
+@dataclass
+class _ModelRun:
+    """One loaded model's fixed parts while its conditions run."""
+
+    encoder: Encoder
+    label: str
+    clean: EmbeddingResult
+    scorer: ConditionScorer
+    stain_tf: Any = None
+
+
 def robustness(
     models: str | Encoder | Sequence[str | Encoder],
     data: str | os.PathLike[str] | Any,
     prompts: str | os.PathLike[str] | Any,
     out: str | os.PathLike[str] | None = None,
+    config: RobustnessConfig | None = None,
+    options: RunOptions | None = None,
     *,
-    corruptions: Sequence[str] | None = None,
-    levels: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
-    k: Sequence[int] = (5, 10),
-    n_boot: int = 1000,
-    seed: int = 0,
-    stain_normalisation: bool = False,
-    stain_reference: str | os.PathLike[str] | None = None,
-    exclude_same_group: bool = True,
-    cache: str | os.PathLike[str] | None = None,
-    use_cache: bool = True,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    on_error: OnError = "raise",
-    allow_missing_classes: bool = False,
-    allow_absolute_paths: bool = False,
-    device: str = "cpu",
-    trust_checkpoint: bool = False,
-    save_predictions: bool = True,
-    progress: bool = True,
     command: str = "histovl robustness",
+    **overrides: Any,
 ) -> RobustnessResult:
     """Run the robustness sweep and (with `out`) write every output.
 
@@ -140,137 +177,165 @@ def robustness(
         prompts: prompt-set name, YAML path or `PromptSet`.
         out: folder for robustness.csv, robustness_detail.csv, metrics.json, predictions.csv,
             run.json and report.html with figures; None computes only.
-        corruptions: registered names (default: the study's seven).
-        levels: which levels (default: all of each corruption), see `plan_conditions`.
-        k: retrieval cut-offs (5 and 10 are always computed for the CSV).
-        n_boot: bootstrap resamples for the CIs (grouped when the data has groups).
-        stain_normalisation: also run every condition with Macenko normalisation, reported as
-            rows with ``mitigation = macenko`` (and ``<model>+macenko`` in robustness.csv).
-        stain_reference: the reference tile (default: the first readable image of the data).
-        exclude_same_group: keep a query's group out of its retrieval results.
-        cache: embedding cache folder (default `~/.cache/histovl/embeddings`).
+        config: what to compute (`RobustnessConfig`: corruptions, levels, k, stain normalisation, ...).
+        options: the shared run options (cache, batch size, on_error, n_boot, seed, ...).
+        overrides: fields of either, as keywords (``n_boot=0, corruptions=["blur"]``).
     """
-    from histovl.data import load_image_set, validate_labels
-    from histovl.models import load_model
-    from histovl.prompts import load_prompt_set
     from histovl.reproducibility import seed_everything
-    from histovl.robustness.evaluation import ConditionScorer
-    from histovl.zeroshot.classifier import build_text_classifier
+    from histovl.robustness.evaluation import detail_frame
 
-    seed_everything(seed)
+    cfg, opts = split_overrides(overrides, config, RobustnessConfig, options)
+    seed_everything(opts.seed)
+    plan = _prepare(models, data, prompts, cfg, opts)
+    store = cache_for(opts)
+    acc = _Collected()
+    for spec in plan.specs:
+        _sweep_model(spec, plan, cfg, opts, store, acc)
+    result = RobustnessResult(
+        table=detail_frame(acc.details), conditions=acc.details, encode_stats=acc.stats,
+        out=Path(out) if out is not None else None,
+        skipped=[{"path": p, "reason": r} for p, r in acc.skipped.items()], notes=plan.notes,
+    )
+    if out is not None:
+        _write(Path(out), result, plan, cfg, opts, acc, command)
+    return result
+
+
+def _prepare(models: Any, data: Any, prompts: Any, cfg: RobustnessConfig, opts: RunOptions) -> _Plan:
+    """Load and check every input before any model work, so a typo costs nothing."""
+    from histovl.data import load_image_set, validate_labels
+    from histovl.prompts import load_prompt_set
+
     prompt_set = load_prompt_set(prompts)
-    image_set = load_image_set(data, allow_absolute_paths=allow_absolute_paths)
+    image_set = load_image_set(data, allow_absolute_paths=opts.allow_absolute_paths)
     if image_set.multilabel:
         raise ValueError("robustness needs single-label data (a `label` column or class folders)")
     class_names = list(prompt_set.classes)
-    validate_labels(image_set, class_names, allow_missing_classes=allow_missing_classes)
-    conditions = plan_conditions(corruptions, levels)
-    ks = sorted({int(x) for x in k} | {5, 10})
-    specs: list[str | Encoder] = (
-        [m for m in models] if isinstance(models, list | tuple) else [models]  # type: ignore[list-item]
-    )
+    validate_labels(image_set, class_names, allow_missing_classes=cfg.allow_missing_classes)
+    conditions = plan_conditions(cfg.corruptions, cfg.levels)
+    ks = sorted({int(x) for x in cfg.k} | {5, 10})
+    specs: list[str | Encoder] = list(models) if isinstance(models, list | tuple) else [models]
     if not specs:
         raise ValueError("give at least one model")
-    store = EmbeddingCache(cache) if use_cache else None
-    paths = image_set.paths
-    keys = content_keys(paths)
-    notes: list[str] = []
-    mitigations = ["none"]
-    if stain_normalisation:
-        from histovl.robustness.stain import INSTALL_HINT, stain_available
+    keys = content_keys(image_set.paths)
+    mitigations, notes = _mitigations(cfg)
+    return _Plan(prompt_set, image_set, class_names, conditions, ks, specs, mitigations, notes, keys)
 
-        if stain_available():
-            mitigations.append("macenko")
-        else:
-            log.warning(INSTALL_HINT)
-            notes.append(f"stain normalisation skipped: {INSTALL_HINT}")
 
-    rows: list[dict[str, Any]] = []
-    details: list[dict[str, Any]] = []
-    stats: list[dict[str, Any]] = []
-    predictions: list[pd.DataFrame] = []
-    cards, weights_ids, gallery_tile = [], [], None
-    labels_used: list[str] = []
-    bank: DecodedImages | None = None
-    skipped: dict[str, str] = {}
-    for spec in specs:
-        encoder = spec if isinstance(spec, Encoder) else load_model(str(spec), device=device, trust_checkpoint=trust_checkpoint)
-        label = _label_for(encoder, spec, labels_used)
-        labels_used.append(label)
-        cards.append(encoder.card)
-        weights_ids.append(encoder.weights_id)
-        classifier = build_text_classifier(encoder, prompt_set)
-        if bank is None or bank.preprocess != encoder.preprocess:
-            bank = DecodedImages(paths, encoder.preprocess, keys=keys, on_error=on_error, num_workers=num_workers, progress=progress)
-        clean = encode_decoded(encoder, bank, cache=store, batch_size=batch_size, seed=seed, progress=progress)
-        skipped.update({f.path: f.reason for f in clean.failures})
-        if not clean.ok.any():
-            raise ValueError(f"no image of {len(paths)} could be read; see the skipped list for reasons")
-        scorer = ConditionScorer(
-            image_set, clean.ok, clean.embeddings, classifier, class_names, ks=ks, n_boot=n_boot,
-            seed=seed, exclude_same_group=exclude_same_group,
-        )
-        stain_tf = None
-        if "macenko" in mitigations:
-            stain_tf = _stain_transform(bank, stain_reference, encoder)
-        if gallery_tile is None:
-            from histovl.data import read_rgb
+def _mitigations(cfg: RobustnessConfig) -> tuple[list[str], list[str]]:
+    """``none``, plus ``macenko`` when asked for and torchstain is there (else a note)."""
+    if not cfg.stain_normalisation:
+        return ["none"], []
+    from histovl.robustness.stain import INSTALL_HINT, stain_available
 
-            first = int(np.flatnonzero(clean.ok)[0])
-            gallery_tile = (encoder.preprocess.to_unnormalised(read_rgb(paths[first])), keys[first])
-        for mitigation in mitigations:
-            for cond in conditions:
-                transform: ImageTransform | None = None if cond.corruption is None else cond.corruption.transform(cond.level, seed=seed)
-                if mitigation == "macenko":
-                    assert stain_tf is not None
-                    transform = stain_tf.with_inner(transform)
-                res = clean if (transform is None) else encode_decoded(
-                    encoder, bank, transform=transform, cache=store, batch_size=batch_size, seed=seed, progress=progress,
-                )
-                if not np.array_equal(res.ok, clean.ok):
-                    raise RuntimeError(f"{cond.name}:{cond.level} encoded a different set of images than the clean run")
-                metrics, probs = scorer.score(res.embeddings)
-                row = {"model": label if mitigation == "none" else f"{label}+{mitigation}",
-                       "corruption": cond.name, "severity": cond.level}
-                row.update({m: metrics[m] for m in CSV_COLUMNS[3:]})
-                rows.append(row)
-                details.append({"model": label, "mitigation": mitigation, "corruption": cond.name,
-                                "severity": cond.level, "parameter": _parameter(cond), **metrics})
-                stats.append({"model": label, "mitigation": mitigation, "corruption": cond.name, "severity": cond.level,
-                              "transform": transform.key if transform is not None else "none",
-                              "n_cached": res.n_cached, "n_encoded": res.n_encoded,
-                              "stain_fallbacks": getattr(transform, "n_fallback", 0)})
-                if save_predictions:
-                    predictions.append(scorer.predictions(probs, label, mitigation, cond.name, cond.level))
-                log.info("%s %s %s:%d acc=%.4f ha@5=%.4f", label, mitigation, cond.name, cond.level,
-                         metrics["accuracy"], metrics["ha@5"])
-        if not isinstance(spec, Encoder):
-            del encoder  # free the weights before the next model
+    if stain_available():
+        return ["none", "macenko"], []
+    log.warning(INSTALL_HINT)
+    return ["none"], [f"stain normalisation skipped: {INSTALL_HINT}"]
 
-    from histovl.robustness.evaluation import detail_frame
 
-    table = detail_frame(details)
-    result = RobustnessResult(
-        table=table, conditions=details, encode_stats=stats, out=Path(out) if out is not None else None,
-        skipped=[{"path": p, "reason": r} for p, r in skipped.items()], notes=notes,
+def _sweep_model(
+    spec: str | Encoder, plan: _Plan, cfg: RobustnessConfig, opts: RunOptions,
+    store: EmbeddingCache | None, acc: _Collected,
+) -> None:
+    """One model: load it, encode the clean images, then every mitigation × condition.
+
+    The encoder is a local of this call, so a model loaded from a spec is freed before the next.
+    """
+    from histovl.models import load_model
+    from histovl.robustness.evaluation import ConditionScorer
+    from histovl.zeroshot.classifier import build_text_classifier
+
+    encoder = load_model(spec, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
+    label = _label_for(encoder, spec, acc.labels)
+    acc.labels.append(label)
+    acc.cards.append(encoder.card)
+    acc.weights_ids.append(encoder.weights_id)
+    classifier = build_text_classifier(encoder, plan.prompt_set)
+    paths = plan.image_set.paths
+    if acc.bank is None or acc.bank.preprocess != encoder.preprocess:
+        acc.bank = DecodedImages(paths, encoder.preprocess, keys=plan.keys, on_error=opts.on_error,
+                                 num_workers=opts.workers, progress=opts.progress)
+    bank = acc.bank
+    clean = encode_decoded(encoder, bank, cache=store, batch_size=opts.batch_size, seed=opts.seed, progress=opts.progress)
+    acc.skipped.update({f.path: f.reason for f in clean.failures})
+    if not clean.ok.any():
+        raise ValueError(f"no image of {len(paths)} could be read; see the skipped list for reasons")
+    scorer = ConditionScorer(
+        plan.image_set, clean.ok, clean.embeddings, classifier, plan.class_names, ks=plan.ks,
+        n_boot=opts.n_boot, seed=opts.seed, exclude_same_group=cfg.exclude_same_group,
     )
-    if out is not None:
-        from histovl.robustness.outputs import write_robustness_outputs
+    run = _ModelRun(encoder, label, clean, scorer)
+    if "macenko" in plan.mitigations:
+        run.stain_tf = _stain_transform(bank, cfg.stain_reference, encoder)
+    if acc.gallery_tile is None:
+        from histovl.data import read_rgb
 
-        write_robustness_outputs(
-            Path(out), result, rows=rows, predictions=predictions, cards=cards, weights_ids=weights_ids,
-            prompt_set=prompt_set, image_set=image_set, seed=seed, command=command, gallery_tile=gallery_tile,
-            config={
-                "models": [str(s) if not isinstance(s, Encoder) else s.card.name for s in specs],
-                "model_labels": labels_used, "corruptions": [c.name for c in conditions[1:]],
-                "levels": _levels_by_name(conditions),
-                "k": ks, "n_boot": n_boot, "stain_normalisation": stain_normalisation,
-                "stain_reference": str(stain_reference) if stain_reference else None,
-                "exclude_same_group": exclude_same_group, "batch_size": batch_size, "on_error": on_error,
-                "device": device, "data": str(image_set.source), "cache": str(store.root) if store else None,
-            },
-        )
-    return result
+        first = int(np.flatnonzero(clean.ok)[0])
+        acc.gallery_tile = (encoder.preprocess.to_unnormalised(read_rgb(paths[first])), plan.keys[first])
+    for mitigation in plan.mitigations:
+        for cond in plan.conditions:
+            _run_condition(run, mitigation, cond, bank, cfg, opts, store, acc)
+
+
+def _run_condition(
+    run: _ModelRun, mitigation: str, cond: Condition, bank: DecodedImages, cfg: RobustnessConfig,
+    opts: RunOptions, store: EmbeddingCache | None, acc: _Collected,
+) -> None:
+    """Encode one condition (cache first), score it, and append its rows."""
+    transform: ImageTransform | None = None if cond.corruption is None else cond.corruption.transform(cond.level, seed=opts.seed)
+    if mitigation == "macenko":
+        assert run.stain_tf is not None
+        transform = run.stain_tf.with_inner(transform)
+    res = run.clean if transform is None else encode_decoded(
+        run.encoder, bank, transform=transform, cache=store, batch_size=opts.batch_size, seed=opts.seed,
+        progress=opts.progress,
+    )
+    if not np.array_equal(res.ok, run.clean.ok):
+        raise RuntimeError(f"{cond.name}:{cond.level} encoded a different set of images than the clean run")
+    metrics, probs = run.scorer.score(res.embeddings)
+    label = run.label
+    row = {"model": label if mitigation == "none" else f"{label}+{mitigation}", "corruption": cond.name, "severity": cond.level}
+    row.update({m: metrics[m] for m in CSV_COLUMNS[3:]})
+    acc.rows.append(row)
+    acc.details.append({"model": label, "mitigation": mitigation, "corruption": cond.name,
+                        "severity": cond.level, "parameter": cond.parameter, **metrics})
+    acc.stats.append({"model": label, "mitigation": mitigation, "corruption": cond.name, "severity": cond.level,
+                      "transform": transform.key if transform is not None else "none",
+                      "n_cached": res.n_cached, "n_encoded": res.n_encoded,
+                      "stain_fallbacks": getattr(transform, "n_fallback", 0)})
+    if cfg.save_predictions:
+        acc.predictions.append(run.scorer.predictions(probs, label, mitigation, cond.name, cond.level))
+    log.info("%s %s %s:%d acc=%.4f ha@5=%.4f", label, mitigation, cond.name, cond.level,
+             metrics["accuracy"], metrics["ha@5"])
+
+
+def _write(
+    out: Path, result: RobustnessResult, plan: _Plan, cfg: RobustnessConfig, opts: RunOptions,
+    acc: _Collected, command: str,
+) -> None:
+    """Every output file, through `histovl.robustness.outputs`."""
+    from histovl.robustness.outputs import write_robustness_outputs
+
+    write_robustness_outputs(
+        out, result, rows=acc.rows, predictions=acc.predictions, cards=acc.cards, weights_ids=acc.weights_ids,
+        prompt_set=plan.prompt_set, image_set=plan.image_set, seed=opts.seed, command=command,
+        gallery_tile=acc.gallery_tile, config=_run_config(plan, cfg, opts, acc),
+    )
+
+
+def _run_config(plan: _Plan, cfg: RobustnessConfig, opts: RunOptions, acc: _Collected) -> dict[str, Any]:
+    """run.json's ``config``: the command's config, the run options, and what the run resolved."""
+    return {
+        **config_record(cfg),
+        **opts.record(),
+        "models": [s.card.name if isinstance(s, Encoder) else str(s) for s in plan.specs],
+        "model_labels": list(acc.labels),
+        "corruptions": [c.name for c in plan.conditions[1:]],
+        "levels": levels_by_name(plan.conditions),
+        "k": plan.ks,
+        "data": str(plan.image_set.source),
+    }
 
 
 def _label_for(encoder: Encoder, spec: str | Encoder, used: Sequence[str]) -> str:
@@ -286,21 +351,7 @@ def _label_for(encoder: Encoder, spec: str | Encoder, used: Sequence[str]) -> st
     return f"{name}#{i}"
 
 
-def _parameter(cond: Condition) -> float | None:
-    if cond.corruption is None:
-        return None
-    value = cond.corruption.parameters.get(cond.level)
-    return None if value is None else float(value)
-
-
-def _levels_by_name(conditions: Sequence[Condition]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for c in conditions[1:]:
-        out.setdefault(c.name, []).append(c.level)
-    return out
-
-
-def _stain_transform(bank: DecodedImages, reference: str | os.PathLike[str] | None, encoder: Encoder) -> Any:
+def _stain_transform(bank: DecodedImages, reference: str | None, encoder: Encoder) -> Any:
     """Macenko fitted on `reference`, or on the first readable image of the data."""
     from histovl.data import read_rgb
     from histovl.robustness.stain import MacenkoTransform
