@@ -42,6 +42,8 @@ _EXPORTS: dict[str, str] = {
     "encode_images": "histovl.embed",
     "zeroshot": "histovl.zeroshot",
     "ZeroshotConfig": "histovl.zeroshot",
+    "predict": "histovl.predict",
+    "PredictConfig": "histovl.predict",
     "ablate_fusion": "histovl.zeroshot",
     "multilabel": "histovl.zeroshot.multilabel.pipeline",
     "retrieve": "histovl.retrieval",

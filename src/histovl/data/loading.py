@@ -43,6 +43,7 @@ def load_image_set(
     allow_absolute_paths: bool = False,
     extensions: Iterable[str] = DEFAULT_IMAGE_EXTENSIONS,
     require_labels: bool = False,
+    folder_labels: bool = True,
 ) -> ImageSet:
     """Load and validate a data set.
 
@@ -56,6 +57,9 @@ def load_image_set(
         extensions: File endings treated as images in class folders.
         require_labels: Fail when a manifest has neither `label` nor `labels` (unlabelled
             manifests are fine for embedding and retrieval, so this is off by default).
+        folder_labels: False reads a folder as a plain, unlabelled set of images: every image
+            below it, flat or nested, with no label (sub-folder names are not classes). Used by
+            `histovl predict`; manifests are unaffected (their labels are optional anyway).
 
     Returns:
         The validated `ImageSet`; records of class folders are sorted by class, then path.
@@ -82,6 +86,8 @@ def load_image_set(
         )
     if source.is_dir():
         exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+        if not folder_labels:
+            return _load_image_folder(source, allow_absolute_paths=allow_absolute_paths, extensions=exts)
         return _load_class_folder(source, allow_absolute_paths=allow_absolute_paths, extensions=exts)
     if source.suffix.lower() not in MANIFEST_SUFFIXES:
         raise ValueError(
@@ -126,6 +132,18 @@ def _load_class_folder(folder: Path, *, allow_absolute_paths: bool, extensions: 
             f"(looked for {', '.join(extensions)}); images per class: {counts}. Add images or "
             "remove the empty folders."
         )
+    return ImageSet(records=tuple(records), root=Path(root), source=Path(root), multilabel=False, kind="folder")
+
+
+def _load_image_folder(folder: Path, *, allow_absolute_paths: bool, extensions: tuple[str, ...]) -> ImageSet:
+    """Every image below `folder` (recursively, sorted), unlabelled."""
+    root = as_root(folder)
+    checker = PathChecker(root, allow_outside=allow_absolute_paths)
+    rel_paths = _image_files(root, "", extensions, recursive=True)
+    if not rel_paths:
+        raise ValueError(f"data folder {root} holds no images (looked for {', '.join(extensions)}, recursively)")
+    records = [ImageRecord(path=Path(checked)) for rel in rel_paths if (checked := checker.check(rel)) is not None]
+    checker.raise_if_failed(folder)
     return ImageSet(records=tuple(records), root=Path(root), source=Path(root), multilabel=False, kind="folder")
 
 
