@@ -11,6 +11,7 @@ adds the options (``--cache``, ``--no-cache``, ``--batch-size``, ``--workers``, 
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import typing
@@ -89,9 +90,9 @@ def with_run_options(
         for field in fields:
             param, annotation, default = RUN_OPTION_SPECS[field]
             if help_overrides and field in help_overrides:
-                info = annotation.__metadata__[0]
-                annotation = Annotated[annotation.__origin__, typer.Option(*info.param_decls, help=help_overrides[field],
-                                                                           min=getattr(info, "min", None))]
+                info = copy.copy(annotation.__metadata__[0])  # keeps every declaration ("--quiet", "-q") and bound
+                info.help = help_overrides[field]
+                annotation = Annotated[annotation.__origin__, info]
             if field in defaults:
                 default = defaults[field]
                 if field == "progress":
