@@ -144,6 +144,24 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def distributed_job() -> Iterator[DistContext]:
+    """A training command's process group: joined on entry (`init_distributed`; one process
+    unless started by torchrun) and left on a clean exit if this call joined it (a group the
+    caller set up stays up). After an error the group is left alone: `cleanup_distributed`'s
+    barrier would wait for ranks that may never arrive, and the process is about to exit."""
+    owns = not (dist.is_available() and dist.is_initialized())
+    ctx = init_distributed()
+    yield ctx
+    if owns:
+        cleanup_distributed()
+
+
+def rank_device(ctx: DistContext, requested: str) -> str:
+    """Where this rank computes: its own GPU under nccl (one GPU per rank), else `requested`."""
+    return str(ctx.device) if ctx.backend == "nccl" else requested
+
+
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate `tensor` from every rank along dim 0, keeping the autograd graph.
 
