@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from histovl.data import ImageSet, load_image_set
 from histovl.models._lite import LiteEncoder, build_histovl_lite, bundled_card, trained_state_dict
-from histovl.train.features import backbone_image_features
+from histovl.train.features import extract_image_features
 from histovl.train.finetune import FinetuneConfig, finetune
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def evaluate(encoder: LiteEncoder, data: Path, prompts: str, cache: Path, seed: 
     from histovl.zeroshot import build_text_classifier
 
     data_set = load_image_set(data, allow_absolute_paths=True)
-    feats = backbone_image_features(encoder, data_set.paths, cache_dir=cache)
+    feats = extract_image_features(encoder, data_set.paths, cache_dir=cache).features
     with torch.inference_mode():
         emb = torch.nn.functional.normalize(encoder.project_image(feats), dim=-1).numpy()
     clf = build_text_classifier(encoder, load_prompt_set(prompts), memoise=False)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from histovl.embed.engine import encode_batch_with_backoff
 from histovl.errors import ImageReadError, NonFiniteError
 from histovl.models.encoder import Encoder
 from histovl.models.preprocess import Preprocess
+from histovl.options import OnError
 
 GROUPS = ("image", "text", "image_projection", "text_projection", "logit_scale")
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def _collate_checked(
 
 
 def _checked_batches(
-    paths: Sequence[Path], preprocess: Preprocess, batch_size: int, num_workers: int, on_error: Literal["raise", "skip"]
+    paths: Sequence[Path], preprocess: Preprocess, batch_size: int, num_workers: int, on_error: OnError
 ) -> DataLoader[Any]:
     return DataLoader(
         _CheckedDataset(paths, preprocess), batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -144,7 +145,7 @@ def unreadable_images(
     *,
     batch_size: int = 64,
     num_workers: int = 0,
-    on_error: Literal["raise", "skip"] = "skip",
+    on_error: OnError = "skip",
 ) -> dict[int, str]:
     """Index -> reason for every path that cannot be decoded and preprocessed (one pass, no model).
 
@@ -193,7 +194,7 @@ def extract_image_features(
     batch_size: int = 64,
     num_workers: int = 0,
     cache_dir: str | Path | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
+    on_error: OnError = "raise",
 ) -> ImageFeatures:
     """Backbone features of `paths`, reusing and extending a per-file cache in `cache_dir`.
 
@@ -207,51 +208,21 @@ def extract_image_features(
     is halved down to 1 (`histovl.embed.engine.encode_batch_with_backoff`, logged).
     """
     if not isinstance(encoder, Encoder):
-        raise TypeError("backbone_image_features needs an Encoder that implements SplitTowers")
+        raise TypeError("extract_image_features needs an Encoder that implements SplitTowers")
     failures: dict[int, str] = {}
-    keys: list[str | None] = []
-    for i, p in enumerate(paths):
-        try:
-            keys.append(_file_key(p))
-        except OSError as err:
-            if on_error == "raise":
-                raise ImageReadError(p, "file not found" if isinstance(err, FileNotFoundError) else str(err)) from None
-            keys.append(None)
-            failures[i] = "file not found" if isinstance(err, FileNotFoundError) else str(err)
+    keys = _file_keys(paths, on_error, failures)
+    target = Path(cache_dir) / f"image-features-{_backbone_key(encoder)}.pt" if cache_dir is not None else None
     known: dict[str, torch.Tensor] = {}
-    target: Path | None = None
-    if cache_dir is not None:
-        target = Path(cache_dir) / f"image-features-{_backbone_key(encoder)}.pt"
-        if target.is_file():
-            stored = torch.load(target, map_location="cpu", weights_only=True)
-            known = dict(zip(stored["keys"], stored["features"], strict=True))
+    if target is not None and target.is_file():
+        stored = torch.load(target, map_location="cpu", weights_only=True)
+        known = dict(zip(stored["keys"], stored["features"], strict=True))
     todo = [i for i, k in enumerate(keys) if k is not None and k not in known]
     used = 0
     if todo:
-        used = batch_size
-        new: dict[int, torch.Tensor] = {}
-        with torch.inference_mode():
-            for local, pixels, bad in _checked_batches([paths[i] for i in todo], encoder.preprocess, batch_size,
-                                                       num_workers, on_error):
-                for j, reason in bad:
-                    if on_error == "raise":
-                        raise ImageReadError(paths[todo[j]], reason)
-                    failures[todo[j]] = reason
-                if pixels is None:
-                    continue
-                feats, used = encode_batch_with_backoff(encoder.image_features, pixels, used)
-                feats = feats.float().cpu()
-                if not torch.isfinite(feats).all():
-                    bad_row = int((~torch.isfinite(feats).all(dim=1)).nonzero()[0])
-                    raise NonFiniteError(f"the image backbone produced NaN/Inf for {paths[todo[local[bad_row]]]}")
-                new.update({todo[j]: f for j, f in zip(local, feats, strict=True)})
-        if used < batch_size:
-            log.info("backbone features computed with batch size %d (out-of-memory back-off from %d)", used, batch_size)
-        for i, f in new.items():
-            key = keys[i]
-            if key is not None:
-                known[key] = f
-        if target is not None and new:
+        new, used = _compute_features(encoder, [paths[i] for i in todo], batch_size, num_workers, on_error)
+        failures.update({todo[j]: reason for j, reason in new.failures.items()})
+        known.update({cast(str, keys[todo[j]]): f for j, f in new.rows.items()})
+        if target is not None and new.rows:
             all_keys = list(known)
             with atomic_path(target, suffix=".pt") as tmp:
                 torch.save({"keys": all_keys, "features": torch.stack([known[k] for k in all_keys])}, tmp)
@@ -262,18 +233,49 @@ def extract_image_features(
     return ImageFeatures(out, dict(sorted(failures.items())), used)
 
 
-def backbone_image_features(
-    encoder: SplitTowers,
-    paths: Sequence[Path],
-    *,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    cache_dir: str | Path | None = None,
-) -> torch.Tensor:
-    """Backbone features [N, F] of `paths` (`extract_image_features` with ``on_error="raise"``)."""
-    return extract_image_features(
-        encoder, paths, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir, on_error="raise"
-    ).features
+def _file_keys(paths: Sequence[Path], on_error: OnError, failures: dict[int, str]) -> list[str | None]:
+    """The cache key of each file; a file that cannot be stat-ed raises, or is recorded in `failures`."""
+    keys: list[str | None] = []
+    for i, p in enumerate(paths):
+        try:
+            keys.append(_file_key(p))
+        except OSError as err:
+            reason = "file not found" if isinstance(err, FileNotFoundError) else str(err)
+            if on_error == "raise":
+                raise ImageReadError(p, reason) from None
+            keys.append(None)
+            failures[i] = reason
+    return keys
+
+
+@dataclass
+class _Computed:
+    rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+def _compute_features(
+    encoder: SplitTowers, paths: Sequence[Path], batch_size: int, num_workers: int, on_error: OnError
+) -> tuple[_Computed, int]:
+    """Backbone features of `paths` (index -> row, index -> reason), and the batch size that fit."""
+    done, used = _Computed(), batch_size
+    with torch.inference_mode():
+        for local, pixels, bad in _checked_batches(paths, cast(Encoder, encoder).preprocess, batch_size, num_workers, on_error):
+            for j, reason in bad:
+                if on_error == "raise":
+                    raise ImageReadError(paths[j], reason)
+                done.failures[j] = reason
+            if pixels is None:
+                continue
+            feats, used = encode_batch_with_backoff(encoder.image_features, pixels, used)
+            feats = feats.float().cpu()
+            if not torch.isfinite(feats).all():
+                bad_row = int((~torch.isfinite(feats).all(dim=1)).nonzero()[0])
+                raise NonFiniteError(f"the image backbone produced NaN/Inf for {paths[local[bad_row]]}")
+            done.rows.update(zip(local, feats, strict=True))
+    if used < batch_size:
+        log.info("backbone features computed with batch size %d (out-of-memory back-off from %d)", used, batch_size)
+    return done, used
 
 
 def backbone_text_features(encoder: SplitTowers, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
