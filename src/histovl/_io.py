@@ -1,7 +1,7 @@
 """Atomic file writes: every output goes to a temp file in the same folder, then `os.replace`.
 
 A crash, Ctrl-C or power loss therefore leaves either the old file or the new one, never half of
-one (RELIABILITY.md: "atomic writes for every output").
+one (docs/reliability.md, "run interrupted").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Safe checkpoint reading and strict state-dict loading (RELIABILITY.md, "untrusted checkpoint").
+"""Safe checkpoint reading and strict state-dict loading (docs/reliability.md, "untrusted checkpoint").
 
 * ``.safetensors`` files are always accepted: they hold tensors only, so reading one cannot run code.
 * Pickle-based files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are read only when the caller passes

@@ -37,7 +37,7 @@ class OpenClipEncoder(Encoder):
     For causal CLIP text towers (card.text_causal) prompts are encoded only up to the longest
     prompt in the batch: with a causal mask and end-of-text pooling, the padding positions cannot
     influence the pooled token, so the result equals full-context encoding (tested) at a fraction
-    of the cost (PERFORMANCE.md: 151 vs 17.8 prompts/s for ViT-B/32).
+    of the cost (docs/performance.md: 151 vs 17.8 prompts/s for ViT-B/32).
     """
 
     def __init__(

@@ -2,7 +2,8 @@
 
 Preprocessing (size, mean/std, interpolation, crop) and text settings (tokenizer, context length,
 whether the text tower is causal) live here, in one frozen dataclass, so no caller ever has to
-remember them (STYLE.md, practice 4). Cards for registry models are data files in `cards/`.
+remember them (docs/style.md, "Weights travel with their preprocessing"). Cards for registry
+models are data files in `cards/`.
 """
 
 from __future__ import annotations

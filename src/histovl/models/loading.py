@@ -1,6 +1,6 @@
 """`load_model`, `save_model_dir` and the weights-present check behind `histovl models`.
 
-A model spec is one of (INTERFACES.md, "Naming a model"):
+A model spec is one of (docs/interfaces.md, "Naming a model"):
 
 * a registry name (``plip``, ``conch``, ...; see `list_models`);
 * ``open_clip:<ARCH>:<PATH>``: an open_clip architecture with a local weights file;

@@ -1,7 +1,7 @@
 """The model registry: shipped cards (data files in `cards/`) and family plug-ins.
 
 Two registries, both with an error on duplicates and close-match suggestions for unknown names
-(STYLE.md, practice 3):
+(docs/style.md, "Registries"):
 
 * cards: ``name -> ModelCard``, read from ``cards/*.yaml`` on first use, extensible with
   `register_card`;

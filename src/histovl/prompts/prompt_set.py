@@ -1,8 +1,8 @@
 """The prompt-set model: class descriptions (synonyms) x templates, validated and hashable.
 
-Prompt sets are data, not code (STYLE.md): a YAML file per set, shipped ones under
-``histovl/prompts/sets/``. A set's `content_hash` goes into run records and text-classifier memo
-keys, so two runs with the same hash used exactly the same prompt text.
+Prompt sets are data, not code (docs/style.md, "Data, not code"): a YAML file per set, shipped
+ones under ``histovl/prompts/sets/``. A set's `content_hash` goes into run records and
+text-classifier memo keys, so two runs with the same hash used exactly the same prompt text.
 """
 
 from __future__ import annotations

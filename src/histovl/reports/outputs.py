@@ -1,4 +1,4 @@
-"""The output folder every evaluation command writes (INTERFACES.md "Commands and their outputs").
+"""The output folder every evaluation command writes (docs/interfaces.md, "Evaluation outputs").
 
 ``metrics.json``, ``predictions.csv``, ``run.json`` and ``report.html`` with its figures and
 thumbnails, each written atomically (temp file + rename), so an interrupted run leaves whole
