@@ -54,7 +54,9 @@ class ImageSet:
             under it unless the set was loaded with ``allow_absolute_paths=True``.
         source: What the user passed: the folder or the manifest file.
         multilabel: True when labels came from a `labels` column (``;``-separated).
-        kind: ``"folder"`` or ``"manifest"``: how the data was given.
+        kind: ``"folder"`` or ``"manifest"``: how the data was given. A folder read with
+            ``load_image_set(folder, folder_labels=False)`` is a plain, unlabelled image set
+            (`has_labels` is False), like a manifest with only a ``path`` column.
 
     Example:
         >>> s = load_image_set("tiles/")  # doctest: +SKIP
