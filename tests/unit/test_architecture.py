@@ -131,15 +131,31 @@ def _defining_module(package: str, name: str, modules: dict[str, Module], seen: 
     init = modules.get(package)
     if init is None or not init.is_package or package in seen:
         return package
-    for node in init.tree.body:  # re-exports are top-level statements of the __init__
-        if isinstance(node, ast.ImportFrom):
-            source = _absolute(init, node)
-            for alias in node.names:
-                if (alias.asname or alias.name) == name and source.startswith("histovl"):
-                    if source in modules and modules[source].is_package:
-                        return _defining_module(source, alias.name, modules, seen | {package})
-                    return _known_module(source, modules)
+    for source, original in _reexports(init).get(name, []):
+        if source in modules and modules[source].is_package:
+            return _defining_module(source, original, modules, seen | {package})
+        return _known_module(source, modules)
     return package
+
+
+def _reexports(init: Module) -> dict[str, list[tuple[str, str]]]:
+    """name -> [(module it comes from, its name there)] for a package ``__init__``.
+
+    Two forms: ``from histovl.x.y import name`` at the top level, and a lazy index
+    (PEP 562) ``_EXPORTS = {"name": "histovl.x.y", ...}`` read by a module ``__getattr__``.
+    """
+    found: dict[str, list[tuple[str, str]]] = {}
+    for node in init.tree.body:
+        if isinstance(node, ast.ImportFrom) and _absolute(init, node).startswith("histovl"):
+            for alias in node.names:
+                found.setdefault(alias.asname or alias.name, []).append((_absolute(init, node), alias.name))
+        value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if isinstance(value, ast.Dict) and any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in targets):
+            for key, module in zip(value.keys, value.values, strict=True):
+                if isinstance(key, ast.Constant) and isinstance(module, ast.Constant) and str(module.value).startswith("histovl"):
+                    found.setdefault(str(key.value), []).append((str(module.value), str(key.value)))
+    return found
 
 
 def _known_module(dotted: str, modules: dict[str, Module]) -> str:
@@ -160,7 +176,9 @@ def import_graph(modules: dict[str, Module]) -> dict[str, dict[str, int]]:
       ``histovl.a.b`` if there is one; else, when ``histovl/a/__init__.py`` re-exports ``b``
       from a submodule, that submodule (re-exports are followed); else ``histovl.a`` itself.
       A package ``__init__`` that gathers its submodules' names is an index, not a dependency,
-      so ``a.x`` importing a name of ``a.y`` through ``a`` is the edge ``a.x -> a.y``.
+      so ``a.x`` importing a name of ``a.y`` through ``a`` is the edge ``a.x -> a.y``. A lazy
+      index (``_EXPORTS = {"b": "histovl.a.y"}`` read by a PEP 562 ``__getattr__``) is followed
+      the same way; the lazy index itself imports nothing, so it adds no edge of its own.
     - Imports inside functions and under ``if TYPE_CHECKING:`` count: a local import postpones
       a cycle to run time, it does not remove it.
     - ``importlib.import_module("histovl.a.b")`` with a literal name counts as an import.
@@ -359,9 +377,13 @@ def test_graph_rules_on_a_made_up_package() -> None:
         "histovl.b.__init__": "from .p import h\n",
         "histovl.b.p": "def h():\n    from histovl.b.q import k\n",  # a local import
         "histovl.b.q": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from histovl.b import h\nk = 1\n",
+        "histovl.c.__init__": "_EXPORTS: dict[str, str] = {'m': 'histovl.c.m', 'f': 'histovl.a'}\n",
+        "histovl.c.m": "def m(): pass\n",
+        "histovl.c.n": "from histovl.c import m, f\n",  # lazy index: to c.m, and through a to a.x
     })
     graph = import_graph(modules)
     assert graph["histovl.a.y"] == {"histovl.a.x": 1}
+    assert graph["histovl.c.n"] == {"histovl.c.m": 1, "histovl.a.x": 1} and graph["histovl.c"] == {}
     assert set(graph["histovl.a"]) == {"histovl.a.x", "histovl.a.y"}
     assert strongly_connected_components(graph) == [["histovl.b.p", "histovl.b.q"]]
 
