@@ -1,6 +1,6 @@
 """Robustness sweep wall time vs the model's own arithmetic and vs the naive loop peers use.
 
-Measured in one run on the same images and conditions (PERFORMANCE.md: report ratios):
+Measured in one run on the same images and conditions (docs/performance.md: report ratios):
 
   overhead ratio = sweep wall time (model load, hashing, one decode, corruption, normalisation,
                    encoding, metrics with CIs, retrieval)

@@ -1,6 +1,6 @@
 """Embedding throughput: the local engine vs the Ray engine on the same images, same model.
 
-Measured in one run (PERFORMANCE.md: report ratios, not absolute times):
+Measured in one run (docs/performance.md: report ratios, not absolute times):
 
   ray ratio (cold) = Ray images/s including `ray.init` ÷ local images/s
   ray ratio (warm) = Ray images/s with Ray already running ÷ local images/s

@@ -1,6 +1,6 @@
 """Zero-shot pipeline throughput vs the bare model forward, and the cached second run.
 
-Measured in one run on the same images (PERFORMANCE.md: report ratios, not absolute times):
+Measured in one run on the same images (docs/performance.md: report ratios, not absolute times):
 
   pipeline ratio = pipeline images/s (decode in workers + preprocess + encode + cache write)
                    ÷ bare model-forward images/s (pre-decoded tensors, forward only)
