@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -31,6 +32,7 @@ from histovl._io import atomic_write_text, atomic_write_with
 from histovl.data.multilabel_formats import _csv_text
 from histovl.data.records import ImageSet
 from histovl.errors import HistovlError
+from histovl.options import RunOptions, split_overrides
 
 
 @dataclass(frozen=True)
@@ -112,66 +114,112 @@ def _inside_git(path: Path) -> bool:
     return any((p / ".git").exists() for p in [path, *path.parents])
 
 
+@dataclass(frozen=True)
+class MosaicConfig:
+    """What `histovl data mosaic` builds (``seed`` and ``allow_absolute_paths`` are run options).
+
+    Attributes:
+        n_train, n_test: mosaics per split.
+        grid: cells per side; each mosaic is ``grid * tile_size`` pixels square.
+        tile_size: each source tile is centre-cropped to a square and resized to this.
+        test_fraction: share of each class's source groups reserved for test mosaics.
+        max_labels: most distinct classes per mosaic (None: min(grid^2, n_classes)); the count
+            is drawn uniformly from 1..max_labels.
+        allow_inside_git: allow an output folder inside a git working tree.
+    """
+
+    n_train: int = 400
+    n_test: int = 200
+    grid: int = 2
+    tile_size: int = 112
+    test_fraction: float = 0.3
+    max_labels: int | None = None
+    allow_inside_git: bool = False
+
+    def __post_init__(self) -> None:
+        if self.grid < 1 or self.tile_size < 8:
+            raise ValueError(f"grid must be >= 1 and tile_size >= 8, got {self.grid} and {self.tile_size}")
+
+    @property
+    def cells(self) -> int:
+        return self.grid * self.grid
+
+
 def mosaic(
     data: str | os.PathLike[str] | ImageSet,
     out: str | os.PathLike[str],
-    *,
-    n_train: int = 400,
-    n_test: int = 200,
-    grid: int = 2,
-    tile_size: int = 112,
-    test_fraction: float = 0.3,
-    max_labels: int | None = None,
-    seed: int = 0,
-    allow_absolute_paths: bool = False,
-    allow_inside_git: bool = False,
+    config: MosaicConfig | None = None,
+    options: RunOptions | None = None,
+    **overrides: Any,
 ) -> MosaicSummary:
     """Build train/test mosaics from a single-label tile set and write images and manifests.
 
     Args:
         data: class folder, single-label manifest, or an `ImageSet`.
-        out: output folder (must not be inside a git working tree unless `allow_inside_git`).
-        n_train, n_test: mosaics per split.
-        grid: cells per side; each mosaic is ``grid * tile_size`` pixels square.
-        tile_size: each source tile is centre-cropped to a square and resized to this.
-        test_fraction: share of each class's source groups reserved for test mosaics.
-        max_labels: most distinct classes per mosaic (default: min(grid^2, n_classes)); the
-            count is drawn uniformly from 1..max_labels.
-        seed: drives the split, the layouts and the tile choice.
+        out: output folder (must not be inside a git working tree unless
+            ``config.allow_inside_git``).
+        config: what to build (`MosaicConfig`).
+        options: the run options; ``seed`` drives the split, the layouts and the tile choice,
+            ``allow_absolute_paths`` the manifest path policy.
+        overrides: fields of either, as keywords (``n_train=200, seed=1``).
 
     Example:
         >>> s = mosaic("../shared/data/lc25000-lung", "/tmp/mosaics", n_train=200)  # doctest: +SKIP
         >>> s.train_manifest  # doctest: +SKIP
         PosixPath('/tmp/mosaics/train.csv')
     """
-    from histovl.data import load_image_set, read_rgb
+    cfg, opts = split_overrides(overrides, config, MosaicConfig, options)
+    out_dir = _check_out_dir(Path(out).resolve(), cfg)
+    image_set, classes, top = _prepare(data, cfg, opts)
+    pools = split_groups(image_set, test_fraction=cfg.test_fraction, seed=opts.seed)
+    rows, groups_used = _write_mosaics(image_set, pools, classes, top, out_dir, cfg, opts.seed)
+    manifests = _write_manifests(out_dir, rows, cfg.cells)
+    return MosaicSummary(
+        out=out_dir, manifest=manifests["mosaics"], train_manifest=manifests["train"],
+        test_manifest=manifests["test"], n_train=cfg.n_train, n_test=cfg.n_test, classes=classes,
+        n_source_groups_train=len(groups_used["train"]), n_source_groups_test=len(groups_used["test"]),
+    )
 
-    out_dir = Path(out).resolve()
-    if _inside_git(out_dir) and not allow_inside_git:
+
+def _check_out_dir(out_dir: Path, cfg: MosaicConfig) -> Path:
+    if _inside_git(out_dir) and not cfg.allow_inside_git:
         raise HistovlError(
             f"{out_dir} is inside a git working tree; mosaics are derived data that must not be "
             "committed. Choose a folder outside the repository (or pass --allow-inside-git)."
         )
-    if grid < 1 or tile_size < 8:
-        raise ValueError(f"grid must be >= 1 and tile_size >= 8, got {grid} and {tile_size}")
-    image_set = data if isinstance(data, ImageSet) else load_image_set(data, allow_absolute_paths=allow_absolute_paths)
+    return out_dir
+
+
+def _prepare(data: str | os.PathLike[str] | ImageSet, cfg: MosaicConfig, opts: RunOptions) -> tuple[ImageSet, tuple[str, ...], int]:
+    """The source tiles, their classes (sorted) and the most labels per mosaic, all checked."""
+    from histovl.data import load_image_set
+
+    image_set = data if isinstance(data, ImageSet) else load_image_set(data, allow_absolute_paths=opts.allow_absolute_paths)
     if image_set.multilabel:
         raise ValueError(f"{image_set.source} is multi-label; mosaics are built from single-label tiles")
     classes = tuple(sorted({r.label for r in image_set.records if r.label is not None}))
     if len(classes) < 2:
         raise ValueError(f"mosaics need at least 2 classes, found {list(classes)}")
-    cells = grid * grid
-    top = min(cells, len(classes)) if max_labels is None else max_labels
-    if not 1 <= top <= min(cells, len(classes)):
-        raise ValueError(f"max_labels must be in 1..{min(cells, len(classes))}, got {max_labels}")
-    train_pool, test_pool = split_groups(image_set, test_fraction=test_fraction, seed=seed)
+    top = min(cfg.cells, len(classes)) if cfg.max_labels is None else cfg.max_labels
+    if not 1 <= top <= min(cfg.cells, len(classes)):
+        raise ValueError(f"max_labels must be in 1..{min(cfg.cells, len(classes))}, got {cfg.max_labels}")
+    return image_set, classes, top
+
+
+def _write_mosaics(
+    image_set: ImageSet, pools: tuple[dict[str, list[int]], dict[str, list[int]]], classes: tuple[str, ...],
+    top: int, out_dir: Path, cfg: MosaicConfig, seed: int,
+) -> tuple[list[dict[str, str]], dict[str, set[str]]]:
+    """Compose and save every mosaic image; its manifest row and the source groups each split used."""
+    from histovl.data import read_rgb
+
     rng = np.random.default_rng(seed + 1)
     rows: list[dict[str, str]] = []
     groups_used: dict[str, set[str]] = {"train": set(), "test": set()}
-    for split, pools, n in (("train", train_pool, n_train), ("test", test_pool, n_test)):
-        for m, plan in enumerate(_plan_mosaics(pools, classes, n, cells, rng, top)):
+    for split, split_pools, n in (("train", pools[0], cfg.n_train), ("test", pools[1], cfg.n_test)):
+        for m, plan in enumerate(_plan_mosaics(split_pools, classes, n, cfg.cells, rng, top)):
             rel = f"images/{split}_{m:05d}.png"
-            canvas = _compose([read_rgb(image_set.records[i].path) for _, i in plan], grid, tile_size)
+            canvas = _compose([read_rgb(image_set.records[i].path) for _, i in plan], cfg.grid, cfg.tile_size)
             _save_png(out_dir / rel, canvas)
             present = {cls for cls, _ in plan}
             row = {"path": rel, "labels": ";".join(c for c in classes if c in present),
@@ -184,6 +232,11 @@ def mosaic(
             rows.append(row)
     if groups_used["train"] & groups_used["test"]:  # defensive: split_groups guarantees this
         raise HistovlError("internal error: a source group was used in both train and test mosaics")
+    return rows, groups_used
+
+
+def _write_manifests(out_dir: Path, rows: list[dict[str, str]], cells: int) -> dict[str, Path]:
+    """mosaics.csv (all rows), train.csv and test.csv; name -> path."""
     fields = ["path", "labels", "group", "split"] + [
         f"cell{i}_{k}" for i in range(cells) for k in ("label", "source", "group")
     ]
@@ -193,11 +246,7 @@ def mosaic(
         target = out_dir / f"{name}.csv"
         atomic_write_text(target, _csv_text(fields, selected))
         manifests[name] = target
-    return MosaicSummary(
-        out=out_dir, manifest=manifests["mosaics"], train_manifest=manifests["train"],
-        test_manifest=manifests["test"], n_train=n_train, n_test=n_test, classes=classes,
-        n_source_groups_train=len(groups_used["train"]), n_source_groups_test=len(groups_used["test"]),
-    )
+    return manifests
 
 
 def _compose(tiles: Sequence[Image.Image], grid: int, tile_size: int) -> Image.Image:

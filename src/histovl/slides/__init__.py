@@ -1,8 +1,11 @@
 """Whole-slide images: reading, tissue detection, tiling, tile embeddings, slide zero-shot, maps.
 
 Example:
-    >>> from histovl.slides import TileSpec, tile_slide
+    >>> from histovl.slides import TileSpec, slides_embed, tile_slide
     >>> result = tile_slide("slide.svs", "out/slide", TileSpec(size=224, mpp=0.5))  # doctest: +SKIP
+    >>> se = slides_embed("histovl-lite", "slide.svs", "out/slide", prompts="lung-he-v1")  # doctest: +SKIP
+
+`histovl slides tile` is `tile_slide`; `histovl slides embed` is `slides_embed`.
 """
 
 from histovl.slides.embedding import (
@@ -33,6 +36,7 @@ from histovl.slides.reader import (
     open_slide,
 )
 from histovl.slides.resume import TILING_FORMAT_VERSION, slide_identity, tiling_source
+from histovl.slides.run import SlideEmbedConfig, slides_embed
 from histovl.slides.tiling import (
     TILE_COLUMNS,
     Resolution,
@@ -49,6 +53,7 @@ __all__ = [
     "OpenSlideReader",
     "PlainImageReader",
     "Resolution",
+    "SlideEmbedConfig",
     "SlideEmbedding",
     "SlideOpenError",
     "SlideReadError",
@@ -75,6 +80,7 @@ __all__ = [
     "resolve_resolution",
     "slide_identity",
     "slide_zeroshot",
+    "slides_embed",
     "tile_slide",
     "tiling_source",
     "tissue_map_image",

@@ -40,6 +40,8 @@ class SlideEmbedding:
     tiling: TilingResult
     n_cached: int = 0
     n_encoded: int = 0
+    zeroshot: SlideZeroShot | None = None
+    """Slide zero-shot, when `histovl.slides.slides_embed` was given a prompt set."""
 
 
 def embed_slide(

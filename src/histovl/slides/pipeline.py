@@ -137,18 +137,7 @@ def tile_slide(
         if recorded is not None:
             return recorded
     factory = reader_factory or partial(open_slide, slide, mpp=slide_mpp)
-    out.mkdir(parents=True, exist_ok=True)
-    redo: set[tuple[int, int]] = set()  # tiles on disk that are white substitutes: read again
-    if save_tiles:
-        known = reusable_tile_files(out, source, force=force)
-        if known is None:  # tile files of unknown origin: never mix them into this tiling
-            (out / PARTIAL_FILE).unlink(missing_ok=True)
-            remove_tile_files(out / "tiles")
-        else:
-            redo = known
-        if source is not None:
-            write_partial(out, source, redo)  # before any tile file is written
-    (out / RECORD_FILE).unlink(missing_ok=True)  # no longer a finished tiling until the end
+    redo = _open_for_tiling(out, source, save_tiles=save_tiles, force=force)
     with factory() as reader:
         description = reader.describe()
         result = plan_slide(reader, spec)
@@ -159,6 +148,27 @@ def tile_slide(
     if save_tiles:
         (out / PARTIAL_FILE).unlink(missing_ok=True)
     return result
+
+
+def _open_for_tiling(out: Path, source: dict[str, Any] | None, *, save_tiles: bool, force: bool) -> set[tuple[int, int]]:
+    """Make `out` an unfinished tiling; returns the tiles on disk to read again (white substitutes).
+
+    With `save_tiles`, tile files a resumable partial record vouches for are kept, any others
+    removed, and the partial record is (re)written before any tile file is.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    redo: set[tuple[int, int]] = set()
+    if save_tiles:
+        known = reusable_tile_files(out, source, force=force)
+        if known is None:  # tile files of unknown origin: never mix them into this tiling
+            (out / PARTIAL_FILE).unlink(missing_ok=True)
+            remove_tile_files(out / "tiles")
+        else:
+            redo = known
+        if source is not None:
+            write_partial(out, source, redo)  # before any tile file is written
+    (out / RECORD_FILE).unlink(missing_ok=True)  # no longer a finished tiling until the end
+    return redo
 
 
 def _read_missing_tiles(

@@ -49,7 +49,7 @@ def allow_large_images(max_pixels: int | None) -> Iterator[None]:
     """Raise Pillow's decompression-bomb limit for the duration of the block only.
 
     Pillow refuses images above ``Image.MAX_IMAGE_PIXELS`` (about 179 MP by default) to protect
-    against decompression bombs; histovl never changes that globally (RELIABILITY.md). A user who
+    against decompression bombs; histovl never changes that globally (docs/reliability.md). A user who
     trusts a bigger plain image opens it inside this context, which restores the old value on
     exit, also after an error. Not thread-safe: the limit is a process-wide Pillow setting.
 
