@@ -4,8 +4,8 @@ Nothing here imports histovl: every check reads `src/histovl` as text or parses 
 a rule broken by a module that fails to import is still reported, and the checks take well under
 a second.
 
-- Every document a source file names (``docs/interfaces.md``, ``README.md``) exists in this
-  repository, so a reader of the code can follow the reference.
+- Every document a source file (package, benchmarks, scripts) names (``docs/interfaces.md``,
+  ``README.md``) exists in this repository, so a reader of the code can follow the reference.
 - No import cycle between modules (see `import_graph` for how edges are counted).
 - No function longer than `MAX_FUNCTION_LINES`.
 - Layering: nothing below `histovl.cli` imports it; `histovl.models` imports no pipeline package;
@@ -40,9 +40,14 @@ TEXT_SUFFIXES = {".py", ".yaml", ".yml", ".md", ".txt", ".json", ".toml", ".cfg"
 # ---- reading the source tree --------------------------------------------------------------------
 
 
-def _source_files(suffixes: set[str]) -> list[Path]:
+#: Where document references are checked: the package, and the scripts that ship beside it.
+CITING_ROOTS = (PACKAGE, REPO / "benchmarks", REPO / "scripts")
+
+
+def _source_files(suffixes: set[str], roots: tuple[Path, ...] = (PACKAGE,)) -> list[Path]:
     return sorted(
-        p for p in PACKAGE.rglob("*") if p.is_file() and p.suffix in suffixes and "__pycache__" not in p.parts
+        p for root in roots for p in root.rglob("*")
+        if p.is_file() and p.suffix in suffixes and "__pycache__" not in p.parts
     )
 
 
@@ -278,7 +283,7 @@ def _resolve_document(reference: str, source: Path) -> Path | None:
 
 def test_every_document_the_source_cites_is_in_the_repository() -> None:
     missing = []
-    for path in _source_files(TEXT_SUFFIXES):
+    for path in _source_files(TEXT_SUFFIXES, CITING_ROOTS):
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             for match in MD_REFERENCE.finditer(line):
                 reference = match.group(0)
