@@ -11,21 +11,18 @@ from rich.console import Console
 from rich.table import Table
 
 from histovl.cli.common import (
-    AbsPathsOpt,
-    BatchOpt,
-    CacheOpt,
+    ALL_RUN_OPTIONS,
     DataOpt,
-    DeviceOpt,
-    NBootOpt,
-    NoCacheOpt,
-    OnErrorChoice,
-    OnErrorOpt,
+    OneModelOpt,
     OutOpt,
-    QuietOpt,
-    SeedOpt,
-    TrustOpt,
-    WorkersOpt,
+    print_metrics,
+    print_skipped,
+    with_run_options,
 )
+from histovl.options import RunOptions
+
+#: The summary lines `histovl retrieve` prints.
+RETRIEVAL_KEYS = ("ha@5", "ha@10", "recall@1", "recall@5", "mmv@5", "map@10")
 
 
 class StorageChoice(StrEnum):
@@ -41,115 +38,80 @@ class GroupByChoice(StrEnum):
     none = "none"
 
 
-OneModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec (see `histovl models`).")]
 StorageOpt = Annotated[StorageChoice, typer.Option("--storage", help="flat (exact, float32), flat-f16 (exact, half memory), ivf or hnsw (approximate).")]
 NlistOpt = Annotated[int | None, typer.Option("--nlist", min=1, help="IVF lists [default: 4*sqrt(n)].")]
 NprobeOpt = Annotated[int, typer.Option("--nprobe", min=1, help="IVF lists searched per query.")]
 EfSearchOpt = Annotated[int, typer.Option("--ef-search", min=1, help="HNSW search breadth.")]
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("retrieve")
-    def retrieve_command(
-        model: OneModelOpt,
-        data: DataOpt,
-        out: OutOpt,
-        k: Annotated[list[int] | None, typer.Option("--k", min=1, help="Extra cut-offs to report (1, 5 and 10 always are).")] = None,
-        exclude_same_group: Annotated[bool, typer.Option("--exclude-same-group/--include-same-group", help="Never retrieve images of the query's own group.")] = True,
-        group_by: Annotated[GroupByChoice, typer.Option("--group-by", help="Groups from the data's `group` column, from near-duplicate detection, or none.")] = GroupByChoice.data,
-        storage: StorageOpt = StorageChoice.flat,
-        save_index: Annotated[bool, typer.Option("--save-index", help="Also write the index to OUT/index.")] = False,
-        cache: CacheOpt = None,
-        no_cache: NoCacheOpt = False,
-        batch_size: BatchOpt = 64,
-        workers: WorkersOpt = None,
-        on_error: OnErrorOpt = OnErrorChoice.raise_,
-        device: DeviceOpt = "cpu",
-        trust_checkpoint: TrustOpt = False,
-        allow_absolute_paths: AbsPathsOpt = False,
-        n_boot: NBootOpt = 1000,
-        seed: SeedOpt = 0,
-        quiet: QuietOpt = False,
-    ) -> None:
-        """Leave-one-out image→image retrieval on a labelled set: HA@K, recall@K, mMV@K, mAP@K."""
-        from histovl.retrieval import retrieve
+@with_run_options()
+def retrieve_command(
+    model: OneModelOpt,
+    data: DataOpt,
+    out: OutOpt,
+    options: RunOptions,
+    k: Annotated[list[int] | None, typer.Option("--k", min=1, help="Extra cut-offs to report (1, 5 and 10 always are).")] = None,
+    exclude_same_group: Annotated[bool, typer.Option("--exclude-same-group/--include-same-group", help="Never retrieve images of the query's own group.")] = True,
+    group_by: Annotated[GroupByChoice, typer.Option("--group-by", help="Groups from the data's `group` column, from near-duplicate detection, or none.")] = GroupByChoice.data,
+    storage: StorageOpt = StorageChoice.flat,
+    save_index: Annotated[bool, typer.Option("--save-index", help="Also write the index to OUT/index.")] = False,
+) -> None:
+    """Leave-one-out image→image retrieval on a labelled set: HA@K, recall@K, mMV@K, mAP@K."""
+    from histovl.retrieval import RetrieveConfig, retrieve
 
-        res = retrieve(
-            model, data, out=out, k=tuple(k or (5, 10)), exclude_same_group=exclude_same_group,
-            group_by=group_by.value, storage=storage.value, save_index=save_index, cache=cache,
-            use_cache=not no_cache, batch_size=batch_size, num_workers=workers,
-            on_error=on_error.value, allow_absolute_paths=allow_absolute_paths, device=device,
-            trust_checkpoint=trust_checkpoint, n_boot=n_boot, seed=seed, progress=not quiet,
-        )
-        m = res.metrics
-        con = Console()
-        for key in ("ha@5", "ha@10", "recall@1", "recall@5", "mmv@5", "map@10"):
-            lo, hi = m["ci95"].get(key, [None, None])
-            interval = f"[95% CI {lo:.4f}–{hi:.4f}]" if lo is not None and hi is not None else ""
-            con.print(f"{key:>10}: {m[key]:.4f}  {interval}")
-        if res.skipped:
-            con.print(f"[yellow]skipped {len(res.skipped)} unreadable image(s); listed in run.json[/yellow]")
-        con.print(f"n = {m['n']}; excluded: {m['exclusion']}; report: {out / 'report.html'}")
+    config = RetrieveConfig(
+        k=tuple(k or (5, 10)), exclude_same_group=exclude_same_group, group_by=group_by.value,
+        storage=storage.value, save_index=save_index,
+    )
+    res = retrieve(model, data, out, config, options)
+    print_metrics(res.metrics, RETRIEVAL_KEYS, width=10)
+    print_skipped(res.skipped)
+    typer.echo(f"n = {res.metrics['n']}; excluded: {res.metrics['exclusion']}; report: {out / 'report.html'}")
 
-    index_app = typer.Typer(help="Build a persistent image index and search it by image or text.", no_args_is_help=True)
-    app.add_typer(index_app, name="index")
 
-    @index_app.command("build")
-    def index_build_command(
-        model: OneModelOpt,
-        data: DataOpt,
-        out: Annotated[Path, typer.Option("--out", "-o", help="Index folder.")],
-        storage: StorageOpt = StorageChoice.flat,
-        append: Annotated[bool, typer.Option("--append", help="Add new images to an existing index at OUT.")] = False,
-        nlist: NlistOpt = None,
-        nprobe: NprobeOpt = 16,
-        ef_search: EfSearchOpt = 128,
-        cache: CacheOpt = None,
-        no_cache: NoCacheOpt = False,
-        batch_size: BatchOpt = 64,
-        workers: WorkersOpt = None,
-        on_error: OnErrorOpt = OnErrorChoice.raise_,
-        device: DeviceOpt = "cpu",
-        trust_checkpoint: TrustOpt = False,
-        allow_absolute_paths: AbsPathsOpt = False,
-        quiet: QuietOpt = False,
-    ) -> None:
-        """Encode a data set (through the embedding cache) and save it as an index folder."""
-        from histovl.retrieval import IndexOptions, build_index
+@with_run_options(exclude=("n_boot", "seed"))
+def index_build_command(
+    model: OneModelOpt,
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index folder.")],
+    options: RunOptions,
+    storage: StorageOpt = StorageChoice.flat,
+    append: Annotated[bool, typer.Option("--append", help="Add new images to an existing index at OUT.")] = False,
+    nlist: NlistOpt = None,
+    nprobe: NprobeOpt = 16,
+    ef_search: EfSearchOpt = 128,
+) -> None:
+    """Encode a data set (through the embedding cache) and save it as an index folder."""
+    from histovl.retrieval import IndexBuildConfig, IndexOptions, build_index
 
-        index = build_index(
-            model, data, out, storage=storage.value,
-            options=IndexOptions(nlist=nlist, nprobe=nprobe, ef_search=ef_search), append=append,
-            cache=cache, use_cache=not no_cache, batch_size=batch_size, num_workers=workers,
-            on_error=on_error.value, allow_absolute_paths=allow_absolute_paths, device=device,
-            trust_checkpoint=trust_checkpoint, progress=not quiet,
-        )
-        Console().print(f"index {out}: {len(index)} vectors of {index.dim}-d, storage {index.storage}")
+    config = IndexBuildConfig(
+        storage=storage.value, index_options=IndexOptions(nlist=nlist, nprobe=nprobe, ef_search=ef_search),
+        append=append,
+    )
+    index = build_index(model, data, out, config, options)
+    typer.echo(f"index {out}: {len(index)} vectors of {index.dim}-d, storage {index.storage}")
 
-    @index_app.command("query")
-    def index_query_command(
-        index: Annotated[Path, typer.Option("--index", "-i", help="Index folder (from `histovl index build`).")],
-        image: Annotated[Path | None, typer.Option("--image", help="Find images like this one.")] = None,
-        text: Annotated[str | None, typer.Option("--text", help="Find images matching this description.")] = None,
-        k: Annotated[int, typer.Option("--k", min=1, help="Results to return.")] = 10,
-        model: Annotated[str | None, typer.Option("--model", "-m", help="Model spec [default: the index's model].")] = None,
-        include_self: Annotated[bool, typer.Option("--include-self", help="Keep the query image itself if it is in the index.")] = False,
-        out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the results as CSV.")] = None,
-        device: DeviceOpt = "cpu",
-        trust_checkpoint: TrustOpt = False,
-    ) -> None:
-        """Print (and optionally write) the top-K images with paths and cosine scores."""
-        from histovl.retrieval import query_index
 
-        table = query_index(
-            index, image=image, text=text, k=k, model=model, include_self=include_self, out=out,
-            device=device, trust_checkpoint=trust_checkpoint,
-        )
-        view = Table(title=f"top {k} for {'image ' + str(image) if image else repr(text)}")
-        for col in ("rank", "score", "label", "group", "path"):
-            view.add_column(col)
-        for row in table.itertuples(index=False):
-            view.add_row(str(row.rank), f"{row.score:.4f}", str(row.label or ""), str(row.group or ""), str(row.path))
-        Console().print(view)
-        if out is not None:
-            Console().print(f"written: {out}")
+@with_run_options(exclude=tuple(f for f in ALL_RUN_OPTIONS if f not in ("device", "trust_checkpoint")))
+def index_query_command(
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index folder (from `histovl index build`).")],
+    options: RunOptions,
+    image: Annotated[Path | None, typer.Option("--image", help="Find images like this one.")] = None,
+    text: Annotated[str | None, typer.Option("--text", help="Find images matching this description.")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="Results to return.")] = 10,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model spec [default: the index's model].")] = None,
+    include_self: Annotated[bool, typer.Option("--include-self", help="Keep the query image itself if it is in the index.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the results as CSV.")] = None,
+) -> None:
+    """Print (and optionally write) the top-K images with paths and cosine scores."""
+    from histovl.retrieval import query_index
+
+    table = query_index(index, image=image, text=text, k=k, model=model, include_self=include_self, out=out, options=options)
+    view = Table(title=f"top {k} for {'image ' + str(image) if image else repr(text)}")
+    for col in ("rank", "score", "label", "group", "path"):
+        view.add_column(col)
+    for row in table.itertuples(index=False):
+        view.add_row(str(row.rank), f"{row.score:.4f}", str(row.label or ""), str(row.group or ""), str(row.path))
+    Console().print(view)
+    if out is not None:
+        typer.echo(f"written: {out}")

@@ -8,7 +8,7 @@ Layout::
 The namespace hashes everything that changes an embedding except the image itself: the cache
 format version, the weights identity, the preprocessing, and the image transform (corruption and
 severity). Within a namespace each entry is keyed by the sha256 of the image file's bytes, so a
-renamed file is a hit and an edited file is a miss (RELIABILITY.md, "stale cache").
+renamed file is a hit and an edited file is a miss (docs/reliability.md, "stale cache").
 
 Why shards: each writer appends its own shard files, written atomically (temp + rename), so two
 processes filling one cache never corrupt each other and a killed run loses at most the batch in

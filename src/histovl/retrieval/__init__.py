@@ -16,18 +16,20 @@ from histovl.retrieval.evaluation import (
 )
 from histovl.retrieval.index import IndexFormatError, VectorIndex
 from histovl.retrieval.metrics import ha_at_k, map_at_k, mmv_at_k, recall_at_k
-from histovl.retrieval.query import ModelMismatchError, build_index, query_index
-from histovl.retrieval.run import RetrievalResult, retrieve
+from histovl.retrieval.query import IndexBuildConfig, ModelMismatchError, build_index, query_index
+from histovl.retrieval.run import RetrievalResult, RetrieveConfig, retrieve
 from histovl.retrieval.search import SearchResult, search_excluding
 from histovl.retrieval.storage import IndexOptions, get_storage, list_storage, register_storage
 
 __all__ = [
     "FIXED_METRICS",
+    "IndexBuildConfig",
     "IndexFormatError",
     "IndexOptions",
     "LeaveOneOut",
     "ModelMismatchError",
     "RetrievalResult",
+    "RetrieveConfig",
     "SearchResult",
     "VectorIndex",
     "build_index",

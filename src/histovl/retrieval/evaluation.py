@@ -26,7 +26,7 @@ from histovl.retrieval.search import SearchResult
 from histovl.retrieval.storage import IndexOptions
 
 FIXED_METRICS = ("ha@5", "ha@10", "recall@1", "recall@5", "mmv@5", "map@10")
-"""The keys INTERFACES.md fixes for `histovl retrieve`; always computed."""
+"""The keys docs/interfaces.md fixes for `histovl retrieve`; always computed."""
 
 FAMILIES = ("ha", "recall", "mmv", "map")
 

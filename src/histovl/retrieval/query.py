@@ -8,50 +8,65 @@ model's text tower) as often as needed without re-encoding the collection.
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from histovl._io import atomic_open
-from histovl.embed import EmbeddingCache, encode_images
+from histovl.embed import encode_images
 from histovl.errors import HistovlError
 from histovl.models.encoder import Encoder
+from histovl.options import RunOptions, resolve_options, split_overrides
 from histovl.retrieval.index import METADATA_FILE, VectorIndex
-from histovl.retrieval.run import embedding_cache_key, model_provenance
+from histovl.retrieval.run import embedding_cache_key, encode_records, model_provenance
+from histovl.retrieval.search import SearchResult
 from histovl.retrieval.storage import IndexOptions
+
+#: The columns of a query's result table, in order.
+QUERY_COLUMNS = ["rank", "path", "label", "group", "score"]
 
 
 class ModelMismatchError(HistovlError):
     """The model given for a query is not the one whose embeddings fill the index."""
 
 
+@dataclass(frozen=True)
+class IndexBuildConfig:
+    """How `histovl index build` stores the vectors (the run options are in `RunOptions`).
+
+    Attributes:
+        storage: index storage type (see `histovl.retrieval.storage`); ignored when appending.
+        index_options: tuning of the approximate storage types; ignored when appending.
+        append: add to an existing index at `out` (images whose path is already in it are
+            skipped); the model must be the one the index was built with.
+    """
+
+    storage: str = "flat"
+    index_options: IndexOptions | None = None
+    append: bool = False
+
+
 def build_index(
     model: str | Encoder,
     data: str | os.PathLike[str] | Any,
     out: str | os.PathLike[str],
-    *,
-    storage: str = "flat",
-    options: IndexOptions | None = None,
-    append: bool = False,
-    cache: str | os.PathLike[str] | None = None,
-    use_cache: bool = True,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
-    allow_absolute_paths: bool = False,
-    device: str = "cpu",
-    trust_checkpoint: bool = False,
-    progress: bool = True,
+    config: IndexBuildConfig | None = None,
+    options: RunOptions | None = None,
+    **overrides: Any,
 ) -> VectorIndex:
-    """Encode a data set and save it as an index folder.
+    """Encode a data set (through the embedding cache) and save it as an index folder.
 
     Args:
+        model: a model spec (see `histovl models`) or a loaded `Encoder`.
+        data: a class folder, a CSV manifest or an `ImageSet` (labels and groups optional).
         out: the index folder.
-        append: add to an existing index at `out` (images whose path is already in it are
-            skipped); the model must be the one the index was built with.
-        storage / options: see `histovl.retrieval.storage` (ignored when appending).
+        config: storage and append (`IndexBuildConfig`).
+        options: the shared run options (cache, batch size, workers, on_error, device, ...).
+        overrides: fields of either, as keywords (``append=True``, ``use_cache=False``).
 
     Example:
         >>> idx = build_index("histovl-lite", "tiles/", "runs/lung-index")  # doctest: +SKIP
@@ -61,28 +76,33 @@ def build_index(
     from histovl.data import load_image_set
     from histovl.models import load_model
 
-    image_set: Any = data if hasattr(data, "records") else load_image_set(data, allow_absolute_paths=allow_absolute_paths)
-    encoder = model if isinstance(model, Encoder) else load_model(str(model), device=device, trust_checkpoint=trust_checkpoint)
+    if isinstance(options, IndexOptions):  # the spelling before RunOptions took `options=`
+        warnings.warn("build_index(options=IndexOptions(...)) is deprecated; use index_options=",
+                      DeprecationWarning, stacklevel=2)
+        overrides, options = {**overrides, "index_options": options}, None
+    cfg, opts = split_overrides(overrides, config, IndexBuildConfig, options)
+    image_set = load_image_set(data, allow_absolute_paths=opts.allow_absolute_paths)
+    encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
     folder = Path(out)
-    if append and (folder / METADATA_FILE).exists():
-        index = VectorIndex.open(folder)
-        check_same_model(index, encoder)
-    else:
-        index = VectorIndex(encoder.card.embed_dim, storage=storage, options=options,
-                            model=model_provenance(encoder, model), cache_key=embedding_cache_key(encoder))
+    index = _open_or_create(folder, encoder, model, cfg)
     known = set(index.records["path"])
-    records = [r for r in image_set.records if str(r.path) not in known]
-    res = encode_images(
-        encoder, [str(r.path) for r in records], cache=EmbeddingCache(cache) if use_cache else None,
-        batch_size=batch_size, num_workers=num_workers, on_error=on_error, progress=progress,
-    )
-    kept = [r for r, ok in zip(records, res.ok, strict=True) if ok]
+    encoded = encode_records(encoder, [r for r in image_set.records if str(r.path) not in known], opts)
     index.add(
-        res.embeddings, [str(r.path) for r in kept],
-        labels=[r.label for r in kept], groups=[r.group for r in kept],
+        encoded.embeddings, [str(r.path) for r in encoded.records],
+        labels=[r.label for r in encoded.records], groups=[r.group for r in encoded.records],
     )
     index.save(folder)
     return index
+
+
+def _open_or_create(folder: Path, encoder: Encoder, spec: str | Encoder, cfg: IndexBuildConfig) -> VectorIndex:
+    """The index at `folder` when appending to one (same model), else a new empty one."""
+    if cfg.append and (folder / METADATA_FILE).exists():
+        index = VectorIndex.open(folder)
+        check_same_model(index, encoder)
+        return index
+    return VectorIndex(encoder.card.embed_dim, storage=cfg.storage, options=cfg.index_options,
+                       model=model_provenance(encoder, spec), cache_key=embedding_cache_key(encoder))
 
 
 def check_same_model(index: VectorIndex, encoder: Encoder) -> None:
@@ -105,36 +125,50 @@ def query_index(
     model: str | Encoder | None = None,
     include_self: bool = False,
     out: str | os.PathLike[str] | None = None,
-    device: str = "cpu",
-    trust_checkpoint: bool = False,
+    options: RunOptions | None = None,
+    **overrides: Any,
 ) -> pd.DataFrame:
     """The top-k images for one image or one text, as a table (rank, path, label, group, score).
 
     Args:
         index: an index folder or an open `VectorIndex`.
         image / text: exactly one of them.
+        k: how many results.
         model: defaults to the model the index was built with (its stored spec).
         include_self: keep the query image itself in the results when it is in the index.
         out: also write the table as CSV here (atomically).
+        options: the run options a query uses: ``device`` and ``trust_checkpoint`` (also as
+            keywords). The query image is encoded without the cache.
 
     Example:
         >>> query_index("runs/lung-index", text="lung adenocarcinoma", k=5)  # doctest: +SKIP
     """
     if (image is None) == (text is None):
         raise ValueError("give exactly one of an image (--image) or a text (--text) to query with")
+    opts = resolve_options(options, **overrides)
     idx = index if isinstance(index, VectorIndex) else VectorIndex.open(index)
-    encoder = _query_model(idx, model, device=device, trust_checkpoint=trust_checkpoint)
-    exclude = np.array([-1])
+    encoder = _query_model(idx, model, opts)
     if text is not None:
-        vector = encoder.encode_text([text]).detach().cpu().numpy().astype(np.float32)
+        vector, exclude = encoder.encode_text([text]).detach().cpu().numpy().astype(np.float32), -1
     else:
-        res = encode_images(encoder, [str(image)], cache=None, num_workers=0, progress=False)
-        vector = res.embeddings
-        if not include_self:
-            target = str(Path(str(image)).resolve())
-            same = [i for i, p in enumerate(idx.records["path"]) if str(Path(p).resolve()) == target]
-            exclude = np.array([same[0] if same else -1])
-    result = idx.search(vector, k, exclude_ids=exclude)
+        vector = encode_images(encoder, [str(image)], cache=None, num_workers=0, progress=False).embeddings
+        exclude = -1 if include_self else _position(idx, Path(str(image)))
+    table = results_table(idx, idx.search(vector, k, exclude_ids=np.array([exclude])))
+    if out is not None:
+        with atomic_open(out, "w", encoding="utf-8", newline="") as fh:
+            table.to_csv(fh, index=False)
+    return table
+
+
+def _position(idx: VectorIndex, image: Path) -> int:
+    """Where `image` sits in the index (by resolved path), or -1."""
+    target = str(image.resolve())
+    same = [i for i, p in enumerate(idx.records["path"]) if str(Path(p).resolve()) == target]
+    return same[0] if same else -1
+
+
+def results_table(idx: VectorIndex, result: SearchResult) -> pd.DataFrame:
+    """The first query's hits as rows of `QUERY_COLUMNS` (padding ids of -1 dropped)."""
     rows = [
         {
             "rank": j + 1,
@@ -146,22 +180,17 @@ def query_index(
         for j, i in enumerate(result.ids[0].tolist())
         if i >= 0
     ]
-    table = pd.DataFrame(rows, columns=["rank", "path", "label", "group", "score"])
-    if out is not None:
-        with atomic_open(out, "w", encoding="utf-8", newline="") as fh:
-            table.to_csv(fh, index=False)
-    return table
+    return pd.DataFrame(rows, columns=QUERY_COLUMNS)
 
 
-def _query_model(idx: VectorIndex, model: str | Encoder | None, *, device: str, trust_checkpoint: bool) -> Encoder:
+def _query_model(idx: VectorIndex, model: str | Encoder | None, opts: RunOptions) -> Encoder:
+    """The given model, or the one the index records; refused unless it made the index."""
     from histovl.models import load_model
 
-    if isinstance(model, Encoder):
-        encoder = model
-    else:
-        spec = model or idx.model.get("spec")
-        if not spec:
+    if model is None:
+        model = idx.model.get("spec")
+        if not model:
             raise ValueError("the index does not record its model; pass --model")
-        encoder = load_model(str(spec), device=device, trust_checkpoint=trust_checkpoint)
+    encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
     check_same_model(idx, encoder)
     return encoder

@@ -2,6 +2,10 @@
 
 files → data → embed (cache) → index → search (minus self and group) → metrics + CIs
       → metrics.json, predictions.csv, run.json, report.html (with a gallery)
+
+The run is named steps: `labelled_images` (inputs checked before any model work),
+`encode_records` (through the cache; unreadable images skipped or raised), `_rank` (index and
+leave-one-out search), `_score` (metrics with CIs) and `_write` (the output folder).
 """
 
 from __future__ import annotations
@@ -11,18 +15,51 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pandas as pd
 
-from histovl.embed import EmbeddingCache, encode_images
+from histovl.embed import encode_with_options
 from histovl.models.encoder import Encoder
+from histovl.options import RunOptions, config_record, split_overrides
 from histovl.retrieval.evaluation import LeaveOneOut, leave_one_out, metric_ks, retrieval_metrics
 from histovl.retrieval.storage import IndexOptions
+
+if TYPE_CHECKING:
+    from histovl.data import ImageSet
 
 log = logging.getLogger(__name__)
 
 GroupBy = Literal["data", "near-duplicates", "none"]
+
+
+@dataclass(frozen=True)
+class RetrieveConfig:
+    """What `histovl retrieve` computes (the run options are in `RunOptions`).
+
+    Attributes:
+        k: cut-offs to report besides the fixed ones (1, 5, 10).
+        exclude_same_group: a query never retrieves images of its own group (patient, slide,
+            source image): near-duplicates would otherwise make retrieval look far better.
+        group_by: where groups come from: the data's ``group`` column, ``near-duplicates``
+            (`histovl.data.near_duplicates`, for augmented sets such as LC25000), or ``none``.
+        storage: index storage type (``flat`` exact float32; ``flat-f16``; ``ivf``; ``hnsw``).
+        index_options: tuning of the approximate storage types (`IndexOptions`).
+        save_index: also write the index to ``out/index`` (reusable by `histovl index query`).
+        n_gallery: queries shown with their results in the report.
+    """
+
+    k: tuple[int, ...] = (5, 10)
+    exclude_same_group: bool = True
+    group_by: GroupBy = "data"
+    storage: str = "flat"
+    index_options: IndexOptions | None = None
+    save_index: bool = False
+    n_gallery: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "k", tuple(int(x) for x in self.k))
 
 
 @dataclass
@@ -34,6 +71,26 @@ class RetrievalResult:
     out: Path | None
     search: LeaveOneOut
     skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class EncodedRecords:
+    """The records whose image could be read, their embeddings (same order), and the rest."""
+
+    records: list[Any]
+    embeddings: np.ndarray
+    skipped: list[dict[str, str]]
+
+
+@dataclass
+class _Ranked:
+    """The leave-one-out search and what it was run on."""
+
+    paths: list[str]
+    labels: list[str]
+    groups: list[str | None] | None
+    ks: list[int]
+    search: LeaveOneOut
 
 
 def resolve_groups(paths: Sequence[str], data_groups: Sequence[str | None], group_by: GroupBy, *, workers: int | None) -> list[str | None] | None:
@@ -53,27 +110,12 @@ def resolve_groups(paths: Sequence[str], data_groups: Sequence[str | None], grou
 def retrieve(
     model: str | Encoder,
     data: str | os.PathLike[str] | Any,
+    out: str | os.PathLike[str] | None = None,
+    config: RetrieveConfig | None = None,
+    options: RunOptions | None = None,
     *,
-    out: str | os.PathLike[str] | None,
-    k: Sequence[int] = (5, 10),
-    exclude_same_group: bool = True,
-    group_by: GroupBy = "data",
-    storage: str = "flat",
-    index_options: IndexOptions | None = None,
-    save_index: bool = False,
-    cache: str | os.PathLike[str] | None = None,
-    use_cache: bool = True,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
-    allow_absolute_paths: bool = False,
-    device: str = "cpu",
-    trust_checkpoint: bool = False,
-    n_boot: int = 1000,
-    seed: int = 0,
-    n_gallery: int = 8,
-    progress: bool = True,
     command: str = "histovl retrieve",
+    **overrides: Any,
 ) -> RetrievalResult:
     """Query every labelled image against all the others and score the rankings.
 
@@ -81,95 +123,118 @@ def retrieve(
         model: a model spec (see `histovl models`) or a loaded `Encoder`.
         data: a class folder, a CSV manifest (optional `group` column) or an `ImageSet`.
         out: output folder; None computes without writing.
-        k: cut-offs to report besides the fixed ones (1, 5, 10).
-        exclude_same_group: a query never retrieves images of its own group (patient, slide,
-            source image): near-duplicates would otherwise make retrieval look far better.
-        group_by: where groups come from: the data's ``group`` column, ``near-duplicates``
-            (`histovl.data.near_duplicates`, for augmented sets such as LC25000), or ``none``.
-        storage: index storage type (``flat`` exact float32; ``flat-f16``; ``ivf``; ``hnsw``).
-        save_index: also write the index to ``out/index`` (reusable by `histovl index query`).
-        n_boot: bootstrap resamples for ``ci95`` (whole groups when groups exist).
-        n_gallery: queries shown with their results in the report.
+        config: what to compute (`RetrieveConfig`).
+        options: the shared run options (cache, batch size, on_error, n_boot — whole groups are
+            resampled when groups exist —, seed, ...).
+        overrides: fields of either, as keywords (``n_boot=0``, ``group_by="none"``).
 
     Example:
         >>> r = retrieve("histovl-lite", "tiles/", out="runs/retrieval")  # doctest: +SKIP
         >>> r.metrics["ha@5"], r.metrics["ci95"]["ha@5"]  # doctest: +SKIP
     """
-    from histovl.data import load_image_set
     from histovl.models import load_model
     from histovl.reproducibility import seed_everything
 
-    seed_everything(seed)
-    image_set: Any = data if hasattr(data, "records") else load_image_set(data, allow_absolute_paths=allow_absolute_paths)
+    cfg, opts = split_overrides(overrides, config, RetrieveConfig, options)
+    seed_everything(opts.seed)
+    image_set = labelled_images(data, opts)
+    encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
+    encoded = encode_records(encoder, image_set.records, opts)
+    if len(encoded.records) < 2:
+        raise ValueError(f"only {len(encoded.records)} of {len(image_set)} images could be read; retrieval needs at least two")
+    ranked = _rank(encoded, cfg, opts)
+    ranked.search.index.model = model_provenance(encoder, model)
+    ranked.search.index.cache_key = embedding_cache_key(encoder)
+    metrics = _score(ranked, cfg, opts, n_skipped=len(encoded.skipped))
+
+    from histovl.retrieval.outputs import retrieval_predictions_frame
+
+    preds = retrieval_predictions_frame(
+        ranked.paths, ranked.labels, ranked.search.result, class_names=sorted(set(ranked.labels)),
+        groups=ranked.groups, root=image_set.root,
+    )
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        _write(out_dir, command, metrics, preds, ranked, encoder, image_set, encoded.skipped, cfg, opts)
+    return RetrievalResult(metrics, preds, out_dir, ranked.search, encoded.skipped)
+
+
+def labelled_images(data: Any, opts: RunOptions) -> ImageSet:
+    """The image set, checked to hold one label per image (before any model work)."""
+    from histovl.data import load_image_set
+
+    image_set = load_image_set(data, allow_absolute_paths=opts.allow_absolute_paths)
     if image_set.multilabel:
         raise ValueError(f"{image_set.source} is multi-label; retrieval evaluation needs one `label` per image")
     if not image_set.has_labels:
         raise ValueError(f"{image_set.source} has no labels; give class folders or a `label` column")
-    encoder = model if isinstance(model, Encoder) else load_model(str(model), device=device, trust_checkpoint=trust_checkpoint)
-    store = EmbeddingCache(cache) if use_cache else None
-    all_paths = [str(p) for p in image_set.paths]
-    res = encode_images(
-        encoder, all_paths, cache=store, batch_size=batch_size, num_workers=num_workers,
-        on_error=on_error, progress=progress, seed=seed,
-    )
-    skipped = [f.to_dict() for f in res.failures]
-    records = [r for r, ok in zip(image_set.records, res.ok, strict=True) if ok]
-    if len(records) < 2:
-        raise ValueError(f"only {len(records)} of {len(all_paths)} images could be read; retrieval needs at least two")
-    paths = [str(r.path) for r in records]
-    labels = [str(r.label) for r in records]
-    groups = resolve_groups(paths, [r.group for r in records], group_by, workers=num_workers)
-    if exclude_same_group and groups is None:
+    return image_set
+
+
+def encode_records(encoder: Encoder, records: Sequence[Any], opts: RunOptions) -> EncodedRecords:
+    """Encode the records' images through the cache; keep the readable ones (``on_error``)."""
+    res = encode_with_options(encoder, [str(r.path) for r in records], opts)
+    kept = [r for r, ok in zip(records, res.ok, strict=True) if ok]
+    return EncodedRecords(kept, res.embeddings, [f.to_dict() for f in res.failures])
+
+
+def _rank(encoded: EncodedRecords, cfg: RetrieveConfig, opts: RunOptions) -> _Ranked:
+    """Groups, then the index and every image's leave-one-out top-k."""
+    paths = [str(r.path) for r in encoded.records]
+    labels = [str(r.label) for r in encoded.records]
+    groups = resolve_groups(paths, [r.group for r in encoded.records], cfg.group_by, workers=opts.workers)
+    if cfg.exclude_same_group and groups is None:
         log.warning("no groups (patient/slide/source image): only each query itself is excluded")
-    ks = metric_ks(k)
+    ks = metric_ks(cfg.k)
     search = leave_one_out(
-        res.embeddings, paths, labels, groups, k=max(ks), exclude_same_group=exclude_same_group,
-        storage=storage, options=index_options,
+        encoded.embeddings, paths, labels, groups, k=max(ks), exclude_same_group=cfg.exclude_same_group,
+        storage=cfg.storage, options=cfg.index_options,
     )
-    search.index.model = model_provenance(encoder, model)
-    search.index.cache_key = embedding_cache_key(encoder)
+    return _Ranked(paths, labels, groups, ks, search)
+
+
+def _score(ranked: _Ranked, cfg: RetrieveConfig, opts: RunOptions, *, n_skipped: int) -> dict[str, Any]:
+    """HA@K, recall@K, mMV@K, mAP@K with bootstrap CIs, and how the run excluded neighbours."""
+    labels, groups, search = ranked.labels, ranked.groups, ranked.search
     retrieved = [[labels[i] if i >= 0 else None for i in row] for row in search.result.ids.tolist()]
-    excluding = exclude_same_group and groups is not None
     metrics = retrieval_metrics(
-        retrieved, labels, search.n_relevant, ks=ks, groups=groups, n_boot=n_boot, seed=seed,
+        retrieved, labels, search.n_relevant, ks=ranked.ks, groups=groups, n_boot=opts.n_boot, seed=opts.seed,
     )
     metrics["exclusion"] = (
-        f"each query and every image of its group ({group_by} groups, {len(set(groups or []))} groups)"
-        if excluding else "each query itself"
+        f"each query and every image of its group ({cfg.group_by} groups, {len(set(groups or []))} groups)"
+        if cfg.exclude_same_group and groups is not None else "each query itself"
     )
-    metrics["storage"] = storage
+    metrics["storage"] = cfg.storage
     metrics["exact_search"] = search.index.exact
-    metrics["n_skipped"] = len(skipped)
+    metrics["n_skipped"] = n_skipped
+    return metrics
 
-    from histovl.retrieval.outputs import build_retrieval_report, retrieval_predictions_frame
 
-    class_names = sorted(set(labels))
-    preds = retrieval_predictions_frame(
-        paths, labels, search.result, class_names=class_names, groups=groups, root=image_set.root
+def _write(
+    out_dir: Path, command: str, metrics: dict[str, Any], preds: pd.DataFrame, ranked: _Ranked, encoder: Encoder,
+    image_set: ImageSet, skipped: list[dict[str, str]], cfg: RetrieveConfig, opts: RunOptions,
+) -> None:
+    """metrics.json, predictions.csv, run.json, report.html (and the index with ``save_index``)."""
+    from histovl.reports import build_run_record, write_evaluation_outputs
+    from histovl.retrieval.outputs import build_retrieval_report
+
+    config = {
+        **config_record(cfg), **opts.record(),
+        "k": list(ranked.ks), "index_options": (cfg.index_options or IndexOptions()).to_dict(),
+        "data": str(image_set.source),
+    }
+    record = build_run_record(
+        command=command, config=config, models=[encoder.card], prompt_set=None, seed=opts.seed,
+        inputs=[str(p) for p in image_set.paths], skipped=skipped,
+        extra={"weights_id": encoder.weights_id, "cache_key": ranked.search.index.cache_key},
     )
-    out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        from histovl.reports import build_run_record, write_evaluation_outputs
-
-        config = {
-            "k": list(ks), "exclude_same_group": exclude_same_group, "group_by": group_by,
-            "storage": storage, "index_options": (index_options or IndexOptions()).to_dict(),
-            "batch_size": batch_size, "on_error": on_error, "n_boot": n_boot, "device": device,
-            "data": str(image_set.source), "cache": str(store.root) if store else None,
-        }
-        record = build_run_record(
-            command=command, config=config, models=[encoder.card], prompt_set=None, seed=seed,
-            inputs=all_paths, skipped=skipped,
-            extra={"weights_id": encoder.weights_id, "cache_key": search.index.cache_key},
-        )
-        report = build_retrieval_report(
-            metrics, paths=paths, labels=labels, result=search.result, run_record=record,
-            subtitle=f"{encoder.card.name} on {image_set.source}", n_gallery=n_gallery, seed=seed,
-        )
-        write_evaluation_outputs(out_dir, metrics=metrics, predictions=preds, run_record=record, report=report)
-        if save_index:
-            search.index.save(out_dir / "index")
-    return RetrievalResult(metrics, preds, out_dir, search, skipped)
+    report = build_retrieval_report(
+        metrics, paths=ranked.paths, labels=ranked.labels, result=ranked.search.result, run_record=record,
+        subtitle=f"{encoder.card.name} on {image_set.source}", n_gallery=cfg.n_gallery, seed=opts.seed,
+    )
+    write_evaluation_outputs(out_dir, metrics=metrics, predictions=preds, run_record=record, report=report)
+    if cfg.save_index:
+        ranked.search.index.save(out_dir / "index")
 
 
 def model_provenance(encoder: Encoder, spec: str | Encoder) -> dict[str, Any]:
@@ -185,4 +250,3 @@ def embedding_cache_key(encoder: Encoder) -> str:
     from histovl.embed.cache import namespace_key
 
     return namespace_key(weights_id=encoder.weights_id, preprocessing=encoder.card.preprocessing_key())
-

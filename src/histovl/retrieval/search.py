@@ -1,7 +1,7 @@
 """Batched top-K search that excludes the query itself and, optionally, its whole group.
 
 FAISS cannot exclude a different set per query in one batched call, and single-query calls take
-its slow path (PERFORMANCE.md: 1 query over 1e6 vectors costs 150 ms; 1,000 queries 6 s). So each
+its slow path (docs/performance.md: 1 query over 1e6 vectors costs 150 ms; 1,000 queries 6 s). So each
 batch asks FAISS for ``K + extra + 1`` results, where ``extra`` is the most items any query of
 the batch may lose (its group's size, plus itself), then filters. At most ``extra`` candidates
 of a query are removed, so at least K + 1 remain: for an exact index the result equals brute
