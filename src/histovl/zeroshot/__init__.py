@@ -1,11 +1,15 @@
 """Zero-shot classification: text classifiers, single-label prediction, multi-label, fusion."""
 
-from histovl.zeroshot.ablation import AblationResult, ablate_fusion
+from histovl.zeroshot.ablation import AblationResult, FusionAblationConfig, ablate_fusion
 from histovl.zeroshot.classifier import TextClassifier, build_text_classifier, encode_prompts
+from histovl.zeroshot.multilabel.pipeline import MultilabelConfig, MultilabelResult
 from histovl.zeroshot.single_label import ZeroshotConfig, ZeroShotResult, zeroshot
 
 __all__ = [
     "AblationResult",
+    "FusionAblationConfig",
+    "MultilabelConfig",
+    "MultilabelResult",
     "TextClassifier",
     "ZeroShotResult",
     "ZeroshotConfig",

@@ -1,4 +1,4 @@
-"""Scoring one encoder for fusion, and the HistoAlign-style ablation over encoder combinations."""
+"""Scoring several encoders on the same images for fusion, and the HistoAlign-style ablation rows."""
 
 from __future__ import annotations
 
@@ -7,17 +7,15 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from histovl.embed import EmbeddingCache, encode_images
-from histovl.embed.engine import OnError
 from histovl.models.encoder import Encoder
+from histovl.options import RunOptions
 from histovl.zeroshot.classifier import PromptSetLike, build_text_classifier, encode_prompts
 from histovl.zeroshot.fusion import EncoderScores, fuse, many_to_many_scores, softmax
+from histovl.zeroshot.steps import encode_with_options, no_image_read
 from histovl.zeroshot.views import DEFAULT_VIEWS, make_view
 
 
@@ -36,62 +34,101 @@ def encoder_identity(enc: Encoder) -> str:
     return f"{enc.weights_id}:{enc.card.preprocessing_key()}"
 
 
-def score_encoder(
-    enc: Encoder,
+def _score_encoder(
+    enc: Encoder, paths: Sequence[str | os.PathLike[str]], prompt_set: PromptSetLike, view_names: list[str],
+    aggregator: str | None, opts: RunOptions, cost: FusionCost,
+) -> tuple[EncoderScores, np.ndarray, dict[str, np.ndarray]]:
+    """Encode the views of every image and score them against `prompt_set` (many-to-many too
+    unless `aggregator` is None).
+
+    Returns:
+        (scores over the readable images, ok mask over `paths`, per-view embeddings [n_ok, D]).
+    """
+    t0 = time.perf_counter()
+    ok, emb = _encode_views(enc, paths, view_names, opts, cost)
+    clf = build_text_classifier(enc, prompt_set)
+    logits = clf.logits(emb["identity"])
+    m2m = None
+    if aggregator is not None:
+        per_class = [[t.replace("{}", d) for d in prompt_set.classes[c] for t in prompt_set.templates] for c in clf.class_names]
+        prompt_emb = [encode_prompts(enc, ps) for ps in per_class]
+        cost.prompts_encoded += len({p for ps in per_class for p in ps})
+        m2m = clf.logit_scale * many_to_many_scores([emb[v] for v in view_names], prompt_emb, aggregator)
+    cost.seconds[enc.card.name] = cost.seconds.get(enc.card.name, 0.0) + time.perf_counter() - t0
+    return EncoderScores(enc.card.name, logits, m2m, encoder_identity(enc)), ok, emb
+
+
+def _encode_views(
+    enc: Encoder, paths: Sequence[str | os.PathLike[str]], view_names: list[str], opts: RunOptions, cost: FusionCost
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each view of every image, cache first; returns (read in every view, per-view embeddings of those)."""
+    ok = np.ones(len(paths), dtype=bool)
+    full: dict[str, np.ndarray] = {}
+    for v in view_names:
+        res = encode_with_options(enc, paths, opts, transform=make_view(v))
+        arr = np.zeros((len(paths), res.embeddings.shape[1]), np.float32)
+        arr[res.ok] = res.embeddings
+        full[v] = arr
+        ok &= res.ok
+        cost.image_passes += 1
+        cost.images_encoded += res.n_encoded
+        cost.images_from_cache += res.n_cached
+    return ok, {v: full[v][ok] for v in view_names}
+
+
+@dataclass
+class AlignedScores:
+    """Several encoders scored on the images every one of them could read."""
+
+    scores: list[EncoderScores]
+    """One per encoder, in order, over the common images."""
+    ok: np.ndarray
+    """Mask over the input paths: read by every encoder."""
+    identity: list[np.ndarray]
+    """Per encoder, the identity-view embeddings of the common images."""
+
+    def skipped(self, paths: Sequence[str | os.PathLike[str]]) -> dict[str, str]:
+        """``{path: reason}`` for every input left out."""
+        return {str(p): "unreadable (skipped)" for p, good in zip(paths, self.ok, strict=True) if not good}
+
+
+def score_encoders(
+    encoders: Sequence[Encoder],
     paths: Sequence[str | os.PathLike[str]],
     prompt_set: PromptSetLike,
     *,
     views: Sequence[str] = DEFAULT_VIEWS,
     aggregator: str = "mean",
     many_to_many: bool = True,
-    cache: EmbeddingCache | None = None,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    on_error: OnError = "raise",
-    progress: bool = True,
-    seed: int = 0,
+    options: RunOptions | None = None,
     cost: FusionCost | None = None,
-) -> tuple[EncoderScores, np.ndarray, dict[str, np.ndarray]]:
-    """Encode the views of every image and score them against `prompt_set`.
+) -> AlignedScores:
+    """Score each encoder on its views of every image (`views` and `aggregator` act with
+    `many_to_many`; the identity view is always encoded), then cut every encoder's scores to the
+    images all of them could read. `options` gives the encoding's cache, batch size, workers,
+    on_error, progress and seed; `cost` collects passes, prompts and seconds.
 
-    Returns:
-        (scores over the readable images, ok mask over `paths`, per-view embeddings [n_ok, D]).
+    Raises:
+        ValueError: no image could be read by every encoder.
     """
-    t0 = time.perf_counter()
+    opts = options if options is not None else RunOptions()
     view_names = list(views) if many_to_many else ["identity"]
     if "identity" not in view_names:
         view_names = ["identity", *view_names]
-    emb: dict[str, np.ndarray] = {}
-    ok = np.ones(len(paths), dtype=bool)
-    full: dict[str, np.ndarray] = {}
-    for v in view_names:
-        res = encode_images(
-            enc, paths, cache=cache, transform=make_view(v), batch_size=batch_size,
-            num_workers=num_workers, on_error=on_error, progress=progress, seed=seed,
-        )
-        arr = np.zeros((len(paths), res.embeddings.shape[1]), np.float32)
-        arr[res.ok] = res.embeddings
-        full[v] = arr
-        ok &= res.ok
-        if cost is not None:
-            cost.image_passes += 1
-            cost.images_encoded += res.n_encoded
-            cost.images_from_cache += res.n_cached
-    for v in view_names:
-        emb[v] = full[v][ok]
-
-    clf = build_text_classifier(enc, prompt_set)
-    logits = clf.logits(emb["identity"])
-    m2m = None
-    if many_to_many:
-        per_class = [[t.replace("{}", d) for d in prompt_set.classes[c] for t in prompt_set.templates] for c in clf.class_names]
-        prompt_emb = [encode_prompts(enc, ps) for ps in per_class]
-        if cost is not None:
-            cost.prompts_encoded += len({p for ps in per_class for p in ps})
-        m2m = clf.logit_scale * many_to_many_scores([emb[v] for v in view_names], prompt_emb, aggregator)
-    if cost is not None:
-        cost.seconds[enc.card.name] = cost.seconds.get(enc.card.name, 0.0) + time.perf_counter() - t0
-    return EncoderScores(enc.card.name, logits, m2m, encoder_identity(enc)), ok, emb
+    m2m_aggregator = aggregator if many_to_many else None
+    spent = cost if cost is not None else FusionCost()
+    scored = [_score_encoder(e, paths, prompt_set, view_names, m2m_aggregator, opts, spent) for e in encoders]
+    ok = np.logical_and.reduce([ok_e for _, ok_e, _ in scored])
+    if not ok.any():
+        raise no_image_read(len(paths))
+    scores, identity = [], []
+    for s, ok_e, emb in scored:
+        keep = ok[ok_e]
+        s.logits = s.logits[keep]
+        s.m2m_logits = s.m2m_logits[keep] if s.m2m_logits is not None else None
+        scores.append(s)
+        identity.append(emb["identity"][keep])
+    return AlignedScores(scores, ok, identity)
 
 
 def one_prompt_logits(enc: Encoder, prompt_set: PromptSetLike, image_emb: np.ndarray, scale: float) -> np.ndarray:
@@ -139,7 +176,3 @@ def ablation_rows(
             rows.append(("all encoders", "many-to-many fusion (m2m)", fuse("m2m", scores)))
     return rows
 
-
-def run_config(**kwargs: Any) -> dict[str, Any]:
-    """JSON-ready copy of a config dict (paths as strings)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}

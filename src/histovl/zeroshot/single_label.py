@@ -5,7 +5,8 @@ files → data (validated) → embed (cache) → text classifier (memoised) → 
 
 The run is four named steps: `_prepare` (every input checked before any model work), `_score_one`
 or `_score_fused` (encode and score), `_evaluate` (metrics and the predictions table), and the
-writer in `histovl.zeroshot.outputs`.
+writer in `histovl.zeroshot.outputs`. The steps `ablate_fusion` and `multilabel` share with it are
+in `histovl.zeroshot.steps`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histovl.embed import cache_for, encode_images
 from histovl.models.encoder import Encoder
 from histovl.options import RunOptions, config_record, split_overrides
 from histovl.reports import predictions_frame
 from histovl.reproducibility import seed_everything
 from histovl.zeroshot.classifier import Aggregate, TextClassifier, build_text_classifier
+from histovl.zeroshot.steps import (
+    classification_metrics_for,
+    encode_with_options,
+    kept_records,
+    load_encoders,
+    load_labelled_inputs,
+    no_image_read,
+)
 from histovl.zeroshot.views import DEFAULT_VIEWS
 
 
@@ -108,11 +116,9 @@ def zeroshot(
     cfg, opts = split_overrides(overrides, config, ZeroshotConfig, options)
     seed_everything(opts.seed)
     prompt_set, image_set, class_names, models = _prepare(model, data, prompts, cfg, opts)
-    from histovl.models import load_model
-
-    encoders = [load_model(m, device=opts.device, trust_checkpoint=opts.trust_checkpoint) for m in models]
+    encoders = load_encoders(models, opts)
     scores = (_score_one if len(encoders) == 1 else _score_fused)(encoders, image_set.paths, prompt_set, cfg, opts)
-    records = [r for r, keep in zip(image_set.records, scores.ok, strict=True) if keep]
+    records = kept_records(image_set, scores.ok)
     metrics, preds = _evaluate(records, scores.probs, class_names, image_set.root, opts)
     skipped_list = [{"path": p, "reason": r} for p, r in scores.skipped.items()]
     metrics["n_skipped"] = len(skipped_list)
@@ -134,18 +140,9 @@ def _prepare(
     model: Any, data: Any, prompts: Any, cfg: ZeroshotConfig, opts: RunOptions
 ) -> tuple[Any, Any, list[str], list[Any]]:
     """Load and check every input before any model work, so a typo costs nothing."""
-    from histovl.data import load_image_set, validate_labels
-    from histovl.prompts import load_prompt_set
-
-    prompt_set = load_prompt_set(prompts)
-    image_set = load_image_set(data, allow_absolute_paths=opts.allow_absolute_paths)
-    if image_set.multilabel:
-        raise ValueError(
-            f"{image_set.source} holds multi-label data (a `labels` column); "
-            "use `histovl multilabel` for it, or give a `label` column for single-label zero-shot"
-        )
-    class_names = list(prompt_set.classes)
-    validate_labels(image_set, class_names, allow_missing_classes=cfg.allow_missing_classes)
+    prompt_set, image_set, class_names = load_labelled_inputs(
+        data, prompts, opts, allow_missing_classes=cfg.allow_missing_classes
+    )
     models = list(model) if isinstance(model, list | tuple) else [model]
     if len(models) > 1 and cfg.fusion is None:
         raise ValueError("several models were given: choose how to combine them with --fusion (e.g. mean-prob)")
@@ -156,19 +153,12 @@ def _prepare(
     return prompt_set, image_set, class_names, models
 
 
-def _no_image_read(n: int) -> ValueError:
-    return ValueError(f"no image of {n} could be read; see the skipped list for reasons")
-
-
 def _score_one(encoders: list[Encoder], paths: list[str], prompt_set: Any, cfg: ZeroshotConfig, opts: RunOptions) -> _Scores:
     """One model: encode (cache first) and score with its text classifier."""
     enc = encoders[0]
-    res = encode_images(
-        enc, paths, cache=cache_for(opts), batch_size=opts.batch_size, num_workers=opts.workers,
-        on_error=opts.on_error, progress=opts.progress, seed=opts.seed,
-    )
+    res = encode_with_options(enc, paths, opts)
     if not res.ok.any():
-        raise _no_image_read(len(paths))
+        raise no_image_read(len(paths))
     clf = build_text_classifier(enc, prompt_set, cfg.aggregate)
     return _Scores(
         probs=clf.probabilities(res.embeddings), ok=res.ok, classifiers=[clf],
@@ -180,46 +170,24 @@ def _score_one(encoders: list[Encoder], paths: list[str], prompt_set: Any, cfg: 
 def _score_fused(encoders: list[Encoder], paths: list[str], prompt_set: Any, cfg: ZeroshotConfig, opts: RunOptions) -> _Scores:
     """Several models: score each on the images all of them could read, then fuse."""
     from histovl.zeroshot.fusion import NEEDS_M2M, fuse
-    from histovl.zeroshot.multi_encoder import FusionCost, score_encoder
+    from histovl.zeroshot.multi_encoder import FusionCost, score_encoders
 
     cost = FusionCost()
-    store = cache_for(opts)
-    scores, oks, classifiers = [], [], []
-    for enc in encoders:
-        s, ok_e, _ = score_encoder(
-            enc, paths, prompt_set, views=cfg.views, aggregator=cfg.m2m_aggregator,
-            many_to_many=(cfg.fusion or "") in NEEDS_M2M, cache=store, batch_size=opts.batch_size,
-            num_workers=opts.workers, on_error=opts.on_error, progress=opts.progress, seed=opts.seed, cost=cost,
-        )
-        scores.append(s)
-        oks.append(ok_e)
-        classifiers.append(build_text_classifier(enc, prompt_set))
-    ok = np.logical_and.reduce(oks)
-    for ok_e, s in zip(oks, scores, strict=True):  # align every encoder on the common images
-        keep = ok[ok_e]
-        s.logits = s.logits[keep]
-        s.m2m_logits = s.m2m_logits[keep] if s.m2m_logits is not None else None
-    if not ok.any():
-        raise _no_image_read(len(paths))
-    skipped = {str(p): "unreadable (skipped)" for p, good in zip(paths, ok, strict=True) if not good}
-    probs = fuse(cfg.fusion or "", scores, list(cfg.fusion_weights) if cfg.fusion_weights is not None else None)
-    return _Scores(probs=probs, ok=ok, classifiers=classifiers, skipped=skipped, fusion_cost=cost)
+    aligned = score_encoders(
+        encoders, paths, prompt_set, views=cfg.views, aggregator=cfg.m2m_aggregator,
+        many_to_many=(cfg.fusion or "") in NEEDS_M2M, options=opts, cost=cost,
+    )
+    classifiers = [build_text_classifier(enc, prompt_set) for enc in encoders]
+    weights = list(cfg.fusion_weights) if cfg.fusion_weights is not None else None
+    probs = fuse(cfg.fusion or "", aligned.scores, weights)
+    return _Scores(probs=probs, ok=aligned.ok, classifiers=classifiers, skipped=aligned.skipped(paths), fusion_cost=cost)
 
 
 def _evaluate(
     records: list[Any], probs: np.ndarray, class_names: list[str], root: Any, opts: RunOptions
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Metrics with grouped bootstrap CIs, and the per-image predictions table."""
-    from histovl.metrics import classification_metrics
-
-    index = {c: i for i, c in enumerate(class_names)}
-    y_true = np.array([index[str(r.label)] for r in records])
-    groups = [r.group for r in records]
-    metrics = classification_metrics(
-        y_true, probs, class_names,
-        groups=np.array(groups, dtype=object) if any(g is not None for g in groups) else None,
-        n_boot=opts.n_boot, seed=opts.seed,
-    )
+    metrics = classification_metrics_for(records, probs, class_names, opts)
     preds = predictions_frame([r.path for r in records], [str(r.label) for r in records], probs, class_names, root=root)
     return metrics, preds
 

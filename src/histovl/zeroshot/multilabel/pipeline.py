@@ -2,6 +2,10 @@
 
 files -> data (multi-label manifest, validated) -> embed (cache) -> text classifier (memoised)
       -> strategy -> metrics with CIs -> metrics.json, predictions.csv, run.json, report.html
+
+The run is the zero-shot steps (`histovl.zeroshot.steps`) with a strategy in the middle:
+`_prepare` (every input checked before any model work), `_encode_and_decide` (encode, then
+`run_strategy`), `evaluate_multilabel`, and `write_multilabel_outputs`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import numpy as np
 import pandas as pd
 
 from histovl.data.records import ImageSet
+from histovl.embed import EmbeddingResult
 from histovl.models.encoder import Encoder
+from histovl.options import RunOptions, config_record, split_overrides
+from histovl.reproducibility import seed_everything
 from histovl.zeroshot.multilabel.outputs import (
     evaluate_multilabel,
     require_multilabel,
@@ -31,9 +38,38 @@ from histovl.zeroshot.multilabel.strategies import (
     powerset_decision,
     topk_decision,
 )
+from histovl.zeroshot.steps import (
+    encode_with_options,
+    kept_records,
+    load_encoders,
+    load_labelled_inputs,
+)
 
 Strategy = Literal["baseline", "ovr", "powerset", "topk"]
 STRATEGIES: tuple[str, ...] = ("baseline", "ovr", "powerset", "topk")
+
+
+def _check_strategy_name(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+@dataclass(frozen=True)
+class MultilabelConfig:
+    """What `histovl multilabel` computes (the run options are in `RunOptions`).
+
+    Attributes:
+        strategy: ``baseline``, ``ovr``, ``powerset`` or ``topk`` (see `strategies`).
+        force_powerset: allow power-set prompting beyond 16 labels.
+        allow_missing_classes: allow prompt-set classes with no images.
+    """
+
+    strategy: Strategy = "baseline"
+    force_powerset: bool = False
+    allow_missing_classes: bool = False
+
+    def __post_init__(self) -> None:
+        _check_strategy_name(self.strategy)
 
 
 @dataclass
@@ -46,6 +82,8 @@ class MultilabelResult:
     predictions: pd.DataFrame | None
     out: Path | None
     timing_s: dict[str, float] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    """``{"path", "reason"}`` per unreadable image left out (``on_error="skip"``)."""
 
 
 def check_strategy_inputs(strategy: str, prompt_set: Any, *, force_powerset: bool = False) -> None:
@@ -55,8 +93,7 @@ def check_strategy_inputs(strategy: str, prompt_set: Any, *, force_powerset: boo
         ValueError: unknown strategy, or ``ovr``/``powerset``/``topk`` without a `negative` prompt.
         HistovlError: ``powerset`` with more than 16 labels and no `force_powerset`.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    _check_strategy_name(strategy)
     if strategy == "baseline":
         return
     if not prompt_set.negative:
@@ -102,21 +139,9 @@ def multilabel(
     data: str | os.PathLike[str] | Any,
     prompts: str | os.PathLike[str] | Any,
     out: str | os.PathLike[str] | None = None,
-    *,
-    strategy: Strategy = "baseline",
-    force_powerset: bool = False,
-    cache: str | os.PathLike[str] | None = None,
-    use_cache: bool = True,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
-    allow_missing_classes: bool = False,
-    allow_absolute_paths: bool = False,
-    device: str = "cpu",
-    trust_checkpoint: bool = False,
-    n_boot: int = 1000,
-    seed: int = 0,
-    progress: bool = True,
+    config: MultilabelConfig | None = None,
+    options: RunOptions | None = None,
+    **overrides: Any,
 ) -> MultilabelResult:
     """Zero-shot multi-label classification with one of HistoCLIP's strategies.
 
@@ -126,55 +151,59 @@ def multilabel(
         prompts: prompt-set name, YAML path or `PromptSet`; ``ovr``, ``powerset`` and ``topk``
             need its ``negative`` prompt.
         out: output folder; None computes without writing.
-        strategy: ``baseline``, ``ovr``, ``powerset`` or ``topk`` (see `strategies`).
-        force_powerset: allow power-set prompting beyond 16 labels.
+        config: what to compute (`MultilabelConfig`: strategy, force_powerset, ...).
+        options: the shared run options (cache, batch size, on_error, n_boot, seed, ...).
+        overrides: fields of either, as keywords (``strategy="topk"``, ``n_boot=0``).
 
     Example:
         >>> r = multilabel("histovl-lite", "mosaics/test.csv", "lung-he-v1", "runs/ml", strategy="topk")  # doctest: +SKIP
         >>> r.metrics["macc"]  # doctest: +SKIP
     """
-    from histovl.data import load_image_set, validate_labels
-    from histovl.embed import EmbeddingCache, encode_images
-    from histovl.models import load_model
-    from histovl.prompts import load_prompt_set
-    from histovl.reproducibility import seed_everything
-
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    seed_everything(seed)
-    prompt_set = prompts if hasattr(prompts, "classes") else load_prompt_set(prompts)
-    image_set: ImageSet = data if isinstance(data, ImageSet) else load_image_set(data, allow_absolute_paths=allow_absolute_paths)
-    require_multilabel(image_set)
-    class_names = list(prompt_set.classes)
-    validate_labels(image_set, class_names, allow_missing_classes=allow_missing_classes)
-    check_strategy_inputs(strategy, prompt_set, force_powerset=force_powerset)  # before any encoding
-    encoder = model if isinstance(model, Encoder) else load_model(str(model), device=device, trust_checkpoint=trust_checkpoint)
-
+    cfg, opts = split_overrides(overrides, config, MultilabelConfig, options)
+    seed_everything(opts.seed)
+    prompt_set, image_set, class_names = _prepare(data, prompts, cfg, opts)
+    encoder = load_encoders([model], opts)[0]
+    timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    res = encode_images(
-        encoder, image_set.paths, cache=EmbeddingCache(cache) if use_cache else None, batch_size=batch_size,
-        num_workers=num_workers, on_error=on_error, progress=progress, seed=seed,
-    )
-    t1 = time.perf_counter()
-    memo = TextEmbeddingMemo(encoder)
-    decision = run_strategy(strategy, res.embeddings, encoder, prompt_set, force_powerset=force_powerset, memo=memo)
-    t2 = time.perf_counter()
-    records = [r for r, ok in zip(image_set.records, res.ok, strict=True) if ok]
-    metrics = evaluate_multilabel(records, decision.scores, class_names, n_boot=n_boot, seed=seed)
-    timing = {"embed": round(t1 - t0, 3), "strategy": round(t2 - t1, 3), "total": round(time.perf_counter() - t0, 3)}
+    res, decision, memo = _encode_and_decide(encoder, image_set, prompt_set, cfg, opts, timing)
+    records = kept_records(image_set, res.ok)
+    metrics = evaluate_multilabel(records, decision.scores, class_names, n_boot=opts.n_boot, seed=opts.seed)
+    timing["total"] = round(time.perf_counter() - t0, 3)
     skipped = [{"path": str(f.path), "reason": f.reason} for f in res.failures]
     metrics["n_skipped"] = len(skipped)
     frame = None
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         frame = write_multilabel_outputs(
-            out_dir, title=f"Multi-label zero-shot ({strategy})", command="multilabel", metrics=metrics,
+            out_dir, title=f"Multi-label zero-shot ({cfg.strategy})", command="multilabel", metrics=metrics,
             records=records, root=image_set.root, predictions=decision.predictions, scores=decision.scores,
-            class_names=class_names, models=[encoder.card], prompt_set=prompt_set, seed=seed,
+            class_names=class_names, models=[encoder.card], prompt_set=prompt_set, seed=opts.seed,
             inputs=image_set.paths, skipped=skipped,
-            config={"strategy": strategy, "force_powerset": force_powerset, "batch_size": batch_size,
-                    "on_error": on_error, "n_boot": n_boot, "device": device, "data": str(image_set.source)},
+            config={**config_record(cfg), **opts.record(), "data": str(image_set.source)},
             extra={"timing_s": timing, "strategy_info": decision.info,
                    "prompts_encoded": memo.n_encoded, "prompts_requested": memo.n_requested},
         )
-    return MultilabelResult(metrics, decision, class_names, frame, out_dir, timing)
+    return MultilabelResult(metrics, decision, class_names, frame, out_dir, timing, skipped)
+
+
+def _prepare(data: Any, prompts: Any, cfg: MultilabelConfig, opts: RunOptions) -> tuple[Any, ImageSet, list[str]]:
+    """Load and check every input, the strategy's needs included, before any model work."""
+    prompt_set, image_set, class_names = load_labelled_inputs(
+        data, prompts, opts, allow_missing_classes=cfg.allow_missing_classes, require=require_multilabel
+    )
+    check_strategy_inputs(cfg.strategy, prompt_set, force_powerset=cfg.force_powerset)
+    return prompt_set, image_set, class_names
+
+
+def _encode_and_decide(
+    encoder: Encoder, image_set: ImageSet, prompt_set: Any, cfg: MultilabelConfig, opts: RunOptions,
+    timing: dict[str, float],
+) -> tuple[EmbeddingResult, MultilabelDecision, TextEmbeddingMemo]:
+    """Encode the images (cache first), then apply the strategy; seconds of each go in `timing`."""
+    t0 = time.perf_counter()
+    res = encode_with_options(encoder, image_set.paths, opts)
+    t1 = time.perf_counter()
+    memo = TextEmbeddingMemo(encoder)
+    decision = run_strategy(cfg.strategy, res.embeddings, encoder, prompt_set, force_powerset=cfg.force_powerset, memo=memo)
+    timing["embed"], timing["strategy"] = round(t1 - t0, 3), round(time.perf_counter() - t1, 3)
+    return res, decision, memo
