@@ -377,6 +377,18 @@ def run_on_shards(fn: Callable[[], R]) -> list[R]:
     return all_gather_object(result)
 
 
+def run_on_blocks(n: int, fn: Callable[[int, int], R]) -> list[R]:
+    """`run_on_shards` over `n` items: each rank runs ``fn(start, stop)`` on its own contiguous
+    block (`shard_bounds`), and the results come back in rank order, i.e. in item order.
+    One process: ``[fn(0, n)]``."""
+
+    def mine() -> R:
+        ctx = current_context()
+        return fn(*shard_bounds(n, ctx.rank, ctx.world_size))
+
+    return run_on_shards(mine)
+
+
 def all_gather_rows_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, slice]:
     """`all_gather_with_grad` for shards of different sizes (even empty ones).
 

@@ -38,11 +38,9 @@ from histovl.distributed import (
     all_gather_object,
     all_gather_with_grad,
     barrier,
-    current_context,
     distributed_job,
     gradient_sync,
-    run_on_shards,
-    shard_bounds,
+    run_on_blocks,
     shard_indices,
     wrap_ddp,
 )
@@ -358,14 +356,10 @@ def _feature_pass(
         found = unreadable_images(paths[start:stop], encoder.preprocess, batch_size=opts.batch_size, num_workers=workers)
         return {start + i: r for i, r in found.items()}
 
-    def check_mine() -> dict[int, str]:
-        ctx = current_context()
-        return check(*shard_bounds(len(paths), ctx.rank, ctx.world_size))
-
     if not all_ranks:
         return None, check(0, len(paths)), 0
     failures = {}
-    for part in run_on_shards(check_mine):
+    for part in run_on_blocks(len(paths), check):
         failures.update(part)
     return None, failures, 0
 
