@@ -24,6 +24,7 @@ from histovl.distributed import (
     all_gather_rows_with_grad,
     all_reduce_sum,
     current_context,
+    rank_device,
     wrap_ddp,
 )
 from histovl.errors import HistovlError, NonFiniteError
@@ -120,7 +121,7 @@ class CMMHead:
         if queries.shape[1] != x.shape[-1]:
             raise ValueError(f"class embeddings have {queries.shape[1]} dims, features {x.shape[-1]}")
         ctx = current_context()  # a torchrun job (process group up) trains data-parallel
-        device = str(ctx.device) if ctx.backend == "nccl" else self.device  # one GPU per rank
+        device = rank_device(ctx, self.device)
         torch.manual_seed(self.random_state)
         module = CrossModalMatching(
             queries, n_heads=self.n_heads, ffn_dim=self.ffn_dim, dropout=self.dropout, kv_mode=self.kv_mode

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from histovl.embed.engine import encode_batch_with_backoff
 from histovl.errors import HistovlError, ImageReadError, NonFiniteError
 from histovl.models.encoder import Encoder
+from histovl.options import OnError
 
 TokenSource = Literal["auto", "patch", "crops"]
 
@@ -115,7 +116,7 @@ def encode_image_tokens(
     source: TokenSource = "auto",
     grid: int = 2,
     batch_size: int = 32,
-    on_error: Literal["raise", "skip"] = "raise",
+    on_error: OnError = "raise",
     allow_empty: bool = False,
 ) -> tuple[torch.Tensor, list[bool], list[tuple[str, str]]]:
     """Decode, preprocess and tokenise images: (tokens [n_ok, T, D], ok mask, failures).
