@@ -3,6 +3,7 @@
 Example:
     >>> from histovl.stainalign import stainalign_fit
     >>> metrics = stainalign_fit("pairs.csv", "runs/ki67", model="histovl-lite")  # doctest: +SKIP
+    >>> stainalign_eval("runs/ki67", "new_pairs.csv", "runs/ki67-eval")  # doctest: +SKIP
 """
 
 from histovl.stainalign.bags import (
@@ -22,7 +23,12 @@ from histovl.stainalign.evaluate import (
 )
 from histovl.stainalign.mil import GatedAttentionPool, pad_bags, symmetric_contrastive_loss
 from histovl.stainalign.model import HistoStainAlign, StainAlignParams
-from histovl.stainalign.run import stainalign_eval, stainalign_fit, write_heatmaps
+from histovl.stainalign.run import (
+    StainAlignFitConfig,
+    stainalign_eval,
+    stainalign_fit,
+    write_heatmaps,
+)
 
 __all__ = [
     "CrossValidationResult",
@@ -30,6 +36,7 @@ __all__ = [
     "HistoStainAlign",
     "SlideBag",
     "SlideTiles",
+    "StainAlignFitConfig",
     "StainAlignParams",
     "build_bag",
     "build_deepliif_pairs",

@@ -11,7 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ from PIL import Image
 
 from histovl.data.paths import UnsafePathError, is_inside
 from histovl.errors import HistovlError
+from histovl.options import OnError
 from histovl.slides.pipeline import tile_slide
 from histovl.slides.reader import (
     TileFolderReader,
@@ -151,7 +152,7 @@ def embed_bags(
     *,
     cache: EmbeddingCache | None = None,
     batch_size: int = 64,
-    on_error: Literal["raise", "skip"] = "raise",
+    on_error: OnError = "raise",
 ) -> list[SlideBag]:
     """Encode the tiles of all `slides` in one engine call (full batches, one cache namespace).
 

@@ -9,14 +9,14 @@ groups) are computed once on all out-of-fold predictions with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from histovl.stainalign.model import HistoStainAlign
+from histovl.stainalign.model import HistoStainAlign, StainAlignParams
 
 
 @dataclass
@@ -45,13 +45,14 @@ def cross_validate(
     labels: Sequence[str],
     groups: Sequence[str],
     *,
-    params: dict[str, Any] | None = None,
+    params: StainAlignParams | Mapping[str, Any] | None = None,
     n_splits: int = 5,
     seed: int = 0,
 ) -> CrossValidationResult:
     """Out-of-fold probabilities of the aligned model and the baseline on identical folds.
 
-    Each fold trains both models from the same `random_state`; prediction uses H&E bags only.
+    Each fold trains both models from the same `random_state` (``seed + fold``; `params`' own
+    ``align`` and ``random_state`` are replaced); prediction uses H&E bags only.
     """
     classes = sorted(set(map(str, labels)))
     folds = grouped_folds(labels, groups, n_splits, seed)
@@ -65,7 +66,7 @@ def cross_validate(
                 "use fewer folds (--cv-folds) or more groups per class"
             )
         for name, align in (("aligned", True), ("baseline", False)):
-            model = HistoStainAlign(**{**(params or {}), "align": align, "random_state": seed + f})
+            model = HistoStainAlign.from_params(params, align=align, random_state=seed + f)
             model.fit([he_bags[i] for i in train], [ihc_bags[i] for i in train] if align else None, train_labels)
             p = model.predict_proba([he_bags[i] for i in test])
             cols = np.array([classes.index(c) for c in model.classes_])

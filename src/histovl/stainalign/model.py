@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,27 +51,52 @@ from histovl.errors import NonFiniteError
 from histovl.stainalign.mil import GatedAttentionPool, pad_bags, symmetric_contrastive_loss
 
 FORMAT_VERSION = 1
+META_FILE = "stainalign.json"
 
 
 @dataclass(frozen=True)
 class StainAlignParams:
-    """Hyper-parameters (all of `HistoStainAlign.__init__`)."""
+    """Hyper-parameters (all of `HistoStainAlign.__init__`; defaults as in docs/stainalign.md)."""
 
     align: bool = True
+    """False is the paper's baseline: classification loss only, the IHC branch unused."""
     hidden_dim: int = 128
+    """Width of the attention-MIL pooling (per stain)."""
     attention_dim: int = 64
     projection_dim: int = 64
+    """Dimension of the shared, L2-normalised H&E/IHC slide space."""
     temperature: float = 0.1
+    """Of the symmetric InfoNCE alignment loss."""
     align_weight: float = 1.0
     dropout: float = 0.1
+    """In the attention-MIL pooling while training."""
     epochs: int = 60
     batch_size: int = 16
+    """Paired slides per training step (the global batch under torchrun)."""
     lr: float = 1e-3
     weight_decay: float = 1e-4
     max_tiles: int = 512
+    """Tiles sampled per bag and step when a bag is larger."""
     class_weight: str | None = "balanced"
     num_threads: int | None = 1
+    """torch threads while training and predicting (None: leave as is; see `torch_threads`)."""
     random_state: int = 0
+
+    @classmethod
+    def coerce(cls, params: StainAlignParams | Mapping[str, Any] | None, **changes: Any) -> StainAlignParams:
+        """`params` (a `StainAlignParams`, a partial mapping of its fields, or None for the
+        defaults) with `changes` applied; an unknown name is a `TypeError` naming it."""
+        base = asdict(params) if isinstance(params, StainAlignParams) else dict(params or {})
+        merged = {**base, **changes}
+        unknown = set(merged) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown HistoStainAlign parameter(s): {sorted(unknown)}")
+        return cls(**merged)
+
+
+def is_model_folder(path: str | os.PathLike[str]) -> bool:
+    """True for a folder written by `HistoStainAlign.save` (``histovl stainalign fit``'s output)."""
+    return (Path(path) / META_FILE).is_file()
 
 
 class _Network(nn.Module):
@@ -139,6 +164,18 @@ def _as_bags(bags: Sequence[np.ndarray], what: str, dim: int | None = None) -> l
     return out
 
 
+@dataclass
+class _TrainingData:
+    """What `HistoStainAlign.fit` trains on: checked bags, class indices and class weights."""
+
+    he: list[torch.Tensor]
+    ihc: list[torch.Tensor] | None
+    target: torch.Tensor
+    weight: torch.Tensor | None
+    classes: list[str]
+    dim: int
+
+
 class HistoStainAlign:
     """Attention-MIL H&E→IHC status classifier with (or, as baseline, without) stain alignment.
 
@@ -149,78 +186,49 @@ class HistoStainAlign:
     """
 
     def __init__(self, **params: Any) -> None:
-        unknown = set(params) - set(StainAlignParams.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown HistoStainAlign parameter(s): {sorted(unknown)}")
-        self.params = StainAlignParams(**params)
+        self.params = StainAlignParams.coerce(params)
+
+    @classmethod
+    def from_params(cls, params: StainAlignParams | Mapping[str, Any] | None = None, **changes: Any) -> HistoStainAlign:
+        """An unfitted model from `params` (typed, a partial mapping, or None) with `changes` applied."""
+        return cls(**asdict(StainAlignParams.coerce(params, **changes)))
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return asdict(self.params)
 
     def set_params(self, **params: Any) -> HistoStainAlign:
-        self.params = StainAlignParams(**{**asdict(self.params), **params})
+        self.params = StainAlignParams.coerce(self.params, **params)
         return self
 
     # ---- training -----------------------------------------------------------------------------
     def fit(self, he_bags: Sequence[np.ndarray], ihc_bags: Sequence[np.ndarray] | None, y: Sequence[str]) -> HistoStainAlign:
         """Train on paired bags (`ihc_bags` may be None only when ``align=False``)."""
         p = self.params
-        labels = [str(v) for v in y]
-        if len(labels) != len(he_bags):
-            raise ValueError(f"{len(he_bags)} H&E bags but {len(labels)} labels")
-        classes = sorted(set(labels))
-        if len(classes) < 2:
-            raise ValueError(f"need at least two classes to train a status classifier, got {classes}")
-        he = _as_bags(he_bags, "H&E")
-        dim = int(he[0].shape[1])
-        he = _as_bags(he_bags, "H&E", dim)
-        ihc: list[torch.Tensor] | None = None
-        if p.align:
-            if ihc_bags is None or len(ihc_bags) != len(he):
-                raise ValueError("alignment needs one IHC bag per H&E bag (pass align=False for the baseline)")
-            ihc = _as_bags(ihc_bags, "IHC", dim)
-        target = torch.tensor([classes.index(v) for v in labels])
-        counts = torch.bincount(target, minlength=len(classes)).float()
-        weight = (counts.sum() / (len(classes) * counts.clamp(min=1))) if p.class_weight == "balanced" else None
-
+        data = self._training_data(he_bags, ihc_bags, y)
+        n = len(data.he)
         ctx = current_context()  # inside a torchrun job (process group up): data-parallel
         with torch.random.fork_rng(devices=[]), torch_threads(p.num_threads):
             torch.manual_seed(p.random_state)
             gen = torch.Generator().manual_seed(p.random_state)
-            net = _Network(dim, len(classes), p)
+            net = _Network(data.dim, len(data.classes), p)
             trainer: nn.Module = net
             if ctx.is_distributed:
                 net.to(ctx.device)  # the CPU under gloo, this rank's GPU under nccl
                 # DDP broadcasts rank 0's weights and averages gradients; the baseline never uses
                 # the IHC branch, so DDP must not wait for its gradients
-                trainer = wrap_ddp(ForwardThrough(net, net.branches), find_unused_parameters=ihc is None)
+                trainer = wrap_ddp(ForwardThrough(net, net.branches), find_unused_parameters=data.ihc is None)
                 torch.manual_seed(p.random_state + ctx.rank)  # independent dropout masks per rank
             opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
             history: list[dict[str, float]] = []
             steps: list[dict[str, float]] = []
-            n = len(he)
             for epoch in range(p.epochs):
                 net.train()
-                order = torch.randperm(n, generator=gen).tolist()
-                batches = [order[s : s + p.batch_size] for s in range(0, n, p.batch_size)]
-                if len(batches) > 1 and len(batches[-1]) < 2:  # InfoNCE needs >= 2 pairs
-                    batches[-2].extend(batches.pop())
                 sums = {"loss": 0.0, "cls": 0.0, "align": 0.0}
-                for idx in batches:
+                for idx in self._batches(n, gen):
                     if ctx.is_distributed:
-                        loss, logged = self._distributed_step(trainer, he, ihc, target, weight, idx, gen, ctx)
+                        loss, logged = self._distributed_step(trainer, data, idx, gen, ctx)
                     else:
-                        he_x, he_m = pad_bags([self._sample(he[i], gen) for i in idx])
-                        e_he, _ = net.he_embed(he_x, he_m)
-                        cls_loss = F.cross_entropy(net.classifier(e_he), target[idx], weight=weight)
-                        loss = cls_loss
-                        align_loss = torch.zeros(())
-                        if ihc is not None and len(idx) >= 2:
-                            ihc_x, ihc_m = pad_bags([self._sample(ihc[i], gen) for i in idx])
-                            align_loss = symmetric_contrastive_loss(e_he, net.ihc_embed(ihc_x, ihc_m), p.temperature)
-                            loss = loss + p.align_weight * align_loss
-                        logged = {"loss": float(loss.detach()), "cls": float(cls_loss.detach()),
-                                  "align": float(align_loss.detach())}
+                        loss, logged = self._local_step(net, data, idx, gen)
                     if not np.isfinite(logged["loss"]):
                         raise NonFiniteError(f"HistoStainAlign loss became NaN/Inf at epoch {epoch}; lower --lr")
                     opt.zero_grad()
@@ -230,25 +238,59 @@ class HistoStainAlign:
                         sums[key] += val * len(idx) / n
                     steps.append({"epoch": float(epoch), **logged})
                 history.append({"epoch": float(epoch), **sums})
-        net.cpu()
-        net.eval()
-        self.network_ = net
-        self.classes_ = classes
-        self.n_features_in_ = dim
-        self.history_ = history
-        self.step_history_ = steps
+        self.network_ = net.cpu().eval()
+        self.classes_, self.n_features_in_ = data.classes, data.dim
+        self.history_, self.step_history_ = history, steps
         return self
 
+    def _training_data(
+        self, he_bags: Sequence[np.ndarray], ihc_bags: Sequence[np.ndarray] | None, y: Sequence[str]
+    ) -> _TrainingData:
+        """The bags as tensors (checked), class indices and class weights."""
+        labels = [str(v) for v in y]
+        if len(labels) != len(he_bags):
+            raise ValueError(f"{len(he_bags)} H&E bags but {len(labels)} labels")
+        classes = sorted(set(labels))
+        if len(classes) < 2:
+            raise ValueError(f"need at least two classes to train a status classifier, got {classes}")
+        dim = int(_as_bags(he_bags[:1], "H&E")[0].shape[1])
+        he = _as_bags(he_bags, "H&E", dim)
+        ihc: list[torch.Tensor] | None = None
+        if self.params.align:
+            if ihc_bags is None or len(ihc_bags) != len(he):
+                raise ValueError("alignment needs one IHC bag per H&E bag (pass align=False for the baseline)")
+            ihc = _as_bags(ihc_bags, "IHC", dim)
+        target = torch.tensor([classes.index(v) for v in labels])
+        counts = torch.bincount(target, minlength=len(classes)).float()
+        weight = (counts.sum() / (len(classes) * counts.clamp(min=1))) if self.params.class_weight == "balanced" else None
+        return _TrainingData(he, ihc, target, weight, classes, dim)
+
+    def _batches(self, n: int, gen: torch.Generator) -> list[list[int]]:
+        """This epoch's batches of pair indices (a last batch of one joins the one before)."""
+        order = torch.randperm(n, generator=gen).tolist()
+        batches = [order[s : s + self.params.batch_size] for s in range(0, n, self.params.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < 2:  # InfoNCE needs >= 2 pairs
+            batches[-2].extend(batches.pop())
+        return batches
+
+    def _local_step(
+        self, net: _Network, data: _TrainingData, idx: list[int], gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """One process: the batch's loss to back-propagate and the logged losses."""
+        p = self.params
+        he_x, he_m = pad_bags([self._sample(data.he[i], gen) for i in idx])
+        e_he, _ = net.he_embed(he_x, he_m)
+        cls_loss = F.cross_entropy(net.classifier(e_he), data.target[idx], weight=data.weight)
+        loss = cls_loss
+        align_loss = torch.zeros(())
+        if data.ihc is not None and len(idx) >= 2:
+            ihc_x, ihc_m = pad_bags([self._sample(data.ihc[i], gen) for i in idx])
+            align_loss = symmetric_contrastive_loss(e_he, net.ihc_embed(ihc_x, ihc_m), p.temperature)
+            loss = loss + p.align_weight * align_loss
+        return loss, {"loss": float(loss.detach()), "cls": float(cls_loss.detach()), "align": float(align_loss.detach())}
+
     def _distributed_step(
-        self,
-        trainer: nn.Module,
-        he: list[torch.Tensor],
-        ihc: list[torch.Tensor] | None,
-        target: torch.Tensor,
-        weight: torch.Tensor | None,
-        idx: list[int],
-        gen: torch.Generator,
-        ctx: DistContext,
+        self, trainer: nn.Module, data: _TrainingData, idx: list[int], gen: torch.Generator, ctx: DistContext
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """This rank's share of the global batch `idx`: (loss to back-propagate, logged losses).
 
@@ -261,14 +303,14 @@ class HistoStainAlign:
         symmetric InfoNCE over the global batch (the scheme of `all_gather_with_grad`).
         """
         p, world, rank = self.params, ctx.world_size, ctx.rank
-        device = ctx.device
+        device, he, ihc, target, weight = ctx.device, data.he, data.ihc, data.target, data.weight
         he_all = [self._sample(he[i], gen) for i in idx]
         ihc_all = [self._sample(ihc[i], gen) for i in idx] if ihc is not None and len(idx) >= 2 else None
         local = idx[rank::world]
-        he_x, he_m = _pad_or_empty(he_all[rank::world], he[0].shape[1], device)
+        he_x, he_m = _pad_or_empty(he_all[rank::world], data.dim, device)
         ihc_x = ihc_m = None
         if ihc_all is not None:
-            ihc_x, ihc_m = _pad_or_empty(ihc_all[rank::world], he[0].shape[1], device)
+            ihc_x, ihc_m = _pad_or_empty(ihc_all[rank::world], data.dim, device)
         e_he, logits, e_ihc = trainer(he_x, he_m, ihc_x, ihc_m)  # all parameters used inside DDP's forward
         y = target[local].to(device)
         w = weight.to(device) if weight is not None else None
@@ -338,7 +380,7 @@ class HistoStainAlign:
         with atomic_path(out / "stainalign.safetensors", suffix=".safetensors") as tmp:
             save_file(state, str(tmp))
         atomic_write_json(
-            out / "stainalign.json",
+            out / META_FILE,
             {
                 "format_version": FORMAT_VERSION,
                 "params": asdict(self.params),
@@ -355,7 +397,7 @@ class HistoStainAlign:
     def load(cls, model_dir: str | os.PathLike[str]) -> tuple[HistoStainAlign, dict[str, Any]]:
         """Read a model written by `save`; returns the model and its full JSON record."""
         folder = Path(model_dir)
-        meta_path = folder / "stainalign.json"
+        meta_path = folder / META_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"{folder} is not a stainalign model folder (no stainalign.json); run `histovl stainalign fit` first")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

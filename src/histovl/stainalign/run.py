@@ -4,7 +4,12 @@ fit: pairs CSV → tile embeddings per slide → grouped CV of the aligned model
 no-alignment baseline (metrics with CIs) → both models retrained on all pairs and saved
 (``OUT/`` aligned, ``OUT/baseline/``) with the encoder spec and tile settings they need.
 
-eval: a saved model + pairs CSV → H&E bags only → predictions, metrics with CIs, heatmaps.
+eval: a saved model (the *head*) + pairs CSV → H&E bags only → predictions, metrics with CIs,
+heatmaps.
+
+Both take (inputs, a typed config, `RunOptions`) and run as named steps: `_pair_bags` (tile,
+embed and apply the skip policy), `cross_validate` and the final fits (fit) or the saved models'
+predictions (eval), `_metrics_block`, and the writers.
 
 fit runs unchanged under `torchrun` (docs/scale-out.md): the slides are split over the ranks for
 tiling and embedding (then gathered), every rank runs the same folds and trains each model with
@@ -14,24 +19,19 @@ DDP, and rank 0 alone computes the metrics and writes; every rank returns the sa
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-import torch
 
-from histovl.distributed import (
-    broadcast_object,
-    cleanup_distributed,
-    current_context,
-    init_distributed,
-    run_on_shards,
-    shard_bounds,
-)
+from histovl.distributed import broadcast_object, distributed_job, rank_device, run_on_blocks
+from histovl.embed.cache import EmbeddingCache, cache_for
 from histovl.metrics import classification_metrics
 from histovl.models.encoder import Encoder
+from histovl.options import RunOptions, config_record, resolve_options, split_overrides
 from histovl.reports import build_classification_report, write_evaluation_outputs
 from histovl.reports.run_record import build_run_record
 from histovl.slides.figures import heatmap_image, save_png
@@ -45,20 +45,88 @@ from histovl.stainalign.bags import (
     slide_tiles,
 )
 from histovl.stainalign.evaluate import CrossValidationResult, cross_validate, summarise
-from histovl.stainalign.model import HistoStainAlign
+from histovl.stainalign.model import HistoStainAlign, StainAlignParams, is_model_folder
 
 
-def _encoder(model: str | Encoder, device: str, trust_checkpoint: bool) -> tuple[Encoder, str]:
-    if isinstance(model, Encoder):
-        return model, model.card.name
-    from histovl.models import load_model
+@dataclass(frozen=True)
+class StainAlignFitConfig:
+    """What `histovl stainalign fit` trains and how it is evaluated (run options in `RunOptions`).
 
-    return load_model(model, device=device, trust_checkpoint=trust_checkpoint), str(model)
+    Attributes:
+        spec: how slide files are tiled (folders of tiles are used as they are).
+        slide_mpp: µm per level-0 pixel for slide files that record none.
+        params: the models' hyper-parameters (a partial mapping is completed with the
+            defaults); ``align`` and ``random_state`` are set by the command: aligned model and
+            baseline, trained from `RunOptions.seed`.
+        cv_folds: grouped cross-validation folds.
+    """
+
+    spec: TileSpec = field(default_factory=TileSpec)
+    slide_mpp: float | None = None
+    params: StainAlignParams = field(default_factory=StainAlignParams)
+    cv_folds: int = 5
+
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            object.__setattr__(self, "spec", TileSpec())
+        if not isinstance(self.params, StainAlignParams):
+            object.__setattr__(self, "params", StainAlignParams.coerce(cast(Mapping[str, Any] | None, self.params)))
+
+    def record(self) -> dict[str, Any]:
+        """As run.json's ``config`` holds it (``align`` and ``random_state`` are per model)."""
+        recorded = config_record(self)
+        recorded["params"] = {k: v for k, v in recorded["params"].items() if k not in ("align", "random_state")}
+        return recorded
+
+
+# ---- slides to bags, and what on_error="skip" leaves out ------------------------------------------
+
+
+@dataclass
+class _Skips:
+    """What ``on_error="skip"`` left out: the pairs as read, skipped files, dropped pairs."""
+
+    pairs: pd.DataFrame
+    skipped: list[dict[str, str]]
+    dropped_pairs: list[dict[str, str]]
+
+    def counts(self) -> dict[str, int]:
+        n_tiles = sum(1 for s in self.skipped if "slide" in s)
+        return {"n_skipped": len(self.skipped), "n_skipped_tiles": n_tiles, "n_dropped_pairs": len(self.dropped_pairs)}
+
+
+@dataclass
+class _PairBags:
+    """The pairs kept (readable), the bags of each read column for them, and the skips."""
+
+    pairs: pd.DataFrame
+    bags: dict[str, list[SlideBag]]
+    skips: _Skips
+
+    def embeddings(self, column: str) -> list[np.ndarray]:
+        return [b.embeddings for b in self.bags[column]]
+
+
+def _pair_bags(
+    encoder: Encoder, pairs: pd.DataFrame, work: Path, spec: TileSpec, slide_mpp: float | None, opts: RunOptions,
+    columns: tuple[str, ...],
+) -> _PairBags:
+    """Tile and embed the slides of `columns` (H&E and IHC for fit, H&E for eval), then drop the
+    pairs with an unreadable slide (``skip``; ``raise`` has stopped at the first bad file)."""
+    cache = cache_for(opts)
+    all_bags: dict[str, list[SlideBag | None]] = {}
+    dropped: dict[str, str] = {}
+    for column in columns:
+        all_bags[column], column_dropped = _bags(encoder, list(pairs[column]), work, spec, cache, slide_mpp, opts)
+        dropped.update(column_dropped)
+    keep, skipped, lost = _skip_record(pairs, all_bags, dropped, columns)
+    kept = {c: [cast(SlideBag, all_bags[c][i]) for i in keep] for c in columns}
+    return _PairBags(pairs.iloc[keep].reset_index(drop=True), kept, _Skips(pairs, skipped, lost))
 
 
 def _bags(
-    encoder: Encoder, slides: list[str], work: Path, spec: TileSpec, cache: Any, slide_mpp: float | None,
-    on_error: Literal["raise", "skip"] = "raise",
+    encoder: Encoder, slides: list[str], work: Path, spec: TileSpec, cache: EmbeddingCache | None,
+    slide_mpp: float | None, opts: RunOptions,
 ) -> tuple[list[SlideBag | None], dict[str, str]]:
     """Bags of `slides` and, under ``on_error="skip"``, why each dropped slide was dropped.
 
@@ -74,20 +142,19 @@ def _bags(
     slide that cannot be opened, or none of whose tiles can be read, is dropped.
     """
     unique = list(dict.fromkeys(slides))  # a slide listed twice is embedded once
-    ctx = current_context()
-    start, stop = shard_bounds(len(unique), ctx.rank, ctx.world_size)
-    mine = unique[start:stop]
 
-    def embed_mine() -> list[tuple[SlideBag | None, str]]:
+    def embed_block(start: int, stop: int) -> list[tuple[SlideBag | None, str]]:
+        mine = unique[start:stop]
         tiles, reasons = [], {}
         for slide in mine:
             try:
                 tiles.append(slide_tiles(slide, work, spec, slide_mpp=slide_mpp))
             except Exception as err:
-                if on_error != "skip" or not slide_read_failure(err):
+                if opts.on_error != "skip" or not slide_read_failure(err):
                     raise
                 reasons[slide] = f"slide cannot be read: {err}"
-        embedded = {os.fspath(b.slide): b for b in embed_bags(encoder, tiles, cache=cache, on_error=on_error)} if tiles else {}
+        embedded = {os.fspath(b.slide): b for b in embed_bags(encoder, tiles, cache=cache, batch_size=opts.batch_size,
+                                                              on_error=opts.on_error)} if tiles else {}
         out: list[tuple[SlideBag | None, str]] = []
         for slide in mine:
             bag = embedded.get(os.fspath(Path(slide)))
@@ -97,14 +164,14 @@ def _bags(
                 out.append((bag, reasons.get(slide, "")))
         return out
 
-    gathered = [item for part in run_on_shards(embed_mine) for item in part]
+    gathered = [item for part in run_on_blocks(len(unique), embed_block) for item in part]
     by_slide = dict(zip(unique, gathered, strict=True))
     dropped = {s: reason for s, (_, reason) in by_slide.items() if reason}
     return [by_slide[s][0] for s in slides], dropped
 
 
 def _skip_record(
-    pairs: pd.DataFrame, bags: dict[str, list[SlideBag | None]], dropped: dict[str, str], columns: tuple[str, ...]
+    pairs: pd.DataFrame, bags: Mapping[str, list[SlideBag | None]], dropped: dict[str, str], columns: tuple[str, ...]
 ) -> tuple[list[int], list[dict[str, str]], list[dict[str, str]]]:
     """Pairs to keep, the skipped files (tiles and dropped slides, each once) and the dropped pairs."""
     skipped: list[dict[str, str]] = []
@@ -133,6 +200,9 @@ def _skip_record(
             f"(first: {first}); check the files listed in the pairs CSV"
         )
     return keep, skipped, lost
+
+
+# ---- outputs shared by fit and eval --------------------------------------------------------------
 
 
 def _relative(paths: list[str], root: Path) -> list[str]:
@@ -166,43 +236,45 @@ def write_heatmaps(model: HistoStainAlign, bags: list[SlideBag], out_dir: Path, 
     return written
 
 
-@dataclass
-class _Skips:
-    """What ``on_error="skip"`` left out: the pairs as read, skipped files, dropped pairs."""
-
-    pairs: pd.DataFrame
-    skipped: list[dict[str, str]]
-    dropped_pairs: list[dict[str, str]]
-    on_error: str
-
-    def counts(self) -> dict[str, int]:
-        n_tiles = sum(1 for s in self.skipped if "slide" in s)
-        return {"n_skipped": len(self.skipped), "n_skipped_tiles": n_tiles, "n_dropped_pairs": len(self.dropped_pairs)}
-
-
-def _metrics_block(pairs: pd.DataFrame, classes: list[str], probs: np.ndarray, n_boot: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    full = classification_metrics(list(pairs["label"]), probs, classes, groups=list(pairs["group"]), n_boot=n_boot, seed=seed)
+def _metrics_block(pairs: pd.DataFrame, classes: list[str], probs: np.ndarray, opts: RunOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stainalign summary (`summarise`) and the full metrics, CIs resampling whole groups."""
+    full = classification_metrics(list(pairs["label"]), probs, classes, groups=list(pairs["group"]),
+                                  n_boot=opts.n_boot, seed=opts.seed)
     return summarise(full), full
+
+
+def _write(out: Path, metrics: dict[str, Any], frame: pd.DataFrame, full: dict[str, Any], *, title: str,
+           subtitle: str = "", command: str, config: dict[str, Any], encoder: Encoder, seed: int,
+           inputs: list[str], skips: _Skips) -> None:
+    """metrics.json, predictions.csv, run.json and report.html; skipped files and dropped pairs
+    are listed in run.json (``skipped``, ``extra.dropped_pairs``)."""
+    run_record = build_run_record(command=command, config=config, models=[encoder.card], prompt_set=None, seed=seed,
+                                  inputs=inputs, skipped=skips.skipped, extra={"dropped_pairs": skips.dropped_pairs})
+    report = build_classification_report(title, full, frame, run_record, n_examples=0, subtitle=subtitle)
+    write_evaluation_outputs(out, metrics=metrics, predictions=frame, run_record=run_record, report=report)
+
+
+# ---- fit -----------------------------------------------------------------------------------------
 
 
 def stainalign_fit(
     pairs_csv: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: StainAlignFitConfig | None = None,
+    options: RunOptions | None = None,
     *,
     model: str | Encoder = "histovl-lite",
-    spec: TileSpec | None = None,
-    slide_mpp: float | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    params: dict[str, Any] | None = None,
-    cv_folds: int = 5,
-    n_boot: int = 1000,
-    seed: int = 0,
-    device: str = "cpu",
-    trust_checkpoint: bool = False,
-    allow_absolute_paths: bool = False,
-    on_error: Literal["raise", "skip"] = "raise",
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Cross-validate aligned vs baseline, then train both on all pairs and save them in `out_dir`.
+    """Cross-validate aligned vs baseline, then train both on all pairs and save them in `out`.
+
+    Args:
+        pairs_csv: the pairs CSV (``he_slide``, ``ihc_slide``, ``label``, ``marker``[, ``group``]).
+        out: output folder: the aligned model, ``baseline/``, tiles, heatmaps and the standard outputs.
+        config: what to train (`StainAlignFitConfig`; ``params`` may be a partial mapping).
+        options: the shared run options (cache, on_error, device, n_boot, seed, ...).
+        model: the tile encoder (a spec or a loaded `Encoder`).
+        overrides: fields of either, as keywords (``params={"epochs": 30}``, ``n_boot=0``).
 
     Returns the metrics written to ``metrics.json`` (aligned model's keys at the top level, the
     baseline's under ``baseline``).
@@ -217,54 +289,39 @@ def stainalign_fit(
     Example:
         >>> stainalign_fit("pairs.csv", "runs/ki67", model="histovl-lite", cv_folds=5)  # doctest: +SKIP
     """
-    from histovl.embed import EmbeddingCache
+    from histovl.models import load_model
 
-    owns_group = not torch.distributed.is_initialized()
-    ctx = init_distributed()  # one process unless started by torchrun
-    if ctx.backend == "nccl":
-        device = str(ctx.device)  # one GPU per rank
-    out = Path(out_dir)
-    pairs = read_pairs(pairs_csv, allow_absolute_paths=allow_absolute_paths)
-    spec = spec or TileSpec()
-    encoder, model_spec = _encoder(model, device, trust_checkpoint)
-    cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
-    all_pairs = pairs
-    he_all, he_dropped = _bags(encoder, list(pairs["he_slide"]), out / "tiles", spec, cache, slide_mpp, on_error)
-    ihc_all, ihc_dropped = _bags(encoder, list(pairs["ihc_slide"]), out / "tiles", spec, cache, slide_mpp, on_error)
-    keep, skipped, lost = _skip_record(pairs, {"he_slide": he_all, "ihc_slide": ihc_all}, {**he_dropped, **ihc_dropped},
-                                       ("he_slide", "ihc_slide"))
-    pairs = pairs.iloc[keep].reset_index(drop=True)
-    he = [cast(SlideBag, he_all[i]) for i in keep]
-    ihc = [cast(SlideBag, ihc_all[i]) for i in keep]
-    he_x, ihc_x = [b.embeddings for b in he], [b.embeddings for b in ihc]
-    labels, groups = list(pairs["label"]), list(pairs["group"])
-
-    # every rank runs the same folds (same seed) and trains each model data-parallel
-    cv = cross_validate(he_x, ihc_x, labels, groups, params=params, n_splits=cv_folds, seed=seed)
-    finals = {}
-    for name, align in (("aligned", True), ("baseline", False)):
-        finals[name] = HistoStainAlign(**{**(params or {}), "align": align, "random_state": seed})
-        finals[name].fit(he_x, ihc_x if align else None, labels)
-    metrics: dict[str, Any] = {}
-    if ctx.is_main:  # the models are the same on every rank: rank 0 evaluates and writes
-        metrics = _write_fit_outputs(pairs_csv, pairs, out, cv, finals, he, encoder, model_spec, spec, slide_mpp,
-                                     params, cv_folds, n_boot, seed, ctx.world_size,
-                                     _Skips(all_pairs, skipped, lost, on_error))
-    metrics = broadcast_object(metrics)  # the other ranks wait here for rank 0's outputs
-    if owns_group:
-        cleanup_distributed()
+    cfg, opts = split_overrides(overrides, config, StainAlignFitConfig, options)
+    out_dir = Path(out)
+    with distributed_job() as ctx:
+        opts = opts.replace(device=rank_device(ctx, opts.device))
+        pairs = read_pairs(pairs_csv, allow_absolute_paths=opts.allow_absolute_paths)
+        encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
+        data = _pair_bags(encoder, pairs, out_dir / "tiles", cfg.spec, cfg.slide_mpp, opts, ("he_slide", "ihc_slide"))
+        he_x, ihc_x = data.embeddings("he_slide"), data.embeddings("ihc_slide")
+        labels, groups = list(data.pairs["label"]), list(data.pairs["group"])
+        # every rank runs the same folds (same seed) and trains each model data-parallel
+        cv = cross_validate(he_x, ihc_x, labels, groups, params=cfg.params, n_splits=cfg.cv_folds, seed=opts.seed)
+        finals = {name: HistoStainAlign.from_params(cfg.params, align=align, random_state=opts.seed)
+                  .fit(he_x, ihc_x if align else None, labels)
+                  for name, align in (("aligned", True), ("baseline", False))}
+        metrics: dict[str, Any] = {}
+        if ctx.is_main:  # the models are the same on every rank: rank 0 evaluates and writes
+            spec_name = encoder.card.name if isinstance(model, Encoder) else str(model)
+            metrics = _write_fit_outputs(pairs_csv, out_dir, data, cv, finals, encoder, spec_name, cfg, opts, ctx.world_size)
+        metrics = broadcast_object(metrics)  # the other ranks wait here for rank 0's outputs
     return metrics
 
 
 def _write_fit_outputs(
-    pairs_csv: str | os.PathLike[str], pairs: pd.DataFrame, out: Path, cv: CrossValidationResult,
-    finals: dict[str, HistoStainAlign], he: list[SlideBag], encoder: Encoder, model_spec: str, spec: TileSpec,
-    slide_mpp: float | None, params: dict[str, Any] | None, cv_folds: int, n_boot: int, seed: int, world_size: int,
-    skips: _Skips,
+    pairs_csv: str | os.PathLike[str], out: Path, data: _PairBags, cv: CrossValidationResult,
+    finals: dict[str, HistoStainAlign], encoder: Encoder, model_spec: str, cfg: StainAlignFitConfig,
+    opts: RunOptions, world_size: int,
 ) -> dict[str, Any]:
-    groups = list(pairs["group"])
-    aligned, aligned_full = _metrics_block(pairs, cv.class_names, cv.probabilities["aligned"], n_boot, seed)
-    baseline, baseline_full = _metrics_block(pairs, cv.class_names, cv.probabilities["baseline"], n_boot, seed)
+    """Cross-validated metrics of both models, the saved models, heatmaps and the standard outputs."""
+    pairs = data.pairs
+    aligned, aligned_full = _metrics_block(pairs, cv.class_names, cv.probabilities["aligned"], opts)
+    baseline, baseline_full = _metrics_block(pairs, cv.class_names, cv.probabilities["baseline"], opts)
     metrics = {
         **aligned,
         "model": "aligned",
@@ -272,101 +329,90 @@ def _write_fit_outputs(
         "evaluation": f"grouped {cv.n_splits}-fold cross-validation (out-of-fold predictions, bootstrap over groups)",
         "marker": str(pairs["marker"].iloc[0]),
         "class_names": cv.class_names,
-        "n_groups": len(set(groups)),
+        "n_groups": len(set(pairs["group"])),
         "details": {"aligned": aligned_full, "baseline": baseline_full},
-        **skips.counts(),
+        **data.skips.counts(),
     }
-    record_extra = {
-        "encoder": model_spec, "weights_id": encoder.weights_id, "tile_spec": asdict(spec),
-        "slide_mpp": slide_mpp, "marker": metrics["marker"],
-    }
+    saved = {"encoder": model_spec, "weights_id": encoder.weights_id, "tile_spec": asdict(cfg.spec),
+             "slide_mpp": cfg.slide_mpp, "marker": metrics["marker"]}
     for name, folder in (("aligned", out), ("baseline", out / "baseline")):
-        finals[name].save(folder, extra={**record_extra, "variant": name})
-    write_heatmaps(finals["aligned"], he, out)
+        finals[name].save(folder, extra={**saved, "variant": name})
+    write_heatmaps(finals["aligned"], data.bags["he_slide"], out)
 
     frame = _predictions(pairs, Path(pairs_csv).parent, cv.class_names, cv.probabilities, "aligned")
     frame["fold"] = cv.folds
-    config = {"pairs": os.fspath(pairs_csv), "params": params or {}, "cv_folds": cv_folds, "n_boot": n_boot,
-              "on_error": skips.on_error, **record_extra}
-    if world_size > 1:
-        config["world_size"] = world_size
-    all_pairs = skips.pairs
-    record = build_run_record(
-        command="stainalign fit", config=config, models=[encoder.card], prompt_set=None, seed=seed,
-        inputs=list(dict.fromkeys(list(all_pairs["he_slide"]) + list(all_pairs["ihc_slide"]))),
-        skipped=skips.skipped, extra={"dropped_pairs": skips.dropped_pairs},
-    )
-    report = build_classification_report(
-        f"HistoStainAlign ({metrics['marker']}): grouped CV, aligned model", aligned_full, frame, record, n_examples=0,
-        subtitle=f"baseline (no alignment) weighted F1 {baseline['f1_weighted']}",
-    )
-    write_evaluation_outputs(out, metrics=metrics, predictions=frame, run_record=record, report=report)
+    config = {"pairs": os.fspath(pairs_csv), **cfg.record(), **opts.record(),
+              "encoder": model_spec, "weights_id": encoder.weights_id, "marker": metrics["marker"],
+              **({"world_size": world_size} if world_size > 1 else {})}
+    read = data.skips.pairs
+    _write(out, metrics, frame, aligned_full, title=f"HistoStainAlign ({metrics['marker']}): grouped CV, aligned model",
+           subtitle=f"baseline (no alignment) weighted F1 {baseline['f1_weighted']}",
+           command="stainalign fit", config=config, encoder=encoder, seed=opts.seed,
+           inputs=list(dict.fromkeys(list(read["he_slide"]) + list(read["ihc_slide"]))), skips=data.skips)
     return metrics
 
 
+# ---- eval ----------------------------------------------------------------------------------------
+
+
 def stainalign_eval(
-    model_dir: str | os.PathLike[str],
+    head: str | os.PathLike[str],
     pairs_csv: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: RunOptions | None = None,
     *,
     model: str | Encoder | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    device: str = "cpu",
-    trust_checkpoint: bool = False,
-    allow_absolute_paths: bool = False,
-    on_error: Literal["raise", "skip"] = "raise",
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Predict the IHC status from the H&E slides of `pairs_csv` (IHC slides are not read).
 
-    The encoder and tile settings are the ones recorded at fit time (`model` overrides the
-    encoder; its weights must be the same). When ``MODEL_DIR/baseline`` exists its metrics are
-    reported under ``baseline``. `on_error` as in `stainalign_fit` (only H&E slides are read, so
+    `head` is the folder `stainalign_fit` wrote. The encoder and tile settings are the ones
+    recorded at fit time (`model` overrides the encoder; its weights must be the same). When
+    ``HEAD/baseline`` exists its metrics are reported under ``baseline``. `options` (and its
+    fields as keywords) and ``on_error`` as in `stainalign_fit` (only H&E slides are read, so
     only they can drop a pair).
     """
-    from histovl.embed import EmbeddingCache
+    from histovl.models import load_model
 
-    aligned_model, meta = HistoStainAlign.load(model_dir)
-    encoder, _ = _encoder(model if model is not None else meta["encoder"], device, trust_checkpoint)
+    opts = resolve_options(options, **overrides)
+    aligned_model, meta = HistoStainAlign.load(head)
+    encoder = load_model(model if model is not None else meta["encoder"], device=opts.device,
+                         trust_checkpoint=opts.trust_checkpoint)
     if encoder.weights_id != meta["weights_id"]:
         raise ValueError(
             f"the encoder's weights ({encoder.weights_id}) differ from those the model was trained on "
             f"({meta['weights_id']}); pass the same --model as at fit time"
         )
-    pairs = read_pairs(pairs_csv, allow_absolute_paths=allow_absolute_paths)
+    pairs = read_pairs(pairs_csv, allow_absolute_paths=opts.allow_absolute_paths)
     unknown = sorted(set(pairs["label"]) - set(aligned_model.classes_))
     if unknown:
         raise ValueError(f"labels {unknown} were not seen in training (classes: {aligned_model.classes_})")
     spec = TileSpec(**{**meta["tile_spec"], "tissue": TissueParams(**meta["tile_spec"]["tissue"])})
-    cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
-    out = Path(out_dir)
-    all_pairs = pairs
-    he_all, dropped = _bags(encoder, list(pairs["he_slide"]), out / "tiles", spec, cache, meta.get("slide_mpp"), on_error)
-    keep, skipped, lost = _skip_record(pairs, {"he_slide": he_all}, dropped, ("he_slide",))
-    skips = _Skips(all_pairs, skipped, lost, on_error)
-    pairs = pairs.iloc[keep].reset_index(drop=True)
-    he = [cast(SlideBag, he_all[i]) for i in keep]
-    he_x = [b.embeddings for b in he]
+    out_dir = Path(out)
+    data = _pair_bags(encoder, pairs, out_dir / "tiles", spec, meta.get("slide_mpp"), opts, ("he_slide",))
+    metrics, frame, full = _evaluate_saved(head, aligned_model, data, pairs_csv, meta, opts)
+    write_heatmaps(aligned_model, data.bags["he_slide"], out_dir)
+    _write(out_dir, metrics, frame, full, title=f"HistoStainAlign ({meta.get('marker')}): evaluation",
+           command="stainalign eval", encoder=encoder, seed=opts.seed,
+           config={"head": os.fspath(head), "pairs": os.fspath(pairs_csv), **opts.record(), "encoder": meta["encoder"]},
+           inputs=list(data.skips.pairs["he_slide"]), skips=data.skips)
+    return metrics
+
+
+def _evaluate_saved(
+    head: str | os.PathLike[str], aligned_model: HistoStainAlign, data: _PairBags, pairs_csv: str | os.PathLike[str],
+    meta: dict[str, Any], opts: RunOptions,
+) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    """Metrics of the saved aligned model (and of ``baseline/`` when saved), and the predictions."""
+    he_x = data.embeddings("he_slide")
     classes = list(aligned_model.classes_)
     probs = {"aligned": aligned_model.predict_proba(he_x)}
-    if (Path(model_dir) / "baseline" / "stainalign.json").is_file():
-        baseline_model, _ = HistoStainAlign.load(Path(model_dir) / "baseline")
+    if is_model_folder(Path(head) / "baseline"):
+        baseline_model, _ = HistoStainAlign.load(Path(head) / "baseline")
         probs["baseline"] = baseline_model.predict_proba(he_x)
-    summary, full = _metrics_block(pairs, classes, probs["aligned"], n_boot, seed)
+    summary, full = _metrics_block(data.pairs, classes, probs["aligned"], opts)
     metrics: dict[str, Any] = {**summary, "model": "aligned", "marker": meta.get("marker"), "class_names": classes,
-                               "details": {"aligned": full}, **skips.counts()}
+                               "details": {"aligned": full}, **data.skips.counts()}
     if "baseline" in probs:
-        metrics["baseline"], metrics["details"]["baseline"] = _metrics_block(pairs, classes, probs["baseline"], n_boot, seed)
-    write_heatmaps(aligned_model, he, out)
-    frame = _predictions(pairs, Path(pairs_csv).parent, classes, probs, "aligned")
-    record = build_run_record(
-        command="stainalign eval",
-        config={"model_dir": os.fspath(model_dir), "pairs": os.fspath(pairs_csv), "n_boot": n_boot, "encoder": meta["encoder"],
-                "on_error": on_error},
-        models=[encoder.card], prompt_set=None, seed=seed, inputs=list(all_pairs["he_slide"]),
-        skipped=skipped, extra={"dropped_pairs": lost},
-    )
-    report = build_classification_report(f"HistoStainAlign ({meta.get('marker')}): evaluation", full, frame, record, n_examples=0)
-    write_evaluation_outputs(out, metrics=metrics, predictions=frame, run_record=record, report=report)
-    return metrics
+        metrics["baseline"], metrics["details"]["baseline"] = _metrics_block(data.pairs, classes, probs["baseline"], opts)
+    return metrics, _predictions(data.pairs, Path(pairs_csv).parent, classes, probs, "aligned"), full
