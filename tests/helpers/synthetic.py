@@ -51,3 +51,29 @@ def tile_folder(path: Path, colour: tuple[int, int, int], n: int = 4) -> None:
     for i in range(n):
         arr = np.clip(np.array(colour) + rng.integers(-30, 30, size=(32, 32, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(arr).save(path / f"tile_x{32 * (i % 2)}_y{32 * (i // 2)}.png")
+
+
+def multilabel_set(root: Path, n: int = 11) -> tuple[Path, Path]:
+    """A multi-label manifest of `n` 32x32 tiles (classes aca/normal/scc as colour channels) and
+    its prompt-set YAML; returns (manifest, prompts)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    classes = ["aca", "normal", "scc"]
+    rows = []
+    (root / "img").mkdir(parents=True)
+    for i in range(n):
+        present = [c for c in classes if rng.random() < 0.5] or [classes[i % 3]]
+        arr = np.zeros((32, 32, 3), np.int16)
+        for c in present:
+            arr[..., classes.index(c)] += 150
+        arr = np.clip(arr + rng.integers(0, 60, size=arr.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / "img" / f"m{i}.png")
+        rows.append({"path": f"img/m{i}.png", "labels": ";".join(present)})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    prompts = root / "prompts.yaml"
+    prompts.write_text(
+        "name: cmm-test\nclasses:\n  aca: [adenocarcinoma]\n  normal: [benign tissue]\n  scc: [squamous carcinoma]\n"
+        "templates: ['an H&E image of {}.']\n"
+    )
+    return root / "train.csv", prompts
