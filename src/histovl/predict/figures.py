@@ -16,11 +16,19 @@ from PIL import Image, ImageDraw, ImageFont
 MIN_ALPHA, MAX_ALPHA = 40, 200
 
 
-def class_colours(n: int) -> list[tuple[int, int, int]]:
-    """The slides' colour-blind-safe palette, cycled (class k gets colour k, as in the GeoJSON)."""
-    from histovl.slides.figures import CLASS_COLOURS
+#: Okabe-Ito's colour-blind-safe colours without black, then five more distinct ones (those that
+#: stand out on H&E pink and purple first), then black:
+#: 13 classes get distinct colours (more cycle). Class k has colour k in the PNG and the GeoJSON.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233), (213, 94, 0),
+    (240, 228, 66), (23, 190, 207), (188, 189, 34), (148, 103, 189), (127, 127, 127), (140, 86, 75),
+    (0, 0, 0),
+)
 
-    return [CLASS_COLOURS[k % len(CLASS_COLOURS)] for k in range(n)]
+
+def class_colours(n: int) -> list[tuple[int, int, int]]:
+    """The colour of each of `n` classes (`PALETTE`, cycled past 13)."""
+    return [PALETTE[k % len(PALETTE)] for k in range(n)]
 
 
 def confidence_map_image(
@@ -31,7 +39,8 @@ def confidence_map_image(
     extent0: int,
     level0_size: tuple[int, int],
 ) -> Image.Image:
-    """Thumbnail with tiles filled by predicted class, opacity scaled by the top-1 probability."""
+    """Thumbnail with tiles filled by predicted class (outlined in a darker shade), opacity scaled by
+    the top-1 probability."""
     base = thumbnail.convert("RGBA")
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
@@ -44,10 +53,15 @@ def confidence_map_image(
         t = (c - lo) / (1.0 - lo) if lo < 1 else 1.0
         alpha = int(MIN_ALPHA + max(0.0, min(1.0, t)) * (MAX_ALPHA - MIN_ALPHA))
         rect = (x / sx, y / sy, (x + extent0) / sx - 1, (y + extent0) / sy - 1)
-        draw.rectangle(rect, fill=(*colours[int(k)], alpha))
+        draw.rectangle(rect, fill=(*colours[int(k)], alpha), outline=(*_darker(colours[int(k)]), 230))
     mapped = Image.alpha_composite(base, overlay).convert("RGB")
     counts = np.bincount(top, minlength=len(class_names))
     return _with_legend(mapped, class_names, colours, counts)
+
+
+def _darker(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    r, g, b = colour
+    return (int(r * 0.6), int(g * 0.6), int(b * 0.6))
 
 
 def _with_legend(image: Image.Image, class_names: Sequence[str], colours: Sequence[tuple[int, int, int]],
@@ -63,7 +77,7 @@ def _with_legend(image: Image.Image, class_names: Sequence[str], colours: Sequen
     for k, name in enumerate(class_names):
         y = y0 + row * k
         draw.rectangle((size, y, 2 * size, y + size), fill=colours[k], outline=(0, 0, 0))
-        draw.text((int(2.6 * size), y - size // 8), f"{name}  ({int(counts[k])} tiles)", fill=(0, 0, 0), font=font)
+        draw.text((int(2.6 * size), y - size // 8), f"{name}  ({int(counts[k])} tile{'' if counts[k] == 1 else 's'})", fill=(0, 0, 0), font=font)
     y = y0 + row * len(class_names) + size // 2
     ramp_w = 6 * size
     for i in range(ramp_w):

@@ -114,6 +114,8 @@ def _slide_report(title: str, res: SlidePredictions, record: dict[str, Any], hea
 
 
 def _image_figure(image: Image.Image) -> Figure:
+    image = image.copy()
+    image.thumbnail((1000, 1000))  # the figure is 8 inches wide: more pixels only cost time
     fig = Figure(figsize=(8, 8 * image.height / max(1, image.width)))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(np.asarray(image))

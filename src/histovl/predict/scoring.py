@@ -33,8 +33,11 @@ POOLING_CHOICES: tuple[Pooling, ...] = ("top-j", "mean")
 class HeadLike(Protocol):
     """What `predict` needs from a fitted head (`histovl.heads.fewshot.load_head` returns one)."""
 
-    classes: list[str]
-    weights_id: str
+    @property
+    def classes(self) -> list[str]: ...
+
+    @property
+    def weights_id(self) -> str: ...
 
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray: ...
 

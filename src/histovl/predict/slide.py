@@ -95,7 +95,7 @@ def slide_result(se: SlideEmbedding, scorer: Scorer, probs: np.ndarray, slide: A
     res = se.tiling.resolution
     counts = np.bincount(probs.argmax(axis=1), minlength=len(classes))
     return {
-        "slide": os.fspath(slide),
+        "slide": str(Path(slide).resolve()),
         "prediction": classes[int(np.argmax(slide_probs))],
         **pooled,
         "scores": dict(zip(classes, map(float, scores), strict=True)),
