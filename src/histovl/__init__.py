@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "robustness": "histovl.robustness",
     "cmm_fit": "histovl.heads.cmm_run",
     "cmm_eval": "histovl.heads.cmm_run",
+    "CmmFitConfig": "histovl.heads.cmm_run",
     "CMMHead": "histovl.heads",
     "fewshot_eval": "histovl.heads",
     "fewshot_fit": "histovl.heads",
@@ -68,6 +69,7 @@ _EXPORTS: dict[str, str] = {
     "stainalign_fit": "histovl.stainalign",
     "stainalign_eval": "histovl.stainalign",
     "StainAlignParams": "histovl.stainalign",
+    "StainAlignFitConfig": "histovl.stainalign",
     "build_deepliif_pairs": "histovl.stainalign",
     # errors
     "HistovlError": "histovl.errors",
