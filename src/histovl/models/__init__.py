@@ -2,31 +2,54 @@
 
 Public API: `load_model`, `save_model_dir`, `list_models`, `get_card`, `model_statuses`,
 `register_family`, `register_card`, `ModelCard`, `Encoder`, `Preprocess`.
+
+Names load on first use (PEP 562): the registry, the cards and `model_statuses` import no torch,
+so ``histovl models`` and ``histovl doctor`` answer without loading torch, open_clip or
+transformers; `load_model` and `Encoder` load them.
 """
 
-import importlib
+from __future__ import annotations
 
-from histovl.models._checkpoint import CheckpointMismatchError
-from histovl.models._hub import WeightsNotAvailableError
-from histovl.models.card import ModelCard
-from histovl.models.encoder import Encoder
-from histovl.models.loading import (
-    ModelStatus,
-    load_card,
-    load_model,
-    model_statuses,
-    save_model_dir,
-    weights_present,
-)
-from histovl.models.preprocess import Preprocess
-from histovl.models.registry import (
-    LoadRequest,
-    get_card,
-    list_families,
-    list_models,
-    register_card,
-    register_family,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers
+    from histovl.models._checkpoint import CheckpointMismatchError
+    from histovl.models._hub import WeightsNotAvailableError
+    from histovl.models.card import ModelCard
+    from histovl.models.encoder import Encoder
+    from histovl.models.loading import load_card, load_model, save_model_dir
+    from histovl.models.preprocess import Preprocess
+    from histovl.models.registry import (
+        LoadRequest,
+        get_card,
+        list_families,
+        list_models,
+        register_card,
+        register_family,
+    )
+    from histovl.models.status import ModelStatus, model_statuses, weights_present
+
+#: public name -> module that defines it.
+_EXPORTS: dict[str, str] = {
+    "CheckpointMismatchError": "histovl.models._checkpoint",
+    "WeightsNotAvailableError": "histovl.models._hub",
+    "ModelCard": "histovl.models.card",
+    "Encoder": "histovl.models.encoder",
+    "load_card": "histovl.models.loading",
+    "load_model": "histovl.models.loading",
+    "save_model_dir": "histovl.models.loading",
+    "Preprocess": "histovl.models.preprocess",
+    "LoadRequest": "histovl.models.registry",
+    "get_card": "histovl.models.registry",
+    "list_families": "histovl.models.registry",
+    "list_models": "histovl.models.registry",
+    "register_card": "histovl.models.registry",
+    "register_family": "histovl.models.registry",
+    "ModelStatus": "histovl.models.status",
+    "model_statuses": "histovl.models.status",
+    "weights_present": "histovl.models.status",
+}
 
 __all__ = [
     "CheckpointMismatchError",
@@ -49,13 +72,14 @@ __all__ = [
 ]
 
 
-def _register_bundled_families() -> None:
-    """Plug in the bundled histovl-lite family (its module registers itself on import)."""
-    try:
-        importlib.import_module("histovl.models._lite")
-    except ModuleNotFoundError as err:
-        if err.name != "histovl.models._lite":
-            raise
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'histovl.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
-_register_bundled_families()
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -31,12 +31,13 @@ from torch import nn
 
 from histovl._io import atomic_write_bytes
 from histovl.models._checkpoint import load_state_dict_strict, read_checkpoint
+from histovl.models._families import CONCH_HUB_FILES
 from histovl.models.card import ModelCard
 from histovl.models.encoder import Encoder
 from histovl.models.registry import LoadRequest
 
 TOKENIZER_NAME = "conch_byte_level_bpe_uncased.json"
-HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HUB_WEIGHT_FILES = CONCH_HUB_FILES
 _UNUSED_PREFIXES = ("text_decoder.",)
 
 

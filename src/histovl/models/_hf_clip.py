@@ -20,11 +20,12 @@ import torch
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
 from histovl.models._checkpoint import load_state_dict_strict, read_checkpoint
+from histovl.models._families import HF_CLIP_WEIGHT_FILES
 from histovl.models.card import OPENAI_MEAN, OPENAI_STD, ModelCard
 from histovl.models.encoder import Encoder
 from histovl.models.registry import LoadRequest
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_FILES = HF_CLIP_WEIGHT_FILES
 TOKENIZER_SUBDIR = "tokenizer"
 _RESAMPLE = {2: "bilinear", 3: "bicubic"}
 

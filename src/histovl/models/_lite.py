@@ -26,11 +26,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from histovl.errors import HistovlError
+from histovl.models._families import LITE_NAME, lite_weights_path
 from histovl.models.card import ModelCard
 from histovl.models.encoder import Encoder
-from histovl.models.registry import LoadRequest, register_family
+from histovl.models.registry import LoadRequest
 
-LITE_NAME = "histovl-lite"
 IMAGE_FEATURE_DIM = 1280  # EfficientNet-Lite0 pooled features
 TEXT_FEATURE_DIM = 384  # all-MiniLM-L6-v2 sentence embedding
 BACKBONE_PREFIXES = ("image_backbone.", "text_backbone.")
@@ -190,13 +190,13 @@ class LiteEncoder(Encoder):
 # ---- the bundled card and weights ------------------------------------------------------------
 def bundled_card() -> ModelCard:
     """The card of the shipped histovl-lite (``models/cards/histovl-lite.yaml``)."""
-    text = resources.files("histovl.models").joinpath("cards", "histovl-lite.yaml").read_text(encoding="utf-8")
+    text = (resources.files("histovl.models") / "cards" / "histovl-lite.yaml").read_text(encoding="utf-8")
     return ModelCard.from_dict(yaml.safe_load(text))
 
 
 def bundled_weights_path() -> Path:
     """Path of the shipped trained heads (``assets/histovl_lite/histovl-lite.safetensors``)."""
-    return Path(str(resources.files("histovl").joinpath("assets", "histovl_lite", "histovl-lite.safetensors")))
+    return lite_weights_path()
 
 
 @cache
@@ -248,8 +248,8 @@ def trained_state_dict(encoder: LiteEncoder, include_backbone_keys: Sequence[str
     return {k: v.detach().cpu().contiguous() for k, v in keep.items()}
 
 
-def _build_from_request(request: LoadRequest) -> Encoder:
-    """Registry builder: the bundled weights for the shipped card, else the requested file."""
+def build_from_request(request: LoadRequest) -> Encoder:
+    """Registry builder (`histovl.models._families`): the bundled weights for the shipped card, else the requested file."""
     weights = request.weights
     if weights is None and request.asset_dir is not None:
         candidates = sorted(Path(request.asset_dir).glob("*.safetensors"))
@@ -260,9 +260,3 @@ def _build_from_request(request: LoadRequest) -> Encoder:
         raise HistovlError(f"no weights given for histovl-lite-family model {request.card.name!r}")
     return build_histovl_lite(request.card, weights, device=request.device)
 
-
-def _weights_present(card: ModelCard) -> bool:
-    return card.name != LITE_NAME or bundled_weights_path().is_file()
-
-
-register_family("histovl_lite", _build_from_request, weights_present=_weights_present, overwrite=True)

@@ -22,13 +22,14 @@ from open_clip.transformer import text_global_pool
 
 from histovl.errors import UnknownNameError, did_you_mean
 from histovl.models._checkpoint import load_state_dict_strict, read_checkpoint
+from histovl.models._families import OPEN_CLIP_HUB_FILES
 from histovl.models.card import OPENAI_MEAN, OPENAI_STD, ModelCard
 from histovl.models.encoder import Encoder
 from histovl.models.registry import LoadRequest
 
 CONFIG_FILE = "open_clip_config.json"
 # Weight files open_clip publishes on the hub, safest first.
-HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HUB_WEIGHT_FILES = OPEN_CLIP_HUB_FILES
 
 
 class OpenClipEncoder(Encoder):

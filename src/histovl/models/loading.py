@@ -1,4 +1,5 @@
-"""`load_model`, `save_model_dir` and the weights-present check behind `histovl models`.
+"""`load_model` and `save_model_dir` (the weights-present check behind `histovl models` is in
+`histovl.models.status`, which imports no torch).
 
 A model spec is one of (docs/interfaces.md, "Naming a model"):
 
@@ -15,7 +16,6 @@ folder of side files, builds the architecture without weights and loads the chec
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from histovl._io import atomic_path, atomic_write_json
 from histovl.errors import UnknownNameError, UntrustedCheckpointError, did_you_mean
-from histovl.models import _conch, _hf_clip, _open_clip
+from histovl.models import _hf_clip, _open_clip
 from histovl.models._checkpoint import PICKLE_SUFFIXES, check_checkpoint_allowed
 from histovl.models._hub import (
     HUB_PREFIX,
@@ -31,7 +31,6 @@ from histovl.models._hub import (
     first_existing,
     parse_hub_source,
     resolve_snapshot,
-    weights_in_cache,
 )
 from histovl.models._weights_id import files_weights_id, hub_weights_id
 from histovl.models.card import ModelCard
@@ -42,7 +41,6 @@ from histovl.models.registry import (
     get_card,
     get_family,
     list_models,
-    register_family,
 )
 
 CARD_FILE = "card.json"
@@ -50,11 +48,6 @@ WEIGHTS_FILE = "model.safetensors"
 MODEL_DIR_FORMAT = 1
 # Side files worth fetching with hub weights: configs and tokenizers (never other weights).
 _HUB_SIDE_FILES = ("*.json", "*.txt", "*.model", "*.yaml")
-
-register_family("open_clip", _open_clip.build_open_clip, hub_files=_open_clip.HUB_WEIGHT_FILES)
-register_family("hf_clip", _hf_clip.build_hf_clip, hub_files=_hf_clip.WEIGHT_FILES)
-register_family("conch", _conch.build_conch, hub_files=_conch.HUB_WEIGHT_FILES)
-
 
 def load_model(
     spec: str | Path | Encoder,
@@ -215,52 +208,6 @@ def save_model_dir(encoder: Encoder, out_dir: str | Path) -> Path:
     card = encoder.card.replace(extra=extra)
     atomic_write_json(out / CARD_FILE, {"format_version": MODEL_DIR_FORMAT, "card": card.to_dict()})
     return out
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    """One row of `histovl models`."""
-
-    name: str
-    family: str
-    source: str
-    image_size: int
-    context_length: int
-    weights_present: bool
-    licence: str
-
-
-def weights_present(card: ModelCard, cache_dir: str | Path | None = None) -> bool:
-    """Whether the card's weights are on this machine now (HF cache or local path; no network)."""
-    try:
-        family = get_family(card.family)
-    except UnknownNameError:  # a card whose family plug-in is not installed
-        return False
-    if family.weights_present is not None:
-        return bool(family.weights_present(card))
-    if card.source.startswith(HUB_PREFIX):
-        names = tuple(card.extra.get("weights_files", ())) or family.hub_files
-        return weights_in_cache(card.source, names, cache_dir)
-    return Path(card.source).exists()
-
-
-def model_statuses(cache_dir: str | Path | None = None) -> list[ModelStatus]:
-    """Every registered model with its source, sizes and whether its weights are present."""
-    rows = []
-    for name in list_models():
-        card = get_card(name)
-        rows.append(
-            ModelStatus(
-                name=name,
-                family=card.family,
-                source=card.source,
-                image_size=card.image_size,
-                context_length=card.context_length,
-                weights_present=weights_present(card, cache_dir),
-                licence=card.licence,
-            )
-        )
-    return rows
 
 
 def hub_repo(card: ModelCard) -> str | None:

@@ -12,17 +12,21 @@ Two registries, both with an error on duplicates and close-match suggestions for
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from histovl.errors import UnknownNameError, did_you_mean
+from histovl.models._families import BUILTIN_FAMILIES
 from histovl.models.card import ModelCard
-from histovl.models.encoder import Encoder
+
+if TYPE_CHECKING:  # the registry itself never imports torch
+    from histovl.models.encoder import Encoder
 
 LIST_HINT = "run `histovl models` to list models"
 
@@ -50,7 +54,7 @@ class LoadRequest:
     trust_checkpoint: bool = False
 
 
-Builder = Callable[[LoadRequest], Encoder]
+Builder = Callable[[LoadRequest], "Encoder"]
 
 
 @dataclass(frozen=True)
@@ -171,3 +175,25 @@ def _load_shipped_cards() -> None:
         if entry.name.endswith((".yaml", ".yml")):
             with resources.as_file(entry) as path:
                 _add_card(read_card_file(path), overwrite=False, origin=str(path))
+
+
+def lazy_builder(target: str) -> Builder:
+    """A builder that imports ``module:function`` on its first call, so registering a family
+    costs no import (the built-in families' modules pull in torch, open_clip, transformers)."""
+    module, _, name = target.partition(":")
+
+    def build(request: LoadRequest) -> Encoder:
+        builder: Builder = getattr(importlib.import_module(module), name)
+        return builder(request)
+
+    build.__qualname__ = build.__name__ = f"lazy_builder({target})"
+    return build
+
+
+for _family in BUILTIN_FAMILIES:
+    register_family(
+        _family.name,
+        lazy_builder(_family.builder),
+        weights_present=_family.weights_present,
+        hub_files=_family.hub_files,
+    )
