@@ -42,7 +42,7 @@ def shared_data_dir() -> Path | None:
 
 def lc25000_heldout_manifest(shared: Path, out: Path, per_class: int = LC25000_PER_CLASS) -> Path | None:
     """A manifest (absolute paths) of held-out LC25000 tiles, `per_class` per class, every k-th."""
-    listing = resources.files("histovl").joinpath("assets", "histovl_lite", HELDOUT_LIST)
+    listing = resources.files("histovl") / "assets" / "histovl_lite" / HELDOUT_LIST
     if not listing.is_file():
         return None
     names = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -72,7 +72,7 @@ def run_demo(out: str | os.PathLike[str] = "runs/demo", *, progress: bool = True
     out_dir = Path(out)
     encoder = load_model(DEMO_MODEL)  # loaded once, shared by every job
     reports = []
-    demo = resources.files("histovl").joinpath("assets", "demo")
+    demo = resources.files("histovl") / "assets" / "demo"
     with resources.as_file(demo) as demo_dir:
         tiles, stain_prompts = demo_dir / "tiles" / "manifest.csv", demo_dir / "stain-v1.yaml"
         res = zeroshot(encoder, tiles, stain_prompts, out_dir / "stain", progress=progress, command="histovl demo")

@@ -16,13 +16,13 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from histovl._compat import StrEnum
 from histovl.options import RunOptions
 
 

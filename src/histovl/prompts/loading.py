@@ -74,7 +74,7 @@ def load_prompt_set(name_or_path: str | os.PathLike[str] | PromptSet) -> PromptS
             "histovl.prompts.list_prompt_sets()); or give "
             "the path to your own YAML file."
         )
-    resource = resources.files(_SETS_PACKAGE).joinpath(_SETS_FOLDER, f"{text}.yaml")
+    resource = resources.files(_SETS_PACKAGE) / _SETS_FOLDER / f"{text}.yaml"
     return _parse_file(Path(str(resource)), resource.read_text(encoding="utf-8"), default_name=text)
 
 

@@ -15,12 +15,13 @@ import platform
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import histovl
+from histovl._compat import UTC
 
 #: run.json key -> distribution names to try (first installed wins).
 PACKAGE_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
