@@ -1,9 +1,13 @@
 # Two entry points (see README Quick start): `make demo` and `make test`.
-# Both create .venv when it is missing. torch/torchvision are installed first with an exact pin:
-# on the development machines they come from local disk, and nothing else may pull a newer torch.
+# Both create .venv when it is missing. Every pip install here goes through the constraints file:
+# pyproject.toml says what histovl needs (lower bounds), the constraints file pins the exact versions
+# of the development machines and CI (torch 2.14.1 / torchvision 0.29.1 from their local disk, and
+# the rest as tested), so nothing pulls a newer torch here while users keep theirs.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+CONSTRAINTS ?= constraints/dev-machines.txt
+PIP := $(BIN)/python -m pip install -q -c $(CONSTRAINTS)
 STAMP := $(VENV)/.histovl-installed
 TEST_STAMP := $(VENV)/.histovl-test-installed
 
@@ -14,13 +18,12 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e .
+$(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) -e .
 	touch $@
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[test]'
+	$(PIP) -e '.[test]'
 	touch $@
 
 venv: $(STAMP)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # the one version: pyproject.toml reads it (dynamic)
 
 #: public name -> module that defines it.
 _EXPORTS: dict[str, str] = {
@@ -33,11 +33,13 @@ _EXPORTS: dict[str, str] = {
     "ImageSet": "histovl.data",
     "load_image_set": "histovl.data",
     "mosaic": "histovl.data.mosaic",
+    "MosaicConfig": "histovl.data.mosaic",
     "PromptSet": "histovl.prompts",
     "load_prompt_set": "histovl.prompts",
     "list_prompt_sets": "histovl.prompts",
     # commands and their configs
     "embed": "histovl.embed",
+    "EmbedConfig": "histovl.embed",
     "EmbeddingCache": "histovl.embed",
     "encode_images": "histovl.embed",
     "zeroshot": "histovl.zeroshot",
@@ -51,7 +53,10 @@ _EXPORTS: dict[str, str] = {
     "retrieve": "histovl.retrieval",
     "build_index": "histovl.retrieval",
     "query_index": "histovl.retrieval",
+    "RetrieveConfig": "histovl.retrieval",
+    "IndexBuildConfig": "histovl.retrieval",
     "robustness": "histovl.robustness",
+    "RobustnessConfig": "histovl.robustness",
     "cmm_fit": "histovl.heads.cmm_run",
     "cmm_eval": "histovl.heads.cmm_run",
     "CmmFitConfig": "histovl.heads.cmm_run",
@@ -65,12 +70,17 @@ _EXPORTS: dict[str, str] = {
     "FinetuneConfig": "histovl.train",
     "tile_slide": "histovl.slides",
     "embed_slide": "histovl.slides",
+    "slides_embed": "histovl.slides",
+    "SlideEmbedConfig": "histovl.slides",
+    "TileSpec": "histovl.slides",
     "slide_zeroshot": "histovl.slides",
     "stainalign_fit": "histovl.stainalign",
     "stainalign_eval": "histovl.stainalign",
     "StainAlignParams": "histovl.stainalign",
     "StainAlignFitConfig": "histovl.stainalign",
     "build_deepliif_pairs": "histovl.stainalign",
+    # the installation check
+    "doctor": "histovl.doctor",
     # errors
     "HistovlError": "histovl.errors",
 }
@@ -82,7 +92,10 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'histovl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    # A package named like its command (histovl.zeroshot) is itself callable (histovl._command_module):
+    # export the package, which the import system would bind here anyway.
+    value = imported if module == f"{__name__}.{name}" else getattr(imported, name)
     globals()[name] = value  # later lookups skip this function
     return value
 
