@@ -40,6 +40,7 @@ GROUPS: dict[str, str] = {
 #: (exported by `histovl`); tests/unit/cli/test_public_api.py checks that pairing.
 COMMANDS: dict[str, str] = {
     "models": "histovl.cli.models_cmd:models_command",
+    "doctor": "histovl.cli.doctor_cmd:doctor_command",
     "prompts list": "histovl.cli.prompts_cmd:prompts_list_command",
     "prompts show": "histovl.cli.prompts_cmd:prompts_show_command",
     "embed": "histovl.cli.embed_cmd:embed_command",
@@ -68,6 +69,7 @@ COMMANDS: dict[str, str] = {
 #: Every command -> the name of its library function in `histovl` (same meaning, same inputs).
 API_FUNCTIONS: dict[str, str] = {
     "models": "model_statuses",
+    "doctor": "doctor",
     "prompts list": "list_prompt_sets",
     "prompts show": "load_prompt_set",
     "embed": "embed",
@@ -85,7 +87,7 @@ API_FUNCTIONS: dict[str, str] = {
     "fewshot fit": "fewshot_fit",
     "finetune": "finetune",
     "slides tile": "tile_slide",
-    "slides embed": "embed_slide",
+    "slides embed": "slides_embed",
     "stainalign fit": "stainalign_fit",
     "stainalign eval": "stainalign_eval",
     "stainalign build-deepliif": "build_deepliif_pairs",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,7 +18,9 @@ from histovl.cli.common import (
     with_run_options,
 )
 from histovl.options import RunOptions
-from histovl.zeroshot.ablation import AblationResult
+
+if TYPE_CHECKING:  # importing histovl.zeroshot loads torch: every `histovl` command would pay for it
+    from histovl.zeroshot.ablation import AblationResult
 
 
 @with_run_options()
