@@ -103,19 +103,12 @@ def command_function(target: str) -> Any:
 
 def _register_all() -> None:
     groups: dict[str, typer.Typer] = {}
-    legacy: set[str] = set()  # TRANSITION: modules not yet converted still register themselves
     for words, target in COMMANDS.items():
         group, _, sub = words.rpartition(" ")
-        module = importlib.import_module(target.partition(":")[0])
-        if hasattr(module, "register"):
-            legacy.add(module.__name__)
-            continue
         if group and group not in groups:
             groups[group] = typer.Typer(help=GROUPS[group], no_args_is_help=True)
             app.add_typer(groups[group], name=group)
         (groups[group] if group else app).command(sub)(command_function(target))
-    for name in sorted(legacy):
-        importlib.import_module(name).register(app)
 
 
 _register_all()

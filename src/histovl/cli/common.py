@@ -168,16 +168,3 @@ def print_skipped(skipped: Iterable[Any], console: Console | None = None, *, whe
     if n:
         (console or Console()).print(f"[yellow]skipped {n} unreadable image(s); listed in {where}[/yellow]")
 
-
-# TRANSITION: the old per-option aliases, until every command module uses `with_run_options`.
-CacheOpt = RUN_OPTION_SPECS["cache"][1]
-NoCacheOpt = RUN_OPTION_SPECS["use_cache"][1]
-BatchOpt = RUN_OPTION_SPECS["batch_size"][1]
-WorkersOpt = RUN_OPTION_SPECS["workers"][1]
-OnErrorOpt = RUN_OPTION_SPECS["on_error"][1]
-DeviceOpt = RUN_OPTION_SPECS["device"][1]
-TrustOpt = RUN_OPTION_SPECS["trust_checkpoint"][1]
-AbsPathsOpt = RUN_OPTION_SPECS["allow_absolute_paths"][1]
-NBootOpt = RUN_OPTION_SPECS["n_boot"][1]
-SeedOpt = RUN_OPTION_SPECS["seed"][1]
-QuietOpt = RUN_OPTION_SPECS["progress"][1]

@@ -1,5 +1,6 @@
 """The encoding engine and the content-keyed embedding cache."""
 
+from histovl._command_module import make_callable
 from histovl.embed.cache import EmbeddingCache, cache_for, default_cache_dir
 from histovl.embed.engine import ImageTransform, encode_images, encode_with_options
 from histovl.embed.fill import EmbeddingResult, Failure
@@ -19,3 +20,5 @@ __all__ = [
     "encode_with_options",
     "export_parquet",
 ]
+
+make_callable(__name__, embed)  # histovl.embed(...) runs the command

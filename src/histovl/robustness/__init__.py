@@ -10,6 +10,7 @@ Example:
 See docs/robustness.md for the corruption parameters and the sweep's protocol.
 """
 
+from histovl._command_module import make_callable
 from histovl.robustness.corruptions import (
     BUILTIN_CORRUPTIONS,
     COLOUR_FACTORS,
@@ -49,3 +50,5 @@ __all__ = [
     "register_corruption",
     "unregister_corruption",
 ]
+
+make_callable(__name__, robustness)  # histovl.robustness(...) runs the command

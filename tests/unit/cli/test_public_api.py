@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 
 import pytest
 import typer
@@ -19,7 +20,19 @@ def test_every_command_has_its_library_function_in_histovl():
     assert set(API_FUNCTIONS) == set(COMMANDS), "API_FUNCTIONS and COMMANDS must list the same commands"
     for words, name in API_FUNCTIONS.items():
         assert name in histovl.__all__, f"`histovl {words}`: histovl.{name} is not exported"
-        assert callable(getattr(histovl, name)), f"histovl.{name} is not callable"
+        value = getattr(histovl, name)
+        assert callable(value), f"histovl.{name} is not callable"
+        if isinstance(value, types.ModuleType):  # a package named like its command calls it
+            assert value.__command__ is getattr(value, name), name
+
+
+def test_a_package_named_like_its_command_calls_it(monkeypatch):
+    import histovl.zeroshot.single_label  # binds histovl.zeroshot to the package, as any import would
+
+    calls = []
+    monkeypatch.setitem(histovl.zeroshot.__dict__, "__command__", lambda *a, **k: calls.append((a, k)) or "ran")
+    assert histovl.zeroshot("m", "d", n_boot=0) == "ran" and calls == [(("m", "d"), {"n_boot": 0})]
+    assert histovl.zeroshot.ZeroshotConfig is histovl.zeroshot.single_label.ZeroshotConfig
 
 
 def test_every_command_is_a_module_level_function():
