@@ -122,3 +122,27 @@ def test_pooling_prompt_topj_is_mi_zero_and_head_pools_probabilities(tiny_clip, 
     pooled = top_j_pool(h.probabilities, 4)
     np.testing.assert_allclose(list(h.slide["scores"].values()), pooled)
     np.testing.assert_allclose(list(h.slide["probabilities"].values()), pooled / pooled.sum())
+
+
+def test_reuses_a_slides_embed_folder_given_as_tiling(tiny_clip, slide_png, prompts, tmp_path):
+    from histovl.embed import EmbeddingCache
+    from histovl.slides import TileSpec, embed_slide
+
+    se = embed_slide(tiny_clip, slide_png, tmp_path / "se", TileSpec(size=32), cache=EmbeddingCache(tmp_path / "c"), num_workers=1)
+    res = predict(tiny_clip, slide_png, tmp_path / "out", prompts=prompts, tile_size=32, tiling=tmp_path / "se",
+                  cache=tmp_path / "c", progress=False)
+    assert res.slide["tiling_reused"] is True and res.n_encoded == 0 and len(res.predictions) == len(se.tiles)
+    assert not (tmp_path / "out" / "tiling").exists()
+    assert res.predictions["path"].str.startswith("/").all()  # tiles outside --out: absolute paths
+
+
+def test_folder_of_tiles_as_a_slide(tiny_clip, slide_png, prompts, tmp_path):
+    first = predict(tiny_clip, slide_png, tmp_path / "a", prompts=prompts, tile_size=32, use_cache=False, progress=False)
+    tiles = tmp_path / "a" / "tiling" / "tiles"
+    images = predict(tiny_clip, tiles, None, prompts=prompts, use_cache=False, progress=False)
+    assert images.kind == "images" and len(images.predictions) == len(first.predictions)
+    res = predict(tiny_clip, tiles, tmp_path / "b", prompts=prompts, as_slide=True, tile_size=32, tissue_threshold=0.0,
+                  use_cache=False, progress=False)
+    assert res.kind == "slide" and len(res.predictions) >= len(first.predictions)
+    features = json.loads((tmp_path / "b" / "predictions.geojson").read_text())["features"]
+    assert len(features) == len(res.predictions)
