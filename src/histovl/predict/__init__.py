@@ -10,8 +10,11 @@ Example:
     >>> r.slide["prediction"]  # doctest: +SKIP
 """
 
+from histovl._command_module import make_callable
 from histovl.predict.geojson import tile_feature_collection
 from histovl.predict.run import PredictConfig, PredictResult, predict
 from histovl.predict.scoring import HeadLike
 
 __all__ = ["HeadLike", "PredictConfig", "PredictResult", "predict", "tile_feature_collection"]
+
+make_callable(__name__, predict)  # histovl.predict(...) runs the command
