@@ -61,6 +61,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -127,11 +128,9 @@ class FewshotHead:
     # ---- the public interface ------------------------------------------------------------
     def fit(self, embeddings: Any, labels: Sequence[str]) -> FewshotHead:
         """Fit on support embeddings [N, D] and their class names; returns self."""
-        from threadpoolctl import threadpool_limits
-
         x = unit_rows(check_embeddings(embeddings))
         y = self._label_indices(labels, len(x))
-        with threadpool_limits(limits=1):  # tiny problems: threaded BLAS only adds contention
+        with _thread_controller().limit(limits=1):  # tiny problems: threaded BLAS only adds contention
             self._fit(x, y)
         self.n_features_in_ = int(x.shape[1])
         self.class_counts_ = {c: int(n) for c, n in zip(self.classes, np.bincount(y, minlength=len(self.classes)), strict=True)}
@@ -249,7 +248,7 @@ class LinearHead(FewshotHead):
         if folds is None:
             self.C_ = LINEAR_DEFAULT_C
         else:
-            self.C_ = select_by_cv(LINEAR_C_GRID, folds, x, y, lambda c, xt, yt, xv: _logistic(c).fit(xt, yt).predict(xv))
+            self.C_ = select_by_cv(LINEAR_C_GRID, folds, x, y, lambda c, _, xt, yt, xv: _logistic(c).fit(xt, yt).predict(xv))
         model = _logistic(self.C_).fit(x, y)
         self.coef_ = np.ascontiguousarray(model.coef_, dtype=np.float64)  # as saved: same BLAS path, same bits
         self.intercept_ = np.ascontiguousarray(model.intercept_, dtype=np.float64)
@@ -435,12 +434,16 @@ class TextLinearHead(TextHead):
         if folds is None:
             self.lambda_ = TEXT_LINEAR_DEFAULT_LAMBDA
         else:
-            self.lambda_ = select_by_cv(TEXT_LINEAR_LAMBDA_GRID, folds, x, y, self._fold_predict)
-        self.weight_, self.bias_ = pulled_softmax_regression(x, y, self.init_, self.lambda_, self.steps)
+            warm: dict[int, tuple[FloatArray, FloatArray]] = {}
 
-    def _fold_predict(self, lam: float, xt: FloatArray, yt: IntArray, xv: FloatArray) -> IntArray:
-        weight, bias = pulled_softmax_regression(xt, yt, self.init_, lam, self.steps)
-        return (xv @ weight.T + bias).argmax(axis=1)
+            def fold_predict(lam: float, fold: int, xt: FloatArray, yt: IntArray, xv: FloatArray) -> IntArray:
+                warm[fold] = pulled_softmax_regression(xt, yt, self.init_, lam, self.steps, start=warm.get(fold))
+                return (xv @ warm[fold][0].T + warm[fold][1]).argmax(axis=1)
+
+            # strongest pull first, each fold warm-started from the previous lambda's solution
+            self.lambda_ = select_by_cv(TEXT_LINEAR_LAMBDA_GRID, folds, x, y, fold_predict,
+                                        order=sorted(TEXT_LINEAR_LAMBDA_GRID, reverse=True))
+        self.weight_, self.bias_ = pulled_softmax_regression(x, y, self.init_, self.lambda_, self.steps)
 
     def _proba(self, x: FloatArray) -> FloatArray:
         return softmax(x @ self.weight_.T + self.bias_)
@@ -458,11 +461,13 @@ class TextLinearHead(TextHead):
 
 
 def pulled_softmax_regression(
-    x: FloatArray, y: IntArray, init: FloatArray, lam: float, steps: int
+    x: FloatArray, y: IntArray, init: FloatArray, lam: float, steps: int,
+    start: tuple[FloatArray, FloatArray] | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """argmin over (M, b) of sum CE(softmax(x Mᵀ + b), y) + lam/2 (‖M - init‖² + ‖b‖²), by L-BFGS.
 
-    The objective is convex; L-BFGS stops at `steps` iterations or when converged.
+    The objective is convex; L-BFGS starts at (init, 0) or at `start` and stops after `steps`
+    iterations or when converged.
     """
     from scipy.optimize import minimize
 
@@ -479,7 +484,8 @@ def pulled_softmax_regression(
         grad = np.concatenate([(residual.T @ x + lam * delta).ravel(), residual.sum(axis=0) + lam * bias])
         return loss, grad
 
-    res = minimize(objective, np.zeros(n_classes * (dim + 1)), jac=True, method="L-BFGS-B", options={"maxiter": steps})
+    theta0 = np.zeros(n_classes * (dim + 1)) if start is None else np.concatenate([(start[0] - init).ravel(), start[1]])
+    res = minimize(objective, theta0, jac=True, method="L-BFGS-B", options={"maxiter": steps})
     theta = res.x
     return init + theta[: n_classes * dim].reshape(n_classes, dim), theta[n_classes * dim :].copy()
 
@@ -548,6 +554,14 @@ def read_head_folder(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], di
 # ---- shared numerics --------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1)
+def _thread_controller() -> Any:
+    """One `threadpoolctl.ThreadpoolController` (building one scans every loaded library: ~15 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def check_embeddings(embeddings: Any) -> FloatArray:
     """A finite, non-empty [N, D] float64 array."""
     x = np.asarray(embeddings.detach().cpu().numpy() if hasattr(embeddings, "detach") else embeddings, dtype=np.float64)
@@ -587,16 +601,22 @@ def select_by_cv(
     folds: list[tuple[IntArray, IntArray]],
     x: FloatArray,
     y: IntArray,
-    fit_predict: Callable[[float, FloatArray, IntArray, FloatArray], IntArray],
+    fit_predict: Callable[[float, int, FloatArray, IntArray, FloatArray], IntArray],
+    *,
+    order: Sequence[float] | None = None,
 ) -> float:
-    """The grid value with the best mean held-out accuracy; ties go to the earliest in `grid`."""
-    scores = []
-    for value in grid:
+    """The grid value with the best mean held-out accuracy; ties go to the earliest in `grid`.
+
+    ``fit_predict(value, fold, x_train, y_train, x_held_out)`` is called for the values in
+    `order` (default: `grid`), so a solver can warm-start each fold from the previous value.
+    """
+    scores: dict[float, float] = {}
+    for value in order if order is not None else grid:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence notes on tiny folds
-            accs = [float(np.mean(fit_predict(value, x[tr], y[tr], x[te]) == y[te])) for tr, te in folds]
-        scores.append(float(np.mean(accs)))
-    return float(grid[int(np.argmax(scores))])
+            accs = [float(np.mean(fit_predict(value, k, x[tr], y[tr], x[te]) == y[te])) for k, (tr, te) in enumerate(folds)]
+        scores[value] = float(np.mean(accs))
+    return float(grid[int(np.argmax([scores[v] for v in grid]))])
 
 
 def _arrays(arrays: dict[str, np.ndarray], *names: str) -> tuple[FloatArray, ...]:

@@ -93,21 +93,24 @@ def f1_figure(metrics: Mapping[str, Any], *, metric: str = "f1_macro", title: st
     xs = np.arange(len(shots))
     fig = Figure(figsize=(7.0, 4.2), layout="constrained")
     ax = fig.subplots()
+    shown: list[float] = []
     for method, by_shot in metrics["results"].items():
         mean = [_value(by_shot.get(s, {}), "mean", metric) for s in shots]
         ci = [by_shot.get(s, {}).get("ci95", {}).get(metric) or [None, None] for s in shots]
         (line,) = ax.plot(xs, _nan(mean), marker="o", label=method)
         ax.fill_between(xs, _nan([c[0] for c in ci]), _nan([c[1] for c in ci]), color=line.get_color(), alpha=0.12)
+        shown += [v for v in [*mean, *(c[0] for c in ci)] if v is not None]
     zs = metrics.get("zero_shot")
     if zs is not None and zs.get(metric) is not None:
         ax.axhline(zs[metric], color="black", linestyle="--", linewidth=1.2, label="zero-shot")
         lo, hi = (zs.get("ci95", {}).get(metric) or [None, None])[:2]
         if lo is not None and hi is not None:
             ax.axhspan(lo, hi, color="grey", alpha=0.12)
+        shown += [v for v in (zs[metric], lo) if v is not None]
     ax.set_xticks(xs, labels=[_shot_label(s) for s in shots])
     ax.set_xlabel("labelled images per class (shots)")
-    ax.set_ylabel(metric.replace("_", " "))
-    ax.set_ylim(0.0, 1.02)
+    ax.set_ylabel(metric.replace("_", " ") + " (band: 95% CI of the seed mean)")
+    ax.set_ylim(max(0.0, min(shown, default=0.0) - 0.05), 1.01)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     if title:

@@ -111,3 +111,20 @@ def test_parse_shots_and_config():
         FewshotConfig(methods=("linear", "svm"))
     with pytest.raises(ValueError, match="seeds"):
         FewshotConfig(seeds=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_point_metrics_equal_classification_metrics(seed):
+    from histovl.heads.fewshot_run import FEWSHOT_METRICS, point_metrics
+    from histovl.metrics import classification_metrics
+
+    rng = np.random.default_rng(seed)
+    n_classes = int(rng.integers(2, 5))
+    y = rng.integers(0, n_classes - (seed == 3), size=int(rng.integers(5, 60)))  # seed 3: a class absent
+    probs = rng.dirichlet(np.ones(n_classes), size=len(y))
+    expected = classification_metrics(y, probs, [str(c) for c in range(n_classes)], n_boot=0)
+    got = point_metrics(y, probs)
+    for k in FEWSHOT_METRICS:
+        assert (got[k] is None) == (expected[k] is None), k
+        if got[k] is not None:
+            assert got[k] == pytest.approx(expected[k], abs=1e-12), k
