@@ -46,6 +46,8 @@ _EXPORTS: dict[str, str] = {
     "ZeroshotConfig": "histovl.zeroshot",
     "predict": "histovl.predict",
     "PredictConfig": "histovl.predict",
+    "compare": "histovl.compare",
+    "CompareConfig": "histovl.compare",
     "ablate_fusion": "histovl.zeroshot",
     "FusionAblationConfig": "histovl.zeroshot",
     "multilabel": "histovl.zeroshot.multilabel.pipeline",

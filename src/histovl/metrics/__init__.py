@@ -1,7 +1,8 @@
 """Metrics: scikit-learn point estimates with percentile bootstrap intervals.
 
 Single-label: `classification_metrics`; multi-label: `multilabel_metrics`; the bootstrap itself
-is `bootstrap_ci` (any order-independent metric, optionally resampling whole groups).
+is `bootstrap_ci` (any order-independent metric, optionally resampling whole groups); calibration
+(ECE, Brier, NLL, reliability curves, temperature scaling) is `histovl.metrics.calibration`.
 See docs/metrics.md for the definitions.
 """
 
@@ -12,6 +13,15 @@ from histovl.metrics.bootstrap import (
     percentile_interval,
     resample_counts,
 )
+from histovl.metrics.calibration import (
+    ReliabilityCurve,
+    apply_temperature,
+    brier,
+    ece,
+    fit_temperature,
+    nll,
+    reliability_curve,
+)
 from histovl.metrics.classification import CLASSIFICATION_METRICS, classification_metrics
 from histovl.metrics.multilabel import MULTILABEL_METRICS, binary_decisions, multilabel_metrics
 
@@ -19,11 +29,18 @@ __all__ = [
     "CLASSIFICATION_METRICS",
     "MULTILABEL_METRICS",
     "ConfidenceInterval",
+    "ReliabilityCurve",
+    "apply_temperature",
     "binary_decisions",
     "bootstrap_ci",
     "bootstrap_cis",
+    "brier",
     "classification_metrics",
+    "ece",
+    "fit_temperature",
     "multilabel_metrics",
+    "nll",
     "percentile_interval",
+    "reliability_curve",
     "resample_counts",
 ]

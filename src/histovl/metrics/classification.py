@@ -45,6 +45,7 @@ from histovl.metrics._summary import (
     replicate_intervals,
 )
 from histovl.metrics.bootstrap import percentile_interval, resample_counts
+from histovl.metrics.calibration import calibration_summary
 
 #: metrics reported with a confidence interval, in the order of ``metrics.json``.
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "auroc_macro")
@@ -80,7 +81,9 @@ def classification_metrics(
         A JSON-ready dict: ``n``, the five metrics, ``ci95`` = {metric: [lo, hi]},
         ``ci_skipped`` (undefined resamples per metric), ``confusion_matrix`` (rows = true),
         ``per_class`` ({label: precision, recall, f1, f1_ci95, support, auroc}), ``class_names``,
-        ``auroc_classes``, ``n_boot``, ``ci_level``, ``bootstrap_unit`` and ``n_groups``.
+        ``auroc_classes``, ``n_boot``, ``ci_level``, ``bootstrap_unit`` and ``n_groups``, then
+        calibration: ``ece`` (top-label, ``ece_bins`` = 15 equal-width bins), ``brier`` and ``nll``
+        (`histovl.metrics.calibration`; None when ``scores`` are not probabilities).
 
     Raises:
         NonFiniteError: a score row holds NaN or Inf (the message names the row).
@@ -120,6 +123,7 @@ def classification_metrics(
         },
         "class_names": names,
         "auroc_classes": [names[c] for c in per_class.auroc_defined],
+        **calibration_summary(y, s),
     }
 
 

@@ -18,12 +18,14 @@ from numpy.typing import ArrayLike
 
 from histovl._io import atomic_open, atomic_write_json
 from histovl.errors import NonFiniteError
+from histovl.metrics.calibration import DEFAULT_BINS, is_probability_matrix, reliability_curve
 from histovl.reports.figures import (
     confusion_matrix_figure,
     per_class_bar_figure,
     select_confident_examples,
 )
 from histovl.reports.html import GridItem, Report
+from histovl.reports.reliability import reliability_figure
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "auroc_macro")
 
@@ -169,6 +171,7 @@ def build_classification_report(
         confusion_matrix_figure(metrics["confusion_matrix"], names),
         title="Confusion matrix",
     )
+    _add_reliability(report, metrics, predictions, names)
     per_class = metrics.get("per_class") or {}
     if per_class:
         table = pd.DataFrame(
@@ -207,6 +210,31 @@ def build_classification_report(
     if run_record is not None:
         report.add_provenance(run_record)
     return report
+
+
+def _add_reliability(report: Report, metrics: Mapping[str, Any], predictions: pd.DataFrame, names: list[str]) -> None:
+    """The reliability diagram, when the predictions hold class probabilities and known labels."""
+    columns = [f"score:{c}" for c in names]
+    if "label" not in predictions.columns or not set(columns) <= set(predictions.columns) or predictions.empty:
+        return
+    probs = predictions[columns].to_numpy(dtype=np.float64)
+    index = {c: i for i, c in enumerate(names)}
+    labels = [index.get(str(v), -1) for v in predictions["label"]]
+    if min(labels) < 0 or not is_probability_matrix(probs):
+        return
+    bins = int(metrics.get("ece_bins") or DEFAULT_BINS)
+    y = np.asarray(labels, dtype=np.int64)
+    figure = reliability_figure(
+        {"": reliability_curve(y, probs, bins, "uniform")}, {"": reliability_curve(y, probs, bins, "quantile")},
+        title="Reliability diagram",
+    )
+    numbers = ", ".join(f"{k} = {metrics[k]:.4f}" for k in ("ece", "brier", "nll") if metrics.get(k) is not None)
+    report.add_figure(
+        "reliability", figure, title="Calibration",
+        caption=f"{numbers} (ECE: top-label, {bins} equal-width bins). Bars: accuracy per confidence bin; "
+                "red ticks: mean confidence in the bin; orange: equal-mass bins; dashed: perfect calibration. "
+                "See docs/compare.md.",
+    )
 
 
 def _ci_caption(metrics: Mapping[str, Any]) -> str:

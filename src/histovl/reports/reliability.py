@@ -1,0 +1,70 @@
+"""Reliability diagrams (calibration plots) for reports, on `matplotlib.figure.Figure`.
+
+One column per run: on top, the accuracy in each equal-width confidence bin (bars), the mean
+confidence of the bin (a tick on each bar) and the diagonal of perfect calibration, with the
+equal-mass curve drawn over them; below, how many images fall in each bin. The curves come from
+`histovl.metrics.calibration.reliability_curve`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from histovl.metrics.calibration import ReliabilityCurve
+
+
+def reliability_figure(
+    uniform: Mapping[str, ReliabilityCurve],
+    quantile: Mapping[str, ReliabilityCurve] | None = None,
+    *,
+    title: str = "Reliability diagram",
+) -> Figure:
+    """Reliability diagrams of one or more runs (keys: run names), side by side.
+
+    Example:
+        >>> import numpy as np
+        >>> from histovl.metrics.calibration import reliability_curve
+        >>> c = reliability_curve([0, 1, 1], np.array([[.9, .1], [.4, .6], [.2, .8]]), n_bins=5)
+        >>> len(reliability_figure({"run": c}).axes)
+        2
+    """
+    names = list(uniform)
+    if not names:
+        raise ValueError("reliability_figure needs at least one curve")
+    width = min(4.0 * len(names), 16.0)
+    fig = Figure(figsize=(max(width, 4.2), 4.6), layout="constrained")
+    axes = fig.subplots(2, len(names), squeeze=False, height_ratios=[3, 1], sharex=True)
+    for col, name in enumerate(names):
+        _draw(axes[0][col], axes[1][col], name, uniform[name], None if quantile is None else quantile.get(name))
+    axes[0][0].set_ylabel("accuracy")
+    axes[1][0].set_ylabel("images")
+    fig.suptitle(title)
+    return fig
+
+
+def _draw(top: Axes, bottom: Axes, name: str, curve: ReliabilityCurve, mass: ReliabilityCurve | None) -> None:
+    centres = (curve.lower + curve.upper) / 2.0
+    widths = curve.upper - curve.lower
+    full = curve.count > 0
+    top.bar(centres[full], curve.accuracy[full], width=widths[full] * 0.92, color="#4C72B0",
+            alpha=0.85, label="accuracy (equal-width bins)")
+    top.scatter(centres[full], curve.confidence[full], marker="_", s=160, color="#C44E52",
+                label="mean confidence", zorder=3)
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    if mass is not None:
+        keep = mass.count > 0
+        top.plot(mass.confidence[keep], mass.accuracy[keep], marker="o", markersize=3,
+                 color="#DD8452", linewidth=1.2, label="equal-mass bins")
+    n_bins = len(curve.count)
+    top.set_title(f"{name}\nECE {curve.ece:.3f} ({n_bins} equal-width bins)", fontsize=9)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.legend(fontsize=6, loc="upper left")
+    bottom.bar(centres, curve.count, width=widths * 0.92, color="#8C8C8C")
+    bottom.set_xlabel("top-label confidence")
+    if full.any() and np.max(curve.count) > 50 * max(1.0, float(np.median(curve.count[full]))):
+        bottom.set_yscale("symlog")  # one crowded bin would hide the others
