@@ -81,6 +81,9 @@ _EXPORTS: dict[str, str] = {
     "StainAlignParams": "histovl.stainalign",
     "StainAlignFitConfig": "histovl.stainalign",
     "build_deepliif_pairs": "histovl.stainalign",
+    # the read-only web app
+    "serve": "histovl.serve",
+    "ServeConfig": "histovl.serve",
     # the installation check
     "doctor": "histovl.doctor",
     # errors

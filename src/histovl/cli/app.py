@@ -64,6 +64,7 @@ COMMANDS: dict[str, str] = {
     "stainalign eval": "histovl.cli.stainalign_cmd:stainalign_eval_command",
     "stainalign build-deepliif": "histovl.cli.stainalign_cmd:stainalign_build_deepliif_command",
     "data mosaic": "histovl.cli.data_cmd:data_mosaic_command",
+    "serve": "histovl.cli.serve_cmd:serve_command",
 }
 
 
@@ -94,6 +95,7 @@ API_FUNCTIONS: dict[str, str] = {
     "stainalign eval": "stainalign_eval",
     "stainalign build-deepliif": "build_deepliif_pairs",
     "data mosaic": "mosaic",
+    "serve": "serve",
 }
 
 
