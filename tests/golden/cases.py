@@ -2,7 +2,9 @@
 
 `tests/golden/test_golden_outputs.py` re-runs them and compares metrics.json and predictions.csv
 with the files recorded in `tests/golden/expected/` (written by `python -m tests.golden.cases
---record` at the commit before the command-shape refactor). The fixture is generated, not stored:
+--record` at the commit before the command-shape refactor; the predictions.csv of zeroshot,
+robustness and multilabel re-recorded when text classifiers moved to float64 NumPy so that cached
+runs need no torch: probabilities moved by < 1e-6 relative, every label and metric unchanged). The fixture is generated, not stored:
 seeded pixels, a tiny open_clip model with seeded weights, a prompt set written here.
 """
 

@@ -3,6 +3,9 @@
 The model forward is already near this machine's arithmetic limit (docs/performance.md), so the
 engine wins by never encoding an image twice (content-keyed cache) and by keeping the model busy
 (decode + preprocess run in DataLoader workers while the main process encodes).
+
+torch is imported only when something has to be decoded or encoded (`histovl.embed._decode`):
+a job served entirely from the cache hashes the files, reads the cache and returns.
 """
 
 from __future__ import annotations
@@ -11,92 +14,29 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from histovl.embed.cache import CacheNamespace, EmbeddingCache, cache_for, content_keys
 from histovl.embed.fill import CacheFill, EmbeddingResult, cache_namespace
 from histovl.embed.progress import progress_bar
-from histovl.errors import ImageReadError
-from histovl.models.encoder import Encoder
-from histovl.models.preprocess import Preprocess
+from histovl.embed.transform import ImageTransform
 from histovl.options import OnError, RunOptions
 
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from histovl.models.encoder import Encoder
+
 log = logging.getLogger(__name__)
-
-
-class ImageTransform(Protocol):
-    """A deterministic change applied to the model-sized image before normalisation.
-
-    `key` names it (e.g. ``blur:3``) and becomes part of the cache namespace; `__call__` takes a
-    float tensor [3, S, S] in [0, 1] plus a per-image seed and returns the same shape and range.
-    Working on the model-sized tensor makes a corruption independent of the source image size.
-    """
-
-    @property
-    def key(self) -> str: ...
-
-    def __call__(self, image: torch.Tensor, seed: int) -> torch.Tensor: ...
-
-
-def _read_rgb(path: str) -> Any:
-    # Imported lazily: keeps `embed` importable while `data` evolves, and workers import it once.
-    from histovl.data import read_rgb
-
-    return read_rgb(path)
 
 
 def seed_for_key(key: str | None, base_seed: int) -> int:
     """Per-image seed from its content key: the same image always gets the same corruption."""
     k = int(key[:8], 16) if key else 0
     return (k ^ (base_seed * 0x9E3779B1)) & 0x7FFFFFFF
-
-
-class _DecodeDataset(Dataset[tuple[int, torch.Tensor | None, str]]):
-    """Reads, converts to RGB, preprocesses (and transforms) one image; errors are returned."""
-
-    def __init__(
-        self,
-        paths: Sequence[str],
-        indices: Sequence[int],
-        preprocess: Preprocess,
-        transform: ImageTransform | None,
-        seeds: Sequence[int],
-    ) -> None:
-        self.paths, self.indices, self.preprocess = paths, indices, preprocess
-        self.transform, self.seeds = transform, seeds
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, j: int) -> tuple[int, torch.Tensor | None, str]:
-        i = self.indices[j]
-        try:
-            img = _read_rgb(self.paths[i])
-            x = self.preprocess.to_unnormalised(img)
-            if self.transform is not None:
-                x = self.transform(x, self.seeds[j]).clamp_(0.0, 1.0)
-            return i, self.preprocess.normalise(x), ""
-        except ImageReadError as err:
-            return i, None, err.reason
-        except (OSError, ValueError, SyntaxError) as err:  # decoder faults Pillow lets through
-            return i, None, f"{type(err).__name__}: {err}"
-
-
-def _collate(batch: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
-    good = [(i, x) for i, x, _ in batch if x is not None]
-    bad = [(i, r) for i, x, r in batch if x is None]
-    idx = [i for i, _ in good]
-    pixels = torch.stack([x for _, x in good]) if good else None
-    return idx, pixels, bad
-
-
-def _worker_init(_: int) -> None:
-    # One thread per decode worker: the model in the main process owns the cores' BLAS threads.
-    torch.set_num_threads(1)
 
 
 def default_num_workers(n_items: int, batch_size: int) -> int:
@@ -113,6 +53,8 @@ def encode_batch_with_backoff(
 
     Returns the features and the chunk size that worked (reported to the user).
     """
+    import torch
+
     size = max(1, min(batch_size, len(pixels)))
     while True:
         try:
@@ -184,6 +126,8 @@ def encode_with_options(
 
 def encode_pixels(encoder: Encoder, pixels: torch.Tensor, batch_size: int) -> tuple[np.ndarray, int]:
     """Normalised pixels -> float32 embeddings (no autograd, OOM back-off); also the batch size used."""
+    import torch
+
     with torch.inference_mode():
         feats, used = encode_batch_with_backoff(encoder.encode_image, pixels, batch_size)
     return feats.cpu().numpy().astype(np.float32, copy=False), used
@@ -194,15 +138,19 @@ def _decode_loader(
     *, batch_size: int, num_workers: int | None, seed: int,
 ) -> DataLoader[Any]:
     """Batches of the `todo` images, decoded (and transformed) in worker processes."""
+    from torch.utils.data import DataLoader
+
+    from histovl.embed._decode import DecodeDataset, collate, worker_init
+
     seeds = [seed_for_key(fill.keys[i], seed) for i in todo]
-    ds = _DecodeDataset(fill.paths, todo, encoder.preprocess, transform, seeds)
+    ds = DecodeDataset(fill.paths, todo, encoder.preprocess, transform, seeds)
     workers = default_num_workers(len(todo), batch_size) if num_workers is None else num_workers
     return DataLoader(
         ds,
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_collate,
-        worker_init_fn=_worker_init if workers else None,
+        collate_fn=collate,
+        worker_init_fn=worker_init if workers else None,
         persistent_workers=False,
     )
 

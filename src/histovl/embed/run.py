@@ -6,18 +6,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from histovl._io import atomic_write_text, atomic_write_with
 from histovl.embed.cache import EmbeddingCache, cache_for
 from histovl.embed.engine import encode_with_options
 from histovl.embed.fill import EmbeddingResult, Failure
-from histovl.models.encoder import Encoder
 from histovl.options import RunOptions, split_overrides
+
+if TYPE_CHECKING:
+    from histovl.models.encoder import Encoder
 
 Engine = Literal["local", "ray"]
 ENGINES: tuple[Engine, ...] = ("local", "ray")
@@ -88,15 +88,13 @@ def embed(
         >>> embed("histovl-lite", "tiles/", cache="cache/", export="emb.parquet")  # doctest: +SKIP
     """
     from histovl.data import load_image_set
-    from histovl.models import load_model
 
     cfg, opts = split_overrides(overrides, config, EmbedConfig, options)
     store = cache_for(opts)
     if store is None:
         raise ValueError("`embed` fills the embedding cache; it cannot run with use_cache=False (--no-cache)")
     image_set = load_image_set(data, allow_absolute_paths=opts.allow_absolute_paths)
-    encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
-    res = _encode(encoder, image_set.paths, store, cfg, opts)
+    res = _encode(model, image_set.paths, store, cfg, opts)
     if cfg.export is not None:
         ok_paths = [str(p) for p, ok in zip(image_set.paths, res.ok, strict=True) if ok]
         export_parquet(cfg.export, ok_paths, res.embeddings)
@@ -108,20 +106,28 @@ def embed(
     )
 
 
-def _encode(encoder: Encoder, paths: Sequence[str | os.PathLike[str]], store: EmbeddingCache, cfg: EmbedConfig, opts: RunOptions) -> EmbeddingResult:
-    """Run the chosen engine over `paths`, reading and filling `store`."""
+def _encode(model: Any, paths: Sequence[str | os.PathLike[str]], store: EmbeddingCache, cfg: EmbedConfig, opts: RunOptions) -> EmbeddingResult:
+    """Run the chosen engine over `paths`, reading and filling `store`. The local engine opens
+    the model lazily (`open_encoder`: a fully cached run loads nothing); Ray actors need it."""
     if cfg.engine == "ray":
         from histovl.embed.ray_engine import encode_images_ray
+        from histovl.models import load_model
 
+        encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
         return encode_images_ray(
             encoder, paths, cache=store, batch_size=opts.batch_size, on_error=opts.on_error,
             address=cfg.ray_address, num_actors=cfg.ray_actors, actor_cpus=cfg.ray_actor_cpus,
         )
-    return encode_with_options(encoder, paths, opts)  # opts.use_cache is True: the same folder
+    from histovl.embed.encoders import open_encoder
+
+    return encode_with_options(open_encoder(model, opts), paths, opts)  # use_cache is True: the same folder
 
 
 def export_parquet(target: Path, paths: list[str], embeddings: np.ndarray) -> None:
     """Write `path` and `embedding` (list<float32>, L2-normalised) columns atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     dim = emb.shape[1] if emb.ndim == 2 else 0
     values = pa.array(emb.reshape(-1), type=pa.float32())

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from safetensors.torch import save_file
 
@@ -79,6 +79,8 @@ def load_model(
     """
     if isinstance(spec, Encoder):  # already loaded: commands accept either, without a guard each
         return spec
+    if getattr(spec, "is_lazy_encoder", False):  # a `histovl.models.lazy.LazyEncoder`: the same
+        return cast(Encoder, spec)
     text = str(spec)
     if text.startswith("open_clip:"):
         return _load_open_clip_file(text, device, trust_checkpoint)

@@ -4,6 +4,13 @@ For each class the prompts are every (description × template). The classifier w
 normalised mean of the normalised prompt embeddings (open_clip's `build_zero_shot_classifier`,
 which it equals exactly for one description per class), or, with ``aggregate="max"``, one weight
 per description and the class score is the best description's score.
+
+Everything here is NumPy, in float64 where it scores: the prompt embeddings come through the
+embedding cache (`histovl.embed.text`), so a run whose prompts and images are all cached builds
+its classifier and its probabilities without torch or the model, and gives the same bytes as the
+run that encoded them. (Scoring in float64 also makes the probabilities independent of the BLAS
+kernel to ~1e-13, where float32 matrix products differed in the 7th digit between torch's and
+NumPy's kernels.)
 """
 
 from __future__ import annotations
@@ -11,16 +18,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from histovl.models.encoder import Encoder
+from histovl.embed.text import TEXT_BATCH, encode_texts
+
+if TYPE_CHECKING:
+    from histovl.models.encoder import Encoder
 
 Aggregate = Literal["mean", "max"]
-TEXT_BATCH = 256
 
 
 class PromptSetLike(Protocol):
@@ -38,60 +45,70 @@ class PromptSetLike(Protocol):
     def content_hash(self) -> str: ...
 
 
+def _as_array(x: object) -> np.ndarray:
+    """Embeddings as a float64 array (NumPy arrays, or torch tensors from callers that hold one)."""
+    detach = getattr(x, "detach", None)
+    if detach is not None:
+        x = detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Rows scaled to unit L2 norm (a zero row stays zero, as torch's ``F.normalize``)."""
+    norm = np.sqrt((x * x).sum(axis=axis, keepdims=True))
+    return x / np.maximum(norm, 1e-12)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 @dataclass(frozen=True)
 class TextClassifier:
     """Class weights in the shared embedding space.
 
     Attributes:
-        weights: [C, D] (``mean``) or [C, M, D] with `mask` [C, M] (``max``), L2-normalised rows.
+        weights: float64 [C, D] (``mean``) or [C, M, D] with `mask` [C, M] (``max``), L2-normalised rows.
         class_names: label of each row, in prompt-set order.
         logit_scale: the model's inverse temperature; logits = scale × cosine.
         prompts: the exact prompt texts per class (recorded in run.json).
     """
 
-    weights: torch.Tensor
+    weights: np.ndarray
     class_names: tuple[str, ...]
     logit_scale: float
     aggregate: Aggregate
     prompts: dict[str, list[list[str]]]
-    mask: torch.Tensor | None = None
+    mask: np.ndarray | None = None
 
-    def cosine(self, image_embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
-        """[N, C] cosine similarity of L2-normalised image embeddings to each class."""
-        x = torch.as_tensor(np.asarray(image_embeddings), dtype=torch.float32)
-        w = self.weights.to(torch.float32)
+    def cosine(self, image_embeddings: object) -> np.ndarray:
+        """[N, C] cosine similarity (float64) of L2-normalised image embeddings to each class."""
+        x = _as_array(image_embeddings)
+        w = self.weights
         if self.aggregate == "mean":
-            return (x @ w.T).numpy()
-        sims = torch.einsum("nd,cmd->ncm", x, w)
-        assert self.mask is not None
-        sims = sims.masked_fill(~self.mask.unsqueeze(0), float("-inf"))
-        return sims.max(dim=-1).values.numpy()
+            return x @ w.T
+        if self.mask is None:
+            raise ValueError("a max-aggregate classifier needs its description mask")
+        sims = np.einsum("nd,cmd->ncm", x, w)
+        sims = np.where(self.mask[None], sims, -np.inf)
+        return sims.max(axis=-1)
 
-    def logits(self, image_embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
+    def logits(self, image_embeddings: object) -> np.ndarray:
         """[N, C] logits = logit_scale × cosine (softmax of these is the class probability)."""
         return self.logit_scale * self.cosine(image_embeddings)
 
-    def probabilities(self, image_embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
-        """[N, C] softmax over classes."""
-        logits = torch.as_tensor(self.logits(image_embeddings))
-        return torch.softmax(logits.double(), dim=-1).numpy()
+    def probabilities(self, image_embeddings: object) -> np.ndarray:
+        """[N, C] softmax over classes (float64)."""
+        return softmax(self.logits(image_embeddings))
 
 
-def encode_prompts(encoder: Encoder, prompts: Sequence[str], batch_size: int = TEXT_BATCH) -> torch.Tensor:
-    """L2-normalised embeddings of `prompts`, each distinct prompt encoded once."""
-    unique = list(dict.fromkeys(prompts))
-    chunks = []
-    with torch.inference_mode():
-        for s in range(0, len(unique), batch_size):
-            chunks.append(encoder.encode_text(unique[s : s + batch_size]).float().cpu())
-    emb = torch.cat(chunks) if chunks else torch.zeros(0, encoder.card.embed_dim)
-    if not torch.isfinite(emb).all():
-        bad = unique[int((~torch.isfinite(emb).all(dim=1)).nonzero()[0])]
-        from histovl.errors import NonFiniteError
-
-        raise NonFiniteError(f"the text tower produced NaN/Inf for prompt {bad!r}")
-    row = {p: i for i, p in enumerate(unique)}
-    return emb[[row[p] for p in prompts]]
+def encode_prompts(encoder: Encoder, prompts: Sequence[str], batch_size: int = TEXT_BATCH) -> np.ndarray:
+    """L2-normalised float32 embeddings of `prompts`, each distinct prompt encoded once, cached
+    ones read from the encoder's prompt cache (`histovl.embed.text.encode_texts`)."""
+    return encode_texts(encoder, prompts, batch_size=batch_size)
 
 
 _MEMO: dict[tuple[int, str, str, str], TextClassifier] = {}
@@ -125,28 +142,8 @@ def build_text_classifier(
         c: [[t.replace("{}", d) for t in prompt_set.templates] for d in prompt_set.classes[c]] for c in class_names
     }
     flat = [p for c in class_names for desc in texts[c] for p in desc]
-    emb = encode_prompts(encoder, flat)
-
-    per_desc: list[list[torch.Tensor]] = []
-    pos = 0
-    for c in class_names:
-        rows = []
-        for desc in texts[c]:
-            rows.append(emb[pos : pos + len(desc)])
-            pos += len(desc)
-        per_desc.append(rows)
-
-    mask: torch.Tensor | None = None
-    if aggregate == "mean":
-        weights = torch.stack([F.normalize(torch.cat(rows).mean(dim=0), dim=-1) for rows in per_desc])
-    else:
-        m = max(len(rows) for rows in per_desc)
-        weights = torch.zeros(len(class_names), m, emb.shape[1])
-        mask = torch.zeros(len(class_names), m, dtype=torch.bool)
-        for ci, rows in enumerate(per_desc):
-            for di, r in enumerate(rows):
-                weights[ci, di] = F.normalize(r.mean(dim=0), dim=-1)
-                mask[ci, di] = True
+    emb = encode_prompts(encoder, flat).astype(np.float64)
+    weights, mask = _class_weights(emb, [[len(desc) for desc in texts[c]] for c in class_names], aggregate)
 
     clf = TextClassifier(
         weights=weights,
@@ -160,6 +157,27 @@ def build_text_classifier(
         with _MEMO_LOCK:
             _MEMO[memo_key] = clf
     return clf
+
+
+def _class_weights(emb: np.ndarray, sizes: list[list[int]], aggregate: Aggregate) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class weights from the prompt embeddings `emb` (rows in class, description, template
+    order; `sizes[c][d]` templates per description): the normalised mean over each class's
+    prompts (``mean``), or over each description's with a mask of real descriptions (``max``)."""
+    per_desc: list[list[np.ndarray]] = []
+    pos = 0
+    for class_sizes in sizes:
+        per_desc.append([emb[pos + sum(class_sizes[:d]) : pos + sum(class_sizes[: d + 1])] for d in range(len(class_sizes))])
+        pos += sum(class_sizes)
+    if aggregate == "mean":
+        return np.stack([l2_normalise(np.concatenate(rows).mean(axis=0)) for rows in per_desc]), None
+    m = max(len(rows) for rows in per_desc)
+    weights = np.zeros((len(per_desc), m, emb.shape[1]))
+    mask = np.zeros((len(per_desc), m), dtype=bool)
+    for ci, rows in enumerate(per_desc):
+        for di, r in enumerate(rows):
+            weights[ci, di] = l2_normalise(r.mean(axis=0))
+            mask[ci, di] = True
+    return weights, mask
 
 
 def clear_classifier_memo() -> None:

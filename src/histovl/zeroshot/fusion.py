@@ -67,7 +67,7 @@ def get_aggregator(name: str) -> Aggregator:
 
 
 def many_to_many_scores(
-    view_embeddings: Sequence[np.ndarray], prompt_embeddings: Sequence[torch.Tensor], aggregator: str = "mean"
+    view_embeddings: Sequence[np.ndarray], prompt_embeddings: Sequence[np.ndarray | torch.Tensor], aggregator: str = "mean"
 ) -> np.ndarray:
     """Aggregate the views × prompts similarity bag per class.
 
@@ -81,7 +81,7 @@ def many_to_many_scores(
     """
     agg = get_aggregator(aggregator)
     views = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in view_embeddings], dim=1)  # N V D
-    cols = [agg(torch.einsum("nvd,pd->nvp", views, p.float())) for p in prompt_embeddings]
+    cols = [agg(torch.einsum("nvd,pd->nvp", views, torch.as_tensor(p, dtype=torch.float32))) for p in prompt_embeddings]
     return torch.stack(cols, dim=1).numpy()
 
 

@@ -135,7 +135,7 @@ def one_prompt_logits(enc: Encoder, prompt_set: PromptSetLike, image_emb: np.nda
     """Literal one-to-one: the first description through the first template, one prompt per class."""
     prompts = [prompt_set.templates[0].replace("{}", prompt_set.classes[c][0]) for c in prompt_set.classes]
     t = encode_prompts(enc, prompts)
-    return scale * (torch.as_tensor(image_emb) @ t.T).numpy()
+    return scale * (torch.as_tensor(image_emb) @ torch.as_tensor(t).T).numpy()
 
 
 def ablation_rows(

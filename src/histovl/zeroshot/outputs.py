@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from histovl._io import atomic_open
-from histovl.models.encoder import Encoder
 from histovl.reports import (
     Report,
     build_classification_report,
@@ -19,6 +18,9 @@ from histovl.reports import (
     write_evaluation_outputs,
 )
 from histovl.zeroshot.classifier import TextClassifier
+
+if TYPE_CHECKING:
+    from histovl.models.encoder import Encoder
 
 
 def write_zeroshot_outputs(

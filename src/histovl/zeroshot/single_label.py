@@ -15,15 +15,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from histovl.models.encoder import Encoder
 from histovl.options import RunOptions, config_record, split_overrides
 from histovl.reports import predictions_frame
-from histovl.reproducibility import seed_everything
+from histovl.reproducibility import seed_run
 from histovl.zeroshot.classifier import Aggregate, TextClassifier, build_text_classifier
 from histovl.zeroshot.steps import (
     classification_metrics_for,
@@ -34,6 +33,9 @@ from histovl.zeroshot.steps import (
     no_image_read,
 )
 from histovl.zeroshot.views import DEFAULT_VIEWS
+
+if TYPE_CHECKING:
+    from histovl.models.encoder import Encoder
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ def zeroshot(
         >>> r.metrics["f1_macro"], r.metrics["ci95"]["f1_macro"]  # doctest: +SKIP
     """
     cfg, opts = split_overrides(overrides, config, ZeroshotConfig, options)
-    seed_everything(opts.seed)
+    seed_run(opts.seed)
     prompt_set, image_set, class_names, models = _prepare(model, data, prompts, cfg, opts)
     encoders = load_encoders(models, opts)
     scores = (_score_one if len(encoders) == 1 else _score_fused)(encoders, image_set.paths, prompt_set, cfg, opts)

@@ -10,14 +10,16 @@ that were read (`kept_records`) and score single-label probabilities against the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from histovl.data.records import ImageRecord, ImageSet
 from histovl.embed import EmbeddingResult, ImageTransform, cache_for
-from histovl.models.encoder import Encoder
 from histovl.options import RunOptions
+
+if TYPE_CHECKING:
+    from histovl.models.encoder import Encoder
 
 
 def require_single_label(image_set: ImageSet) -> None:
@@ -57,10 +59,13 @@ def load_labelled_inputs(
 
 
 def load_encoders(models: Sequence[Any], opts: RunOptions) -> list[Encoder]:
-    """Each model spec (or already-loaded `Encoder`) as an `Encoder` on ``opts.device``."""
-    from histovl.models import load_model
+    """Each model spec (or already-loaded `Encoder`) as an `Encoder` on ``opts.device``, opened
+    through `histovl.embed.open_encoder`: with the cache on, a model whose identity is known is
+    loaded only when an image or prompt misses the cache (once per process), and its prompt
+    embeddings are cached too."""
+    from histovl.embed.encoders import open_encoder
 
-    return [load_model(m, device=opts.device, trust_checkpoint=opts.trust_checkpoint) for m in models]
+    return [open_encoder(m, opts) for m in models]
 
 
 def encode_with_options(

@@ -9,11 +9,12 @@ tissue, as a multi-scale crop).
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from histovl.errors import UnknownNameError, did_you_mean
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class View:
             size = image.shape[-1]
             crop = max(1, round(size * frac))
             off = (size - crop) // 2
+            from torch.nn import functional as F
+
             x = image[..., off : off + crop, off : off + crop].unsqueeze(0)
             return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
         raise UnknownNameError(f"unknown view {self.name!r}.{did_you_mean(self.name, VIEW_NAMES)}")

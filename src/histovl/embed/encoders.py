@@ -1,0 +1,60 @@
+"""Opening a command's encoder: lazily when its identity is known, with its prompt cache.
+
+`open_encoder` is how the evaluation commands (zeroshot, multilabel, ablate-fusion, retrieve,
+robustness) turn a model spec into an encoder. With the embedding cache on, it looks up the
+identity recorded the first time the spec was loaded (`histovl.models.identity`): when found, it
+returns a `LazyEncoder` that loads nothing until an image or prompt misses the cache, so a fully
+cached run neither loads the model nor imports torch. Otherwise it loads the model (once per
+process), records its identity for next time, and wraps it the same way. Either way the encoder
+carries the run's cache for its prompt embeddings (`histovl.embed.text`).
+
+Example:
+    >>> enc = open_encoder("histovl-lite", RunOptions())  # doctest: +SKIP
+    >>> enc.weights_id  # known without loading the model on a warm run  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, cast
+
+from histovl.embed.cache import cache_for
+from histovl.models.identity import (
+    IDENTITY_DIR,
+    ModelIdentity,
+    read_identity,
+    weights_fingerprint,
+    write_identity,
+)
+from histovl.models.lazy import LazyEncoder, loaded_model
+from histovl.options import RunOptions
+
+if TYPE_CHECKING:
+    from histovl.models.encoder import Encoder
+
+
+def open_encoder(model: str | os.PathLike[str] | Any, options: RunOptions) -> Encoder:
+    """The encoder for `model` (a spec, or an already loaded encoder) as a command uses it."""
+    cache = cache_for(options)
+    if not isinstance(model, str | os.PathLike):  # an Encoder (or a LazyEncoder) already
+        if getattr(model, "is_lazy_encoder", False) or cache is None:
+            return cast("Encoder", model)
+        identity = ModelIdentity(model.card.name, model.card, model.weights_id, float(model.logit_scale))
+        return cast("Encoder", LazyEncoder(identity, model=model, text_cache=cache))
+    spec = os.fspath(model)
+    fingerprint = weights_fingerprint(spec)
+    device, trust = options.device, options.trust_checkpoint
+    if cache is None:
+        return loaded_model(spec, device=device, trust_checkpoint=trust, fingerprint=fingerprint)
+    folder = cache.root / IDENTITY_DIR
+    known = read_identity(folder, spec, fingerprint) if fingerprint is not None else None
+    if known is not None:
+        lazy = LazyEncoder(known, device=device, trust_checkpoint=trust, fingerprint=fingerprint, text_cache=cache)
+        return cast("Encoder", lazy)
+    loaded = loaded_model(spec, device=device, trust_checkpoint=trust, fingerprint=fingerprint)
+    if fingerprint is not None:
+        identity = write_identity(folder, spec, fingerprint, loaded)
+    else:
+        identity = ModelIdentity(spec, loaded.card, loaded.weights_id, float(loaded.logit_scale))
+    wrapped = LazyEncoder(identity, device=device, trust_checkpoint=trust, fingerprint=fingerprint, model=loaded, text_cache=cache)
+    return cast("Encoder", wrapped)

@@ -1,0 +1,123 @@
+"""Warm runs: prompts cached like images, the model loaded only on a miss (once per process),
+and a fully cached run that neither loads the model nor imports torch (docs/performance.md)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from histovl.embed.encoders import open_encoder
+from histovl.embed.text import encode_texts
+from histovl.models import lazy
+from histovl.models.identity import IDENTITY_DIR, weights_fingerprint
+from histovl.options import RunOptions
+from histovl.zeroshot import zeroshot
+from tests.golden.cases import build_fixture
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return build_fixture(tmp_path_factory.mktemp("warm"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_models() -> None:
+    lazy.forget_loaded_models()
+
+
+def _count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from histovl.models import loading
+
+    calls: list[str] = []
+    real = loading.load_model
+
+    def counting(spec, **kw):  # type: ignore[no-untyped-def]
+        calls.append(str(spec))
+        return real(spec, **kw)
+
+    monkeypatch.setattr(loading, "load_model", counting)
+    return calls
+
+
+def _run(f: dict[str, str], out: Path, cache: Path, prompts: str | None = None) -> None:
+    zeroshot(f["model"], f["manifest"], prompts or f["prompts"], out, cache=cache, n_boot=20, seed=3,
+             workers=0, progress=False)
+
+
+def test_fully_cached_run_loads_nothing_and_writes_the_same_bytes(fixture, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    _run(fixture, tmp_path / "cold", cache)
+    assert list((cache / IDENTITY_DIR).glob("*.json")), "the cold run records the model's identity"
+    lazy.forget_loaded_models()
+    calls = _count_loads(monkeypatch)
+    _run(fixture, tmp_path / "warm", cache)
+    assert calls == []
+    for name in ("metrics.json", "predictions.csv"):
+        assert (tmp_path / "warm" / name).read_bytes() == (tmp_path / "cold" / name).read_bytes(), name
+
+
+def test_the_model_loads_once_per_process_and_only_on_a_miss(fixture, tmp_path, monkeypatch):
+    calls = _count_loads(monkeypatch)
+    _run(fixture, tmp_path / "a", tmp_path / "cache-a")
+    _run(fixture, tmp_path / "b", tmp_path / "cache-b")  # every image misses again: same model
+    assert calls == [fixture["model"]]
+
+
+def test_editing_one_prompt_reencodes_only_that_prompt(fixture, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    _run(fixture, tmp_path / "first", cache)
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(Path(fixture["prompts"]).read_text().replace("[green tissue]", "[greenish tissue]"))
+    enc = lazy.loaded_model(fixture["model"], device="cpu", trust_checkpoint=False,
+                            fingerprint=weights_fingerprint(fixture["model"]))
+    seen: list[str] = []
+    real = enc._encode_text
+
+    def counting(texts):  # type: ignore[no-untyped-def]
+        seen.extend(texts)
+        return real(texts)
+
+    monkeypatch.setattr(enc, "_encode_text", counting)
+    _run(fixture, tmp_path / "second", cache, prompts=str(edited))
+    assert sorted(seen) == ["a tile showing greenish tissue.", "an image of greenish tissue."]
+
+
+def test_text_cache_returns_what_the_model_computes(fixture, tmp_path):
+    enc = open_encoder(fixture["model"], RunOptions(cache=tmp_path / "c"))
+    texts = ["red tissue", "blue tissue", "red tissue"]
+    first = encode_texts(enc, texts)
+    plain = encode_texts(enc, texts, cache=None)
+    assert (first == plain).all() and (encode_texts(enc, texts) == first).all()
+
+
+def test_no_cache_loads_the_model_and_records_nothing(fixture, tmp_path):
+    enc = open_encoder(fixture["model"], RunOptions(cache=tmp_path / "c", use_cache=False))
+    assert not getattr(enc, "is_lazy_encoder", False)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_a_fully_cached_cli_run_imports_no_torch(fixture, tmp_path):
+    cache = tmp_path / "cache"
+    _run(fixture, tmp_path / "cold", cache)
+    args = ["zeroshot", "--model", fixture["model"], "--data", fixture["manifest"], "--prompts", fixture["prompts"],
+            "--out", str(tmp_path / "warm"), "--cache", str(cache), "--n-boot", "20", "--seed", "3", "--quiet"]
+    code = (
+        "import sys\n"
+        f"sys.argv = ['histovl', *{args!r}]\n"
+        "from histovl.cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "heavy = [m for m in ('torch', 'open_clip', 'transformers', 'torchvision') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+    assert (tmp_path / "warm" / "predictions.csv").read_bytes() == (tmp_path / "cold" / "predictions.csv").read_bytes()
