@@ -41,6 +41,7 @@ def zeroshot_command(
     fusion_weight: Annotated[list[float] | None, typer.Option("--fusion-weight", help="One weight per --model, in order (weighted fusion); default equal weights.")] = None,
     aggregate: Annotated[AggregateChoice, typer.Option("--aggregate", help="Class score: mean of prompt embeddings, or best description.")] = AggregateChoice.mean,
     allow_missing_classes: AllowMissingOpt = False,
+    per_template: Annotated[bool, typer.Option("--per-template", help="Also score each template alone and each class description alone; writes prompt_sensitivity.csv with the spread and its CIs.")] = False,
 ) -> None:
     """Zero-shot classify a labelled image set; writes metrics, predictions, run record, report."""
     from histovl.zeroshot import ZeroshotConfig, zeroshot
@@ -49,9 +50,12 @@ def zeroshot_command(
     config = ZeroshotConfig(
         fusion=fusion, fusion_weights=tuple(fusion_weight) if fusion_weight else None,
         views=tuple(view) if view else DEFAULT_VIEWS, m2m_aggregator=aggregator,
-        aggregate=aggregate.value, allow_missing_classes=allow_missing_classes,
+        aggregate=aggregate.value, allow_missing_classes=allow_missing_classes, per_template=per_template,
     )
     res = zeroshot(model if len(model) > 1 else model[0], data, prompts, out, config, options)
     print_metrics(res.metrics, CLASSIFICATION_KEYS)
     print_skipped(res.skipped)
     typer.echo(f"n = {res.metrics['n']}; report: {out / 'report.html'}")
+    if res.prompt_sensitivity is not None:
+        typer.echo(f"prompt sensitivity ({res.metrics['prompt_sensitivity']['n_variants']} variants): "
+                   f"{out / 'prompt_sensitivity.csv'}")

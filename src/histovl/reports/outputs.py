@@ -37,8 +37,12 @@ def write_evaluation_outputs(
     predictions: pd.DataFrame,
     run_record: Mapping[str, Any],
     report: Report | None,
+    extra_tables: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict[str, Path]:
     """Write metrics.json, predictions.csv, report.html (+ PNGs) and run.json into ``out_dir``.
+
+    ``extra_tables`` (file name -> table) are written as CSV files before run.json, so a
+    command's own tables (``prompt_sensitivity.csv``) belong to the same complete folder.
 
     Raises:
         NonFiniteError: a NaN/Inf is anywhere in ``metrics`` or ``run_record`` (named by its key
@@ -60,6 +64,10 @@ def write_evaluation_outputs(
     written["predictions"] = out / "predictions.csv"
     with atomic_open(written["predictions"], "w", encoding="utf-8", newline="") as fh:
         predictions.to_csv(fh, index=False)
+    for name, table in (extra_tables or {}).items():
+        written[name] = out / name
+        with atomic_open(written[name], "w", encoding="utf-8", newline="") as fh:
+            table.to_csv(fh, index=False)
     written["run"] = out / "run.json"
     atomic_write_json(written["run"], dict(run_record))
     return written

@@ -38,8 +38,10 @@ def write_zeroshot_outputs(
     skipped: list[dict[str, str]],
     seed: int,
     config: dict[str, Any],
+    sensitivity: Any = None,
 ) -> None:
-    """metrics.json, predictions.csv, run.json (with the exact prompts used) and report.html."""
+    """metrics.json, predictions.csv, run.json (with the exact prompts used) and report.html;
+    with a prompt-sensitivity result also prompt_sensitivity.csv and its report section."""
     record = build_run_record(
         command=command,
         config=config,
@@ -63,7 +65,14 @@ def write_zeroshot_outputs(
         image_root=image_set.root,
         subtitle=f"prompt set {getattr(prompt_set, 'name', '?')} · data {image_set.source} · n = {metrics['n']}",
     )
-    write_evaluation_outputs(out_dir, metrics=metrics, predictions=predictions, run_record=record, report=report)
+    extra = None
+    if sensitivity is not None:
+        from histovl.zeroshot.sensitivity import write_sensitivity_section
+
+        write_sensitivity_section(report, sensitivity)
+        extra = {"prompt_sensitivity.csv": sensitivity.table}
+    write_evaluation_outputs(out_dir, metrics=metrics, predictions=predictions, run_record=record, report=report,
+                             extra_tables=extra)
 
 
 def write_ablation_outputs(

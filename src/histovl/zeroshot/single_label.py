@@ -49,6 +49,8 @@ class ZeroshotConfig:
         m2m_aggregator: how m2m aggregates the views x prompts similarities.
         aggregate: ``mean`` (one weight per class) or ``max`` (best description per class).
         allow_missing_classes: allow prompt-set classes with no images.
+        per_template: also score each template alone and each class description alone, and
+            report the spread (prompt_sensitivity.csv; `histovl.zeroshot.sensitivity`).
     """
 
     fusion: str | None = None
@@ -57,6 +59,7 @@ class ZeroshotConfig:
     m2m_aggregator: str = "mean"
     aggregate: Aggregate = "mean"
     allow_missing_classes: bool = False
+    per_template: bool = False
 
     def __post_init__(self) -> None:
         if self.fusion_weights is not None:
@@ -76,6 +79,8 @@ class ZeroShotResult:
     skipped: list[dict[str, str]] = field(default_factory=list)
     fusion_cost: Any = None
     """With several models: a `FusionCost` (image passes, images encoded, prompts encoded, seconds)."""
+    prompt_sensitivity: Any = None
+    """With ``per_template``: a `SensitivityResult` (per-variant table, the metrics.json block)."""
 
 
 @dataclass
@@ -86,6 +91,7 @@ class _Scores:
     skipped: dict[str, str]
     batch_size_used: int | None = None
     fusion_cost: Any = None
+    embeddings: np.ndarray | None = None
 
 
 def zeroshot(
@@ -124,6 +130,7 @@ def zeroshot(
     metrics, preds = _evaluate(records, scores.probs, class_names, image_set.root, opts)
     skipped_list = [{"path": p, "reason": r} for p, r in scores.skipped.items()]
     metrics["n_skipped"] = len(skipped_list)
+    sensitivity = _prompt_sensitivity(encoders, prompt_set, scores, records, class_names, cfg, opts, metrics)
 
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
@@ -132,10 +139,10 @@ def zeroshot(
         write_zeroshot_outputs(
             out_dir, command=command, metrics=metrics, predictions=preds, encoders=encoders,
             classifiers=scores.classifiers, prompt_set=prompt_set, image_set=image_set,
-            records=records, probs=scores.probs, skipped=skipped_list, seed=opts.seed,
+            records=records, probs=scores.probs, skipped=skipped_list, seed=opts.seed, sensitivity=sensitivity,
             config=_run_config(cfg, opts, image_set, scores, n_encoders=len(encoders)),
         )
-    return ZeroShotResult(metrics, preds, out_dir, scores.probs, class_names, skipped_list, scores.fusion_cost)
+    return ZeroShotResult(metrics, preds, out_dir, scores.probs, class_names, skipped_list, scores.fusion_cost, sensitivity)
 
 
 def _prepare(
@@ -146,6 +153,8 @@ def _prepare(
         data, prompts, opts, allow_missing_classes=cfg.allow_missing_classes
     )
     models = list(model) if isinstance(model, list | tuple) else [model]
+    if cfg.per_template and len(models) > 1:
+        raise ValueError("--per-template scores one model's prompts: run it once per --model, without --fusion")
     if len(models) > 1 and cfg.fusion is None:
         raise ValueError("several models were given: choose how to combine them with --fusion (e.g. mean-prob)")
     if cfg.fusion_weights is not None:
@@ -163,7 +172,7 @@ def _score_one(encoders: list[Encoder], paths: list[str], prompt_set: Any, cfg: 
         raise no_image_read(len(paths))
     clf = build_text_classifier(enc, prompt_set, cfg.aggregate)
     return _Scores(
-        probs=clf.probabilities(res.embeddings), ok=res.ok, classifiers=[clf],
+        probs=clf.probabilities(res.embeddings), ok=res.ok, classifiers=[clf], embeddings=res.embeddings,
         skipped={f.path: f.reason for f in res.failures},
         batch_size_used=res.batch_size_used if res.n_encoded else None,  # after any OOM back-off
     )
@@ -192,6 +201,21 @@ def _evaluate(
     metrics = classification_metrics_for(records, probs, class_names, opts)
     preds = predictions_frame([r.path for r in records], [str(r.label) for r in records], probs, class_names, root=root)
     return metrics, preds
+
+
+def _prompt_sensitivity(
+    encoders: list[Encoder], prompt_set: Any, scores: _Scores, records: list[Any], class_names: list[str],
+    cfg: ZeroshotConfig, opts: RunOptions, metrics: dict[str, Any],
+) -> Any:
+    """With ``per_template``: every template / description alone (`histovl.zeroshot.sensitivity`);
+    its summary joins metrics.json under ``prompt_sensitivity``. None otherwise."""
+    if not cfg.per_template or scores.embeddings is None:
+        return None
+    from histovl.zeroshot.sensitivity import sensitivity_for_run
+
+    result = sensitivity_for_run(encoders[0], prompt_set, scores.embeddings, records, class_names, cfg.aggregate, opts)
+    metrics["prompt_sensitivity"] = result.summary
+    return result
 
 
 def _run_config(cfg: ZeroshotConfig, opts: RunOptions, image_set: Any, scores: _Scores, *, n_encoders: int) -> dict[str, Any]:
