@@ -18,8 +18,9 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# The demo's slide step needs OpenSlide (slides) and `histovl serve` shows its outputs (serve).
 $(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
-	$(PIP) -e .
+	$(PIP) -e '.[slides,serve]'
 	touch $@
 
 $(TEST_STAMP): $(STAMP)
