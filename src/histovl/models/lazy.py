@@ -5,7 +5,8 @@ without loading it (`histovl.models.identity`). Everything a fully cached run re
 from that identity; the first call that needs the model (`encode_image`, `encode_text`, or any
 other attribute of the real encoder) loads it once, through `load_model`, and every later call
 uses that one model. Loads are also shared per process: two runs in one process that name the
-same spec, device and checkpoint policy load it once (`loaded_model`).
+same spec, device and checkpoint policy load it once (`loaded_model`). Only the most recently
+loaded model is kept for that, so a sweep over several models still frees each before the next.
 
 Only this module and `load_model` know the proxy exists; the pipeline sees the `Encoder`
 interface (``card``, ``weights_id``, ``logit_scale``, ``preprocess``, ``encode_image``,
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 _LOADED: dict[tuple[str, str, str, bool], Encoder] = {}
 _LOCK = threading.Lock()
+#: Models kept for reuse by later runs in this process (the most recent ones).
+KEEP_LOADED = 1
 
 
 def loaded_model(spec: str, *, device: str, trust_checkpoint: bool, fingerprint: str | None = None) -> Encoder:
@@ -50,6 +53,8 @@ def loaded_model(spec: str, *, device: str, trust_checkpoint: bool, fingerprint:
     with _LOCK:
         model = _LOADED.get(key)
         if model is None:
+            while _LOADED and len(_LOADED) >= KEEP_LOADED:  # drop the oldest before loading
+                _LOADED.pop(next(iter(_LOADED)))
             apply_pending_torch_seed()
             model = load_model(spec, device=device, trust_checkpoint=trust_checkpoint)
             _LOADED[key] = model

@@ -11,7 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,12 +19,14 @@ import pandas as pd
 from histovl._io import atomic_open
 from histovl.embed import encode_images
 from histovl.errors import HistovlError
-from histovl.models.encoder import Encoder
 from histovl.options import RunOptions, resolve_options, split_overrides
 from histovl.retrieval.index import METADATA_FILE, VectorIndex
 from histovl.retrieval.run import embedding_cache_key, encode_records, model_provenance
 from histovl.retrieval.search import SearchResult
 from histovl.retrieval.storage import IndexOptions
+
+if TYPE_CHECKING:
+    from histovl.models.encoder import Encoder
 
 #: The columns of a query's result table, in order.
 QUERY_COLUMNS = ["rank", "path", "label", "group", "score"]

@@ -21,13 +21,13 @@ import numpy as np
 import pandas as pd
 
 from histovl.embed import encode_with_options
-from histovl.models.encoder import Encoder
 from histovl.options import RunOptions, config_record, split_overrides
 from histovl.retrieval.evaluation import LeaveOneOut, leave_one_out, metric_ks, retrieval_metrics
 from histovl.retrieval.storage import IndexOptions
 
 if TYPE_CHECKING:
     from histovl.data import ImageSet
+    from histovl.models.encoder import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +132,13 @@ def retrieve(
         >>> r = retrieve("histovl-lite", "tiles/", out="runs/retrieval")  # doctest: +SKIP
         >>> r.metrics["ha@5"], r.metrics["ci95"]["ha@5"]  # doctest: +SKIP
     """
-    from histovl.models import load_model
-    from histovl.reproducibility import seed_everything
+    from histovl.embed.encoders import open_encoder
+    from histovl.reproducibility import seed_run
 
     cfg, opts = split_overrides(overrides, config, RetrieveConfig, options)
-    seed_everything(opts.seed)
+    seed_run(opts.seed)
     image_set = labelled_images(data, opts)
-    encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
+    encoder = open_encoder(model, opts)  # loads the model only if an image misses the cache
     encoded = encode_records(encoder, image_set.records, opts)
     if len(encoded.records) < 2:
         raise ValueError(f"only {len(encoded.records)} of {len(image_set)} images could be read; retrieval needs at least two")

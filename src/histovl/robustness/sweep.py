@@ -242,11 +242,11 @@ def _sweep_model(
 
     The encoder is a local of this call, so a model loaded from a spec is freed before the next.
     """
-    from histovl.models import load_model
+    from histovl.embed.encoders import open_encoder
     from histovl.robustness.evaluation import ConditionScorer
     from histovl.zeroshot.classifier import build_text_classifier
 
-    encoder = load_model(spec, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
+    encoder = open_encoder(spec, opts)  # the model loads only if an image or prompt misses the cache
     label = _label_for(encoder, spec, acc.labels)
     acc.labels.append(label)
     acc.cards.append(encoder.card)

@@ -102,15 +102,26 @@ def test_no_cache_loads_the_model_and_records_nothing(fixture, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def _cli(f: dict[str, str], command: str, out: Path, cache: Path) -> list[str]:
+    common = ["--model", f["model"], "--out", str(out), "--cache", str(cache), "--n-boot", "20", "--seed", "3", "--quiet"]
+    if command == "retrieve":
+        return ["retrieve", "--data", f["manifest"], "--k", "3", *common]
+    return ["zeroshot", "--data", f["manifest"], "--prompts", f["prompts"], *common]
+
+
 @pytest.mark.slow
-def test_a_fully_cached_cli_run_imports_no_torch(fixture, tmp_path):
+@pytest.mark.parametrize("command", ["zeroshot", "retrieve"])
+def test_a_fully_cached_cli_run_imports_no_torch(fixture, tmp_path, command):
+    from typer.testing import CliRunner
+
+    from histovl.cli.app import app
+
     cache = tmp_path / "cache"
-    _run(fixture, tmp_path / "cold", cache)
-    args = ["zeroshot", "--model", fixture["model"], "--data", fixture["manifest"], "--prompts", fixture["prompts"],
-            "--out", str(tmp_path / "warm"), "--cache", str(cache), "--n-boot", "20", "--seed", "3", "--quiet"]
+    cold = CliRunner().invoke(app, _cli(fixture, command, tmp_path / "cold", cache), catch_exceptions=False)
+    assert cold.exit_code == 0, cold.output
     code = (
         "import sys\n"
-        f"sys.argv = ['histovl', *{args!r}]\n"
+        f"sys.argv = ['histovl', *{_cli(fixture, command, tmp_path / 'warm', cache)!r}]\n"
         "from histovl.cli.app import main\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "heavy = [m for m in ('torch', 'open_clip', 'transformers', 'torchvision') if m in sys.modules]\n"
@@ -120,4 +131,5 @@ def test_a_fully_cached_cli_run_imports_no_torch(fixture, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout, done.stdout + done.stderr
-    assert (tmp_path / "warm" / "predictions.csv").read_bytes() == (tmp_path / "cold" / "predictions.csv").read_bytes()
+    for name in ("metrics.json", "predictions.csv"):
+        assert (tmp_path / "warm" / name).read_bytes() == (tmp_path / "cold" / name).read_bytes(), name

@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from histovl.embed.text import encode_texts
 from histovl.errors import HistovlError
 
 
@@ -32,8 +33,10 @@ class TextEmbeddingMemo:
     """Encodes each distinct prompt once and remembers it (across images, chunks and calls).
 
     The encoder's own `encode_text` already cuts causal text towers to the longest prompt in the
-    batch, so the memo only has to avoid repeats. `n_encoded` counts prompts that reached the
-    model, `n_requested` every prompt asked for: their ratio is the saving.
+    batch, so the memo only has to avoid repeats. Prompts go through the encoder's prompt cache
+    (`histovl.embed.text.encode_texts`), so a re-run reads them instead of loading the model.
+    `n_encoded` counts distinct prompts embedded (by the model or from that cache), `n_requested`
+    every prompt asked for: their ratio is the saving.
 
     Example:
         >>> from tests.helpers.tiny import tiny_encoder  # doctest: +SKIP
@@ -62,7 +65,7 @@ class TextEmbeddingMemo:
         missing = list(dict.fromkeys(t for t in texts if t not in self._store))
         for start in range(0, len(missing), self.batch_size):
             batch = missing[start : start + self.batch_size]
-            emb = self.encoder.encode_text(batch).detach().float().cpu()
+            emb = torch.from_numpy(encode_texts(self.encoder, batch, batch_size=self.batch_size))  # type: ignore[arg-type]
             if not torch.isfinite(emb).all():
                 bad = batch[int((~torch.isfinite(emb)).any(dim=1).nonzero()[0, 0])]
                 raise HistovlError(f"the text encoder returned NaN/Inf for prompt {bad!r}")
