@@ -1,7 +1,9 @@
 """Atomic file writes: every output goes to a temp file in the same folder, then `os.replace`.
 
 A crash, Ctrl-C or power loss therefore leaves either the old file or the new one, never half of
-one (docs/reliability.md, "run interrupted").
+one (docs/reliability.md, "run interrupted"). The file gets the permissions an ordinary ``open()``
+would give it (0o666 minus the umask; `tempfile.mkstemp` alone makes it 0o600), so a run on a
+shared server is readable by the group when the umask says so.
 """
 
 from __future__ import annotations
@@ -13,6 +15,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS tells it (Linux), else set and
+    restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -32,6 +49,7 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())  # as open() would have made it, not mkstemp's 0o600
         os.replace(tmp, target)
     finally:
         if tmp.exists():
