@@ -65,7 +65,7 @@ def fewshot_fit_command(
     data: Annotated[Path, typer.Option("--data", "-d", help="Labelled images (class folder or CSV manifest): the support set.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Head folder to write (head.json, head.safetensors, run.json).")],
     options: RunOptions,
-    prompts: OptionalPromptsOpt = None,
+    prompts: Annotated[str | None, typer.Option("--prompts", "-p", help="Prompt-set name or YAML file: needed by tip and text-linear; the head's classes follow its order.")] = None,
     method: Annotated[MethodChoice, typer.Option("--method", help="Few-shot method.")] = MethodChoice.linear,
     knn_k: KnnOpt = 20,
     text_linear_steps: StepsOpt = 200,
