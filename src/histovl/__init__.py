@@ -48,6 +48,8 @@ _EXPORTS: dict[str, str] = {
     "PredictConfig": "histovl.predict",
     "compare": "histovl.compare",
     "CompareConfig": "histovl.compare",
+    "bench": "histovl.bench",
+    "BenchConfig": "histovl.bench",
     "ablate_fusion": "histovl.zeroshot",
     "FusionAblationConfig": "histovl.zeroshot",
     "multilabel": "histovl.zeroshot.multilabel.pipeline",

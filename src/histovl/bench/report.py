@@ -1,0 +1,53 @@
+"""leaderboard.html: one ranked table per data set and task, then the cells and their times."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from histovl.bench.suite import Suite
+from histovl.options import RunOptions
+from histovl.reports import Report
+
+MARK_TEXT = ("✓ = not significantly worse than the best: the 95% paired bootstrap CI of (best − model) "
+             "includes 0 (same resamples for both, groups respected; zeroshot only, from the cells' "
+             "predictions.csv). n/a = the task has no per-image class probabilities to pair.")
+
+
+def leaderboard_report(board: pd.DataFrame, cells: pd.DataFrame, suite: Suite, opts: RunOptions) -> Report:
+    """The HTML leaderboard (the same numbers as leaderboard.csv, plus cells.csv)."""
+    n_done = int((cells["status"] != "not done").sum())
+    report = Report(
+        f"Leaderboard — {suite.source.name}",
+        subtitle=f"{len(suite.models)} models × {len(suite.datasets)} data sets × {len(suite.tasks)} tasks · "
+                 f"{n_done}/{len(cells)} cells finished · {opts.n_boot} bootstrap resamples",
+    )
+    if board.empty:
+        report.add_text("No cell has finished yet.")
+    for (dataset, task), block in board.groupby(["dataset", "task"], sort=False):
+        report.add_table(_display(block), title=f"{dataset} · {task}", caption=MARK_TEXT)
+    report.add_table(cells, title="Cells (cells.csv)",
+                     caption="computed = run now; reused = finished earlier (its run.json exists) and not "
+                             "recomputed. seconds = total time of the cell (the embedding engine does not "
+                             "report read/decode and model time separately).")
+    return report
+
+
+def _display(block: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in block.itertuples():
+        rows.append({
+            "rank": r.rank, "model": r.model, "metric": r.metric,
+            "value [95% CI]": f"{_f(r.value)} [{_f(r.ci_low)}, {_f(r.ci_high)}]",
+            "best − model [95% CI]": "" if r.diff_vs_best is None or r.diff_vs_best != r.diff_vs_best
+            else f"{_f(r.diff_vs_best)} [{_f(r.diff_ci_low)}, {_f(r.diff_ci_high)}]",
+            "not worse than best": {"yes": "✓", "best": "best", "no": "✗"}.get(r.not_worse_than_best, "n/a"),
+        })
+    return pd.DataFrame(rows)
+
+
+def _f(value: Any) -> str:
+    if value is None or value != value:
+        return "–"
+    return f"{float(value):.3f}"

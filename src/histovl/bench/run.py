@@ -1,0 +1,187 @@
+"""`histovl bench`: a models x data sets x tasks grid from one suite file, resumable.
+
+suite.yaml -> `load_suite` (every model, task and option checked; nothing written on error)
+           -> plan the cells -> skip finished cells (run.json present) -> run the rest with the
+           local or the Ray engine (each cell = the command's own library function, embeddings
+           through the one cache) -> cells.csv (status and time per cell) -> leaderboard.csv,
+           leaderboard.html.
+
+Steps: `_prepare`, `_run_pending` (engines `_run_local`, `_run_ray`), `_write_outputs`.
+docs/bench.md describes the suite format, the outputs and the resume semantics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from histovl._io import atomic_write_text
+from histovl.bench.cells import Cell, is_done, plan_cells, run_cell
+from histovl.bench.leaderboard import leaderboard_frame
+from histovl.bench.suite import Suite, load_suite
+from histovl.errors import HistovlError
+from histovl.options import RunOptions, split_overrides
+from histovl.outputs_guard import check_output_folder, output_lock
+
+Engine = Literal["local", "ray"]
+ENGINES: tuple[Engine, ...] = ("local", "ray")
+CELL_COLUMNS = ["dataset", "task", "model", "cell", "status", "seconds", "timing_split"]
+#: what the timing columns hold (the embed engine does not expose a read/decode vs model split)
+TIMING_SPLIT = "total only"
+
+
+class BenchError(HistovlError, RuntimeError):
+    """A cell of the grid failed (the finished cells stay; a re-run resumes)."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What `histovl bench` does (the run options, shared by every cell, are in `RunOptions`).
+
+    Attributes:
+        engine: ``local`` runs the cells one after another in this process; ``ray`` runs them as
+            Ray tasks (``ray.init()`` joins a running cluster when ``RAY_ADDRESS`` is set).
+        ray_cpus: CPUs each Ray cell asks for.
+    """
+
+    engine: Engine = "local"
+    ray_cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+
+
+@dataclass
+class BenchResult:
+    """What a bench run produced (also written to `out`)."""
+
+    leaderboard: pd.DataFrame
+    cells: pd.DataFrame
+    out: Path
+
+
+def bench(
+    suite: str | os.PathLike[str] | Suite,
+    out: str | os.PathLike[str],
+    config: BenchConfig | None = None,
+    options: RunOptions | None = None,
+    **overrides: Any,
+) -> BenchResult:
+    """Run (or resume) every cell of a suite and write the leaderboard.
+
+    Args:
+        suite: a SUITE.yaml path (docs/bench.md) or a loaded `Suite`.
+        out: the bench folder: ``cells/<dataset>/<task>/<model-slug>/`` run folders,
+            ``cells.csv``, ``leaderboard.csv``, ``leaderboard.html``.
+        config: engine choice (`BenchConfig`).
+        options: run options shared by every cell; a task's ``options`` in the suite override
+            them for that task's cells.
+
+    Raises:
+        SuiteError: the suite names an unknown model, task or option (nothing is written).
+        BenchError: a cell failed; the cells finished before it stay and a re-run resumes.
+    """
+    cfg, opts = split_overrides(overrides, config, BenchConfig, options)
+    loaded, out_dir = _prepare(suite, out)
+    with output_lock(out_dir):
+        cells = plan_cells(loaded, out_dir, opts)
+        previous = _previous_times(out_dir)
+        times, failure = _run_pending(cells, cfg)
+        table = _cells_table(cells, times, previous)
+        board = _write_outputs(cells, table, out_dir, loaded, opts)
+    if failure is not None:
+        cell, err = failure
+        raise BenchError(f"cell {cell.relative} ({cell.model}) failed: {err}; "
+                         f"fix it and re-run the same command: finished cells are kept") from err
+    return BenchResult(board, table, out_dir)
+
+
+def _prepare(suite: str | os.PathLike[str] | Suite, out: str | os.PathLike[str]) -> tuple[Suite, Path]:
+    """Everything checked before any cell runs: the suite and the output folder."""
+    loaded = suite if isinstance(suite, Suite) else load_suite(Path(suite))
+    out_dir = check_output_folder(out)
+    return loaded, out_dir
+
+
+def _run_pending(cells: Sequence[Cell], cfg: BenchConfig) -> tuple[dict[str, dict[str, Any]], tuple[Cell, Exception] | None]:
+    pending = [c for c in cells if not is_done(c)]
+    if not pending:
+        return {}, None
+    if cfg.engine == "ray":
+        return _run_ray(pending, cfg)
+    return _run_local(pending)
+
+
+def _run_local(pending: Sequence[Cell]) -> tuple[dict[str, dict[str, Any]], tuple[Cell, Exception] | None]:
+    """One cell after another; stops at the first failure (what is finished stays)."""
+    times: dict[str, dict[str, Any]] = {}
+    for cell in pending:
+        try:
+            times[cell.relative] = run_cell(cell)
+        except Exception as err:  # noqa: BLE001 - any failure: keep the finished cells, report this one
+            return times, (cell, err)
+    return times, None
+
+
+def _run_ray(pending: Sequence[Cell], cfg: BenchConfig) -> tuple[dict[str, dict[str, Any]], tuple[Cell, Exception] | None]:
+    """Every pending cell as a Ray task; all run, the first failure is reported."""
+    try:
+        import ray
+    except ImportError as err:
+        raise HistovlError("--engine ray needs Ray: pip install 'histovl[ray]'") from err
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=False)
+    remote = ray.remote(num_cpus=cfg.ray_cpus)(run_cell)
+    refs = [(cell, remote.remote(cell)) for cell in pending]
+    times: dict[str, dict[str, Any]] = {}
+    failure: tuple[Cell, Exception] | None = None
+    for cell, ref in refs:
+        try:
+            times[cell.relative] = ray.get(ref)
+        except Exception as err:  # noqa: BLE001 - a failed task: report the first one after all have run
+            failure = failure or (cell, err)
+    return times, failure
+
+
+def _previous_times(out_dir: Path) -> dict[str, float]:
+    """Seconds of the cells a previous run computed (from its cells.csv), kept for reused cells."""
+    path = out_dir / "cells.csv"
+    if not path.is_file():
+        return {}
+    try:
+        frame = pd.read_csv(path)
+        return {str(r.cell): float(r.seconds) for r in frame.itertuples() if r.seconds == r.seconds}
+    except (pd.errors.ParserError, AttributeError, ValueError):
+        return {}
+
+
+def _cells_table(cells: Sequence[Cell], times: dict[str, dict[str, Any]], previous: dict[str, float]) -> pd.DataFrame:
+    rows = []
+    for cell in cells:
+        key = cell.relative
+        if key in times:
+            status, seconds = "computed", times[key]["seconds"]
+        elif is_done(cell):
+            status, seconds = "reused", previous.get(key)
+        else:
+            status, seconds = "not done", None
+        rows.append({"dataset": cell.dataset, "task": cell.task, "model": cell.model, "cell": key,
+                     "status": status, "seconds": seconds, "timing_split": TIMING_SPLIT})
+    return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+def _write_outputs(cells: Sequence[Cell], table: pd.DataFrame, out_dir: Path, suite: Suite,
+                   opts: RunOptions) -> pd.DataFrame:
+    from histovl.bench.report import leaderboard_report
+
+    board = leaderboard_frame(cells, out_dir, n_boot=opts.n_boot, seed=opts.seed)
+    atomic_write_text(out_dir / "cells.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / "leaderboard.csv", board.to_csv(index=False))
+    leaderboard_report(board, table, suite, opts).write(out_dir, filename="leaderboard.html")
+    return board

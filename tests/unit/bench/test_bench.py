@@ -1,0 +1,136 @@
+"""`histovl bench`: suite validation, a grid, resume without recomputation, the leaderboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from histovl.bench import BenchConfig, BenchError, SuiteError, bench, load_suite
+from histovl.options import RunOptions
+from tests.golden.cases import build_fixture
+from tests.helpers.tiny import save_safetensors, tiny_open_clip_model
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("bench")
+    files = build_fixture(root)
+    arch = files["model"].split(":")[1]
+    other = save_safetensors(tiny_open_clip_model(3), root / "tiny3.safetensors")
+    files["model2"] = f"open_clip:{arch}:{other}"
+    files["root"] = str(root)
+    return files
+
+
+def write_suite(folder: Path, files: dict[str, str], tasks: str | None = None, models: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    models = models or f'  - "{files["model"]}"\n  - "{files["model2"]}"\n'
+    tasks = tasks or ("  - task: zeroshot\n"
+                      "  - task: retrieve\n    options: {k: [3]}\n")
+    text = (f"models:\n{models}"
+            f"datasets:\n  - name: tiles\n    path: {files['manifest']}\n    prompts: {files['prompts']}\n"
+            f"tasks:\n{tasks}")
+    path = folder / "suite.yaml"
+    path.write_text(text)
+    return path
+
+
+def opts(files: dict[str, str]) -> RunOptions:
+    return RunOptions(cache=Path(files["root"]) / "cache", n_boot=50, seed=3, progress=False, workers=0)
+
+
+def run_json_mtimes(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("cells/*/*/*/run.json"))}
+
+
+def test_grid_runs_and_rerun_recomputes_nothing(fixture: dict[str, str], tmp_path: Path) -> None:
+    suite = write_suite(tmp_path, fixture)
+    out = tmp_path / "out"
+    res = bench(suite, out, options=opts(fixture))
+    assert list(res.cells["status"]) == ["computed"] * 4
+    assert len(run_json_mtimes(out)) == 4
+    board = res.leaderboard
+    assert set(board["task"]) == {"zeroshot", "retrieve"}
+    zs = board[board["task"] == "zeroshot"]
+    assert list(zs["rank"]) == [1, 2] and zs["not_worse_than_best"].iloc[0] == "best"
+    assert zs["not_worse_than_best"].iloc[1] in {"yes", "no"}
+    assert zs["diff_ci_low"].iloc[1] <= zs["diff_vs_best"].iloc[1] <= zs["diff_ci_high"].iloc[1]
+    assert (out / "leaderboard.html").is_file() and "seconds" not in (out / "leaderboard.csv").read_text()
+    before, board_bytes = run_json_mtimes(out), (out / "leaderboard.csv").read_bytes()
+    again = bench(suite, out, options=opts(fixture))
+    assert list(again.cells["status"]) == ["reused"] * 4
+    assert again.cells["seconds"].notna().all()  # the first run's times are kept
+    assert run_json_mtimes(out) == before
+    assert (out / "leaderboard.csv").read_bytes() == board_bytes
+
+
+def test_killed_grid_resumes_to_the_same_leaderboard(fixture: dict[str, str], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    suite = write_suite(tmp_path, fixture)
+    whole = tmp_path / "whole"
+    bench(suite, whole, options=opts(fixture))
+
+    import histovl.bench.run as run_module
+
+    real = run_module.run_cell
+    calls: list[str] = []
+
+    def dies_on_second(cell):  # type: ignore[no-untyped-def]
+        calls.append(cell.relative)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(cell)
+
+    monkeypatch.setattr(run_module, "run_cell", dies_on_second)
+    killed = tmp_path / "killed"
+    with pytest.raises(BenchError, match="killed"):
+        bench(suite, killed, options=opts(fixture))
+    assert len(run_json_mtimes(killed)) == 1
+    first = run_json_mtimes(killed)
+    monkeypatch.setattr(run_module, "run_cell", real)
+    res = bench(suite, killed, options=opts(fixture))
+    assert sorted(res.cells["status"]) == ["computed"] * 3 + ["reused"]
+    assert {k: v for k, v in run_json_mtimes(killed).items() if k in first} == first
+    assert (killed / "leaderboard.csv").read_bytes() == (whole / "leaderboard.csv").read_bytes()
+
+
+@pytest.mark.parametrize(("tasks", "models", "expected"), [
+    ("  - task: zeroshoot\n", None, r"suite.yaml:\d+: tasks.0.task: .*unknown task 'zeroshoot'"),
+    ("  - task: zeroshot\n    options: {aggregat: max}\n", None, r"suite.yaml:\d+: tasks.0.options.aggregat: unknown option"),
+    ("  - task: zeroshot\n    optoins: {}\n", None, r"suite.yaml:\d+: tasks.0.optoins: Extra inputs"),
+    ("  - task: zeroshot\n    options: {n_boot: -1}\n", None, r"tasks.0.options: n_boot must be"),
+    (None, "  - no-such-model\n", r"suite.yaml:2: models.0: unknown model 'no-such-model'"),
+    (None, "  - open_clip:X:missing.safetensors\n", r"models.0: model weights .*missing.safetensors not found"),
+])
+def test_suite_errors_name_the_line_and_field(fixture: dict[str, str], tmp_path: Path, tasks: str | None,
+                                               models: str | None, expected: str) -> None:
+    suite = write_suite(tmp_path, fixture, tasks=tasks, models=models)
+    with pytest.raises(SuiteError, match=expected):
+        load_suite(suite)
+    with pytest.raises(SuiteError):
+        bench(suite, tmp_path / "out", options=opts(fixture))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_task_line_number(fixture: dict[str, str], tmp_path: Path) -> None:
+    suite = write_suite(tmp_path, fixture, tasks="  - task: zeroshot\n  - task: nope\n")
+    line = next(i for i, t in enumerate(suite.read_text().splitlines(), 1) if "nope" in t)
+    with pytest.raises(SuiteError, match=rf"suite.yaml:{line}: tasks.1.task"):
+        load_suite(suite)
+
+
+def test_cli_exit_code_2_on_a_bad_suite(fixture: dict[str, str], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    suite = write_suite(tmp_path, fixture, tasks="  - task: nope\n")
+    res = subprocess.run([sys.executable, "-m", "histovl.cli.app", "bench", str(suite), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and not (tmp_path / "o").exists()
+    assert "tasks.0.task: unknown task 'nope'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_engine_must_be_known() -> None:
+    with pytest.raises(ValueError, match="engine"):
+        BenchConfig(engine="spark")  # type: ignore[arg-type]
