@@ -8,6 +8,9 @@
    sample below when ``../shared/data`` is present, else on the demo tiles.
 3. When ``../shared/data`` is present: zero-shot lung H&E classification on a small sample of
    LC25000 tiles that histovl-lite never saw in training (its held-out near-duplicate groups).
+4. An index of the evaluated tiles, and (with ``../shared/data`` and OpenSlide) a whole-slide
+   prediction of the CMU slide with its heatmap: what ``histovl serve runs/demo`` shows
+   (docs/serve.md).
 
 Needs no network and nothing outside the installed package.
 
@@ -18,17 +21,23 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from histovl._io import atomic_write_text
 
+if TYPE_CHECKING:
+    from histovl.models import Encoder
+
 DEMO_MODEL = "histovl-lite"
 HELDOUT_LIST = "lc25000_heldout.txt"  # file names of LC25000 tiles held out from training
 LC25000_PER_CLASS = 40
+DEMO_SLIDE = "CMU-1-Small-Region.svs"  # in ../shared/data/slides (CC0, OpenSlide test data)
 DEMO_CORRUPTIONS = {"blur": [1, 4], "hue": [-2, 2], "markup": [1, 4]}
 
 
@@ -99,9 +108,31 @@ def run_demo(out: str | os.PathLike[str] = "runs/demo", *, progress: bool = True
         reports.append(out_dir / "robustness" / "report.html")
         accs = ", ".join(f"{r.corruption} {r.severity}: {r.accuracy:.3f}" for r in rob.table.itertuples())
         print(f"robustness ({'LC25000 sample' if manifest is not None else 'demo tiles'}), accuracy per condition: {accs}")
+        reports += _slide_and_index(encoder, out_dir, shared, manifest or tiles, progress)
     for report in reports:
         print(f"report: {report.resolve()}")
+    print(f"look at every run, the slide and its heatmap, and search the tiles in a browser: histovl serve {out_dir}")
     return reports
+
+
+def _slide_and_index(encoder: Encoder, out_dir: Path, shared: Path | None, tiles: Path, progress: bool) -> list[Path]:
+    """An index of the evaluated tiles (for `histovl serve`'s search page) and, when
+    ../shared/data has the CMU slide and OpenSlide is installed, a whole-slide prediction with its
+    heatmap (docs/predict.md). Returns the reports written."""
+    from histovl.retrieval import build_index
+
+    build_index(encoder, tiles, out_dir / "index", allow_absolute_paths=True, progress=progress)
+    slide = shared / "slides" / DEMO_SLIDE if shared is not None else None
+    if slide is None or not slide.is_file() or importlib.util.find_spec("openslide") is None:
+        print("../shared/data/slides or OpenSlide not found: skipping the whole-slide prediction")
+        return []
+    from histovl.predict import PredictConfig, predict
+
+    res = predict(encoder, slide, out_dir / "slide", PredictConfig(prompts="bcss-wsss-v1", mpp=0.5), progress=progress,
+                  command="histovl demo")
+    summary = res.slide or {}
+    print(f"slide {DEMO_SLIDE}: {summary.get('prediction')} over {summary.get('n_tiles')} tiles")
+    return [out_dir / "slide" / "report.html"]
 
 
 def main() -> None:

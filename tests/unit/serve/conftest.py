@@ -77,3 +77,22 @@ def live(app) -> Iterator[LiveServer]:
 
 def token_app(root: Path, token: str):
     return build_app([root], ServeConfig(host="0.0.0.0", token=token))
+
+
+@pytest.fixture(scope="session")
+def indexed_tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
+    """The fixture tree plus a real index (tiny open_clip model) under ``root/index``."""
+    pytest.importorskip("faiss")
+    from histovl.retrieval import build_index
+    from tests.golden.cases import build_fixture
+
+    base = tmp_path_factory.mktemp("serve-indexed")
+    tree = build_tree(base)
+    files = build_fixture(base / "model")
+    build_index(files["model"], files["manifest"], tree.root / "index", use_cache=False, workers=0, progress=False)
+    return tree
+
+
+@pytest.fixture(scope="session")
+def indexed_app(indexed_tree: Tree):
+    return build_app([indexed_tree.root])
