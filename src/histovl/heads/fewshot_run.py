@@ -306,10 +306,8 @@ def _split(items: _Items, cfg: FewshotConfig, opts: RunOptions) -> PoolSplit:
     """Units from paths, data groups and (optionally) near-duplicates; then pool and query."""
     links = [[f"path:{r.path}"] + ([f"group:{r.group}"] if r.group not in (None, "") else []) for r in items.records]
     if cfg.near_duplicates:
-        from histovl.data import near_duplicate_groups
-
         paths = list(dict.fromkeys(str(r.path) for r in items.records))
-        dup = dict(zip(paths, near_duplicate_groups(paths, workers=opts.workers), strict=True))
+        dup = dict(zip(paths, near_duplicate_ids(paths, opts), strict=True))
         for keys, r in zip(links, items.records, strict=True):
             keys.append(f"dup:{dup[str(r.path)]}")
     units = leakage_units(links)
@@ -319,6 +317,39 @@ def _split(items: _Items, cfg: FewshotConfig, opts: RunOptions) -> PoolSplit:
     if len(split.query) == 0:
         raise HistovlError("the query set is empty after the split; give more data or --query")
     return split
+
+
+def near_duplicate_ids(paths: list[str], opts: RunOptions) -> list[str]:
+    """`histovl.data.near_duplicate_groups` of `paths`, kept in the embedding cache folder.
+
+    The grouping decodes every image again, the largest cost of a re-run on cached embeddings
+    (docs/fewshot.md, Speed). Its result depends only on the images' content and the detector's
+    threshold, so it is stored as ``<cache>/near-duplicates/<hash>.json`` (content key -> group)
+    under a hash of both, written atomically, and reused by any later run on the same images.
+    """
+    import hashlib
+    import json
+
+    from histovl._io import atomic_write_json
+    from histovl.data import near_duplicate_groups
+    from histovl.data.splits import DEFAULT_MAX_DISTANCE
+    from histovl.embed.cache import content_keys
+
+    cache = cache_for(opts)
+    keys = content_keys(paths) if cache is not None else []
+    if cache is None or any(k is None for k in keys):
+        return near_duplicate_groups(paths, workers=opts.workers)
+    payload = json.dumps({"version": 1, "max_distance": DEFAULT_MAX_DISTANCE, "keys": sorted(set(keys))})
+    target = cache.root / "near-duplicates" / f"{hashlib.sha256(payload.encode()).hexdigest()[:24]}.json"
+    if target.is_file():
+        stored = json.loads(target.read_text(encoding="utf-8"))
+        return [str(stored[k]) for k in keys]
+    groups = near_duplicate_groups(paths, workers=opts.workers)
+    by_key: dict[str, str] = {}
+    for key, group in zip(keys, groups, strict=True):
+        by_key.setdefault(str(key), group)  # identical files are one group anyway
+    atomic_write_json(target, by_key)
+    return [by_key[str(k)] for k in keys]
 
 
 def _pool_counts(items: _Items, split: PoolSplit, classes: list[str]) -> dict[str, int]:

@@ -128,3 +128,33 @@ def test_point_metrics_equal_classification_metrics(seed):
         assert (got[k] is None) == (expected[k] is None), k
         if got[k] is not None:
             assert got[k] == pytest.approx(expected[k], abs=1e-12), k
+
+
+def test_near_duplicate_groups_are_cached_by_content(tmp_path, monkeypatch):
+    from PIL import Image, ImageOps
+
+    import histovl.data
+    from histovl.heads.fewshot_run import near_duplicate_ids
+    from histovl.options import RunOptions
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        arr = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+        arr[16:48, 20:30] = 255  # an asymmetric bar, so the mirror is a copy, not the same image
+        Image.fromarray(arr).save(tmp_path / f"t{i}.png")
+        ImageOps.mirror(Image.fromarray(arr)).save(tmp_path / f"t{i}_mirror.png")
+        paths += [str(tmp_path / f"t{i}.png"), str(tmp_path / f"t{i}_mirror.png")]
+    opts = RunOptions(cache=tmp_path / "cache", workers=0)
+    first = near_duplicate_ids(paths, opts)
+    assert all(first[2 * i] == first[2 * i + 1] for i in range(4))  # each mirror with its original
+    assert len(list((tmp_path / "cache" / "near-duplicates").glob("*.json"))) == 1
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(histovl.data, "near_duplicate_groups", no_recompute)
+    again = near_duplicate_ids(list(reversed(paths)), opts)
+    assert list(reversed(again)) == first
+    with pytest.raises(AssertionError, match="recomputed"):
+        near_duplicate_ids(paths, opts.replace(use_cache=False))
