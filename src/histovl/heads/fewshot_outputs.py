@@ -126,19 +126,22 @@ def _nan(values: Sequence[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
-def summary_table(metrics: Mapping[str, Any], metric: str = "f1_macro") -> pd.DataFrame:
-    """Methods x shots: ``mean [CI low, high]`` of `metric`; the zero-shot row first."""
+def summary_table(metrics: Mapping[str, Any], metric: str = "f1_macro", kind: str = "mean") -> pd.DataFrame:
+    """Methods x shots: ``mean [CI low, high]`` (or the std over seeds) of `metric`; zero-shot in column 0."""
     shots = list(metrics["shots"])
-    rows = []
     zs = metrics.get("zero_shot")
-    if zs is not None:
-        rows.append({"method": "zero-shot", **{s: _cell(zs.get(metric), (zs.get("ci95") or {}).get(metric)) for s in shots}})
+    rows = []
+    if zs is not None and kind == "mean":
+        rows.append({"method": "zero-shot", "0": _cell(zs.get(metric), (zs.get("ci95") or {}).get(metric)), **dict.fromkeys(shots, "")})
     for method, by_shot in metrics["results"].items():
-        rows.append({"method": method, **{
-            s: _cell(_value(by_shot.get(s, {}), "mean", metric), (by_shot.get(s, {}).get("ci95") or {}).get(metric))
-            for s in shots
-        }})
-    return pd.DataFrame(rows, columns=["method", *shots])
+        cells = {}
+        for s in shots:
+            block = by_shot.get(s, {})
+            value = _value(block, kind, metric)
+            cells[s] = _cell(value, (block.get("ci95") or {}).get(metric)) if kind == "mean" else ("n/a" if value is None else f"{value:.3f}")
+        rows.append({"method": method, "0": "", **cells})
+    columns = ["method", "0", *shots] if zs is not None and kind == "mean" else ["method", *shots]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _cell(value: float | None, interval: Sequence[float | None] | None) -> str:
@@ -162,6 +165,8 @@ def build_fewshot_report(metrics: Mapping[str, Any], record: Mapping[str, Any], 
         "support_ids.csv.", title="Protocol")
     report.add_figure("fewshot_f1", figure, title="Macro F1 against shots")
     report.add_table(summary_table(metrics, "f1_macro"), title="Macro F1 [95% CI]")
+    report.add_table(summary_table(metrics, "f1_macro", kind="std"), title="Macro F1: standard deviation over seeds",
+                     caption="The spread over support draws; the intervals above cover query sampling only.")
     report.add_table(summary_table(metrics, "balanced_accuracy"), title="Balanced accuracy [95% CI]")
     report.add_table(summary_table(metrics, "auroc_macro"), title="Macro AUROC [95% CI]")
     report.add_provenance(record)
