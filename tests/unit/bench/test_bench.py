@@ -8,19 +8,6 @@ import pytest
 
 from histovl.bench import BenchConfig, BenchError, SuiteError, bench, load_suite
 from histovl.options import RunOptions
-from tests.golden.cases import build_fixture
-from tests.helpers.tiny import save_safetensors, tiny_open_clip_model
-
-
-@pytest.fixture(scope="module")
-def fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("bench")
-    files = build_fixture(root)
-    arch = files["model"].split(":")[1]
-    other = save_safetensors(tiny_open_clip_model(3), root / "tiny3.safetensors")
-    files["model2"] = f"open_clip:{arch}:{other}"
-    files["root"] = str(root)
-    return files
 
 
 def write_suite(folder: Path, files: dict[str, str], tasks: str | None = None, models: str | None = None) -> Path:
