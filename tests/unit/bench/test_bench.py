@@ -121,3 +121,20 @@ def test_cli_exit_code_2_on_a_bad_suite(fixture: dict[str, str], tmp_path: Path)
 def test_engine_must_be_known() -> None:
     with pytest.raises(ValueError, match="engine"):
         BenchConfig(engine="spark")  # type: ignore[arg-type]
+
+
+def test_each_model_image_pair_is_encoded_once_for_the_grid(fixture: dict[str, str], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import histovl.embed.engine as engine
+
+    real, encoded = engine.encode_pixels, []
+
+    def counting(encoder, pixels, batch_size):  # type: ignore[no-untyped-def]
+        encoded.append(len(pixels))
+        return real(encoder, pixels, batch_size)
+
+    monkeypatch.setattr(engine, "encode_pixels", counting)
+    suite = write_suite(tmp_path, fixture)  # two models x (zeroshot, retrieve) on 18 images
+    res = bench(suite, tmp_path / "out", options=opts(fixture).replace(cache=tmp_path / "fresh-cache"))
+    assert list(res.cells["status"]) == ["computed"] * 4
+    assert sum(encoded) == 2 * 18
