@@ -27,18 +27,20 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import json
 import os
 import platform
 import shutil
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
+
+from histovl._command_module import make_callable
 
 Status = Literal["ok", "missing", "warn"]
 MIN_PYTHON = (3, 10)
@@ -144,8 +146,12 @@ def package_rows() -> list[DoctorRow]:
 
 
 def _is_editable(dist: metadata.Distribution) -> bool:
-    text = dist.read_text("direct_url.json") or ""
-    return '"editable": true' in text.replace(" ", "").replace('":true', '": true')
+    """PEP 610: an editable install records ``{"dir_info": {"editable": true}}``."""
+    try:
+        info = json.loads(dist.read_text("direct_url.json") or "{}")
+    except ValueError:
+        return False
+    return bool(isinstance(info, dict) and info.get("dir_info", {}).get("editable"))
 
 
 def dependencies_row(requirements: list[str]) -> DoctorRow:
@@ -488,16 +494,6 @@ def hub_cache_row(hub_cache: str | Path | None = None) -> DoctorRow:
     return DoctorRow("hub cache / offline", "ok", detail)
 
 
-# ---- `histovl.doctor` is this module and its function ------------------------------------------
+# ---- `histovl.doctor` is this module and its function -----------------------------------------
 
-
-class _CallableModule(types.ModuleType):
-    """``histovl.doctor`` names the function (`histovl.__init__` exports it) and this module
-    (once ``import histovl.doctor`` has run, Python binds the module to that attribute): calling
-    the module calls the function, so ``histovl.doctor()`` works either way."""
-
-    def __call__(self, *, deep: bool = False, hub_cache: str | Path | None = None) -> DoctorReport:
-        return doctor(deep=deep, hub_cache=hub_cache)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, doctor)  # histovl.doctor(...) runs the checks, like histovl.zeroshot(...)
