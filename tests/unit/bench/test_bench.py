@@ -138,3 +138,15 @@ def test_each_model_image_pair_is_encoded_once_for_the_grid(fixture: dict[str, s
     res = bench(suite, tmp_path / "out", options=opts(fixture).replace(cache=tmp_path / "fresh-cache"))
     assert list(res.cells["status"]) == ["computed"] * 4
     assert sum(encoded) == 2 * 18
+
+
+def test_example_suite_is_valid_and_its_prompts_match_the_demo_labels() -> None:
+    import pandas as pd
+
+    from histovl.prompts import load_prompt_set
+
+    suite = load_suite(Path(__file__).resolve().parents[3] / "examples" / "bench_demo.yaml")
+    for dataset in suite.datasets:
+        labels = set(pd.read_csv(dataset.path)["label"])
+        assert dataset.prompts is not None
+        assert labels == set(load_prompt_set(dataset.prompts).class_names), dataset.name
