@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 
+from histovl.cli.guard import exit_now, guarded, install_signal_handlers, run_cli, stopped_by_signal
 from histovl.errors import HistovlError
 
 app = typer.Typer(
@@ -108,13 +109,15 @@ def command_function(target: str) -> Any:
 
 
 def _register_all() -> None:
+    # Every command is wrapped by `guarded`: its outputs and device are checked before it runs
+    # (docs/reliability.md, "unusable output path"), so no command can forget the check.
     groups: dict[str, typer.Typer] = {}
     for words, target in COMMANDS.items():
         group, _, sub = words.rpartition(" ")
         if group and group not in groups:
             groups[group] = typer.Typer(help=GROUPS[group], no_args_is_help=True)
             app.add_typer(groups[group], name=group)
-        (groups[group] if group else app).command(sub)(command_function(target))
+        (groups[group] if group else app).command(sub)(guarded(words, command_function(target)))
 
 
 _register_all()
@@ -142,16 +145,19 @@ def check_torchrun_command(argv: list[str], world_size: int) -> None:
 
 
 def main() -> None:
-    """Console-script entry point: user errors print one clear line, not a traceback."""
-    try:
+    """Console-script entry point and the one error boundary (`histovl.cli.guard.run_cli`): user
+    errors print one line and exit 2, SIGTERM/SIGINT stop cleanly (exit 143/130), bugs print the
+    traceback plus one line and exit 1."""
+    install_signal_handlers()
+
+    def body() -> None:
         check_torchrun_command(sys.argv[1:], int(os.environ.get("WORLD_SIZE", "1") or 1))
         app()
-    except HistovlError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
-    except (ValueError, FileNotFoundError) as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+
+    code = run_cli(body)
+    if stopped_by_signal():
+        exit_now(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ def index_build_command(
     options: RunOptions,
     storage: StorageOpt = StorageChoice.flat,
     append: Annotated[bool, typer.Option("--append", help="Add new images to an existing index at OUT.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing index at OUT (refused without it).")] = False,
     nlist: NlistOpt = None,
     nprobe: NprobeOpt = 16,
     ef_search: EfSearchOpt = 128,
@@ -86,7 +87,7 @@ def index_build_command(
 
     config = IndexBuildConfig(
         storage=storage.value, index_options=IndexOptions(nlist=nlist, nprobe=nprobe, ef_search=ef_search),
-        append=append,
+        append=append, overwrite=overwrite,
     )
     index = build_index(model, data, out, config, options)
     typer.echo(f"index {out}: {len(index)} vectors of {index.dim}-d, storage {index.storage}")

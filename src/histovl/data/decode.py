@@ -15,6 +15,7 @@ import zlib
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from histovl._inputs import image_size_problem
 from histovl.errors import ImageReadError
 
 WHITE = (255, 255, 255)
@@ -49,11 +50,14 @@ def read_rgb(path: str | os.PathLike[str]) -> Image.Image:
     or 0-65535 by its range, else stretched min-max; greyscale, bilevel and palette to RGB.
     Multi-frame files (GIF, multi-page TIFF) give their first frame.
 
-    Pillow's decompression-bomb guard stays as configured (never changed here).
+    Pillow's decompression-bomb guard stays as configured (never changed here). An image above the
+    pixel limit (`histovl._inputs.max_image_pixels`: ``$HISTOVL_MAX_PIXELS``, else Pillow's
+    ``MAX_IMAGE_PIXELS``) is refused from its header, before decoding: Pillow itself only warns
+    between one and two times its limit.
 
     Raises:
         ImageReadError: The file is missing, empty, truncated, corrupt, not an image, or larger
-            than Pillow's decompression-bomb limit. The message names the file and the reason.
+            than the pixel limit. The message names the file and the reason.
 
     Example:
         >>> img = read_rgb("tile.png")  # doctest: +SKIP
@@ -70,6 +74,10 @@ def read_rgb(path: str | os.PathLike[str]) -> Image.Image:
         raise ImageReadError(path, _unidentified_reason(path)) from None
     except _DECODE_ERRORS as exc:
         raise ImageReadError(path, f"cannot open: {exc}") from None
+    too_big = image_size_problem(im.size)  # from the header, before a byte of pixels is decoded
+    if too_big is not None:
+        im.close()
+        raise ImageReadError(path, too_big)
     out: Image.Image | None = None
     try:
         im.load()

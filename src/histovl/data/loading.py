@@ -8,11 +8,13 @@ set is not empty, no class folder is empty, the manifest has the columns it need
 from __future__ import annotations
 
 import csv
+import io
 import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+from histovl._inputs import read_text_file
 from histovl.data.paths import PathChecker, as_root
 from histovl.data.records import ImageRecord, ImageSet
 from histovl.errors import HistovlError
@@ -175,7 +177,9 @@ def _image_files(root: str, sub: str, extensions: tuple[str, ...], *, recursive:
 def _load_manifest(manifest: Path, *, allow_absolute_paths: bool, require_labels: bool) -> ImageSet:
     root = as_root(manifest.parent)
     checker = PathChecker(root, allow_outside=allow_absolute_paths)
-    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+    # Read whole and decoded here, so a file in another encoding is named with its line (not a bare
+    # UnicodeDecodeError from the csv module halfway through).
+    with io.StringIO(read_text_file(manifest, what="manifest"), newline="") as fh:
         reader = csv.reader(fh)
         try:
             header = [h.strip() for h in next(reader)]

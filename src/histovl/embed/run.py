@@ -15,6 +15,7 @@ from histovl.embed.cache import EmbeddingCache, cache_for
 from histovl.embed.engine import encode_with_options
 from histovl.embed.fill import EmbeddingResult, Failure
 from histovl.options import RunOptions, split_overrides
+from histovl.outputs_guard import check_output_file
 
 if TYPE_CHECKING:
     from histovl.models.encoder import Encoder
@@ -93,6 +94,8 @@ def embed(
     store = cache_for(opts)
     if store is None:
         raise ValueError("`embed` fills the embedding cache; it cannot run with use_cache=False (--no-cache)")
+    if cfg.export is not None:  # before any model work: a folder or a non-Parquet file is refused
+        check_output_file(cfg.export, option="export")
     image_set = load_image_set(data, allow_absolute_paths=opts.allow_absolute_paths)
     res = _encode(model, image_set.paths, store, cfg, opts)
     if cfg.export is not None:

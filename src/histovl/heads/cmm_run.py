@@ -32,6 +32,7 @@ from histovl.heads.cmm_head import CMMHead
 from histovl.heads.features import TokenSource, encode_image_tokens, resolve_token_source
 from histovl.models.encoder import Encoder
 from histovl.options import RunOptions, config_record, resolve_options, split_overrides
+from histovl.outputs_guard import staged_folder
 from histovl.zeroshot.multilabel.outputs import (
     evaluate_multilabel,
     label_matrix,
@@ -263,8 +264,14 @@ def _prepare_fit(model: Any, data: Any, prompts: Any, cfg: CmmFitConfig, opts: R
     return _Inputs(image_set, class_names, encoder, prompt_set)
 
 
-def _write_fit(out_dir: Path, model: Any, head: CMMHead, inputs: _Inputs, scored: _Scored, cfg: CmmFitConfig,
-               opts: RunOptions, source: str, timing: dict[str, float], world_size: int) -> None:
+def _write_fit(out_dir: Path, *args: Any) -> None:
+    """The head folder, staged: it replaces `out_dir` as a whole (docs/reliability.md)."""
+    with staged_folder(out_dir) as stage:
+        _write_fit_files(stage, *args)
+
+
+def _write_fit_files(out_dir: Path, model: Any, head: CMMHead, inputs: _Inputs, scored: _Scored, cfg: CmmFitConfig,
+                     opts: RunOptions, source: str, timing: dict[str, float], world_size: int) -> None:
     """The head folder (what `cmm eval` needs to rebuild the features) and the training-set outputs."""
     encoder, prompt_set = inputs.encoder, inputs.prompt_set
     head.save(out_dir, extra={

@@ -6,15 +6,23 @@
   anything but tensors and plain containers.
 * Every load is strict: missing, unexpected and shape-mismatched keys are reported together in one
   readable diff instead of PyTorch's single-line message (or, worse, a silent ``strict=False``).
+* The format is read from the file's first bytes, not trusted from its name: a safetensors file
+  named ``.bin`` is read as the tensors it is (no trust flag needed), a pickle named
+  ``.safetensors`` is refused, and a truncated or corrupt file is a `CheckpointReadError` naming
+  the file (docs/reliability.md, "truncated or corrupt weights").
 """
 
 from __future__ import annotations
 
+import json
 import pickle
+import struct
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -27,6 +35,45 @@ _MAX_LISTED = 12
 
 class CheckpointMismatchError(HistovlError, ValueError):
     """A state dict does not fit the architecture it is loaded into (keys or shapes differ)."""
+
+
+class CheckpointReadError(HistovlError):
+    """A weights file is truncated, corrupt, or not the format its name says."""
+
+
+def sniff_weights_format(path: str | Path) -> str:
+    """``safetensors``, ``zip`` (torch.save), ``pickle`` (legacy torch.save) or ``unknown``, from
+    the first bytes: a safetensors file starts with the little-endian length of a JSON header."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return "unknown"
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] < 100 * 2**20:
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return "unknown"
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """`safetensors.torch.load_file` on the CPU, with a truncated or corrupt file named."""
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as err:
+        raise CheckpointReadError(_damaged(path, err)) from None
+
+
+def _damaged(path: str | Path, err: BaseException) -> str:
+    try:
+        size = f"{Path(path).stat().st_size} bytes"
+    except OSError:
+        size = "size unknown"
+    reason = (str(err).splitlines() or [type(err).__name__])[0]
+    return (f"cannot read weights file {path} ({size}): it is truncated or corrupt ({reason}); "
+            "download or copy it again")
 
 
 def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
@@ -47,15 +94,19 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict
     """
     path = Path(path)
     check_checkpoint_allowed(path, trust_checkpoint=trust_checkpoint)
-    if path.suffix.lower() in SAFE_SUFFIXES:
-        return dict(load_file(str(path), device="cpu"))
+    if path.suffix.lower() in SAFE_SUFFIXES or sniff_weights_format(path) == "safetensors":
+        return read_safetensors(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if sniff_weights_format(path) == "unknown":
+            raise CheckpointReadError(_damaged(path, err)) from None
         raise UntrustedCheckpointError(
             f"{path} holds objects other than tensors, so weights_only loading refused it "
             f"(it may try to run code): {str(err).splitlines()[0]}. Ask for a .safetensors file."
         ) from err
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, struct.error) as err:
+        raise CheckpointReadError(_damaged(path, err)) from None
     return _unwrap_state_dict(obj, path)
 
 
@@ -65,7 +116,16 @@ def check_checkpoint_allowed(path: str | Path, *, trust_checkpoint: bool = False
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     suffix = path.suffix.lower()
+    found = sniff_weights_format(path)
     if suffix in SAFE_SUFFIXES:
+        if found in ("zip", "pickle"):
+            raise UntrustedCheckpointError(
+                f"{path} is named .safetensors but holds a pickle-based torch checkpoint, which can run "
+                "code when loaded; convert it to real safetensors, or, if you trust it, rename it .pt "
+                "and pass --trust-checkpoint"
+            )
+        return
+    if found == "safetensors":  # tensors only, whatever the name says: safe to read
         return
     if suffix not in PICKLE_SUFFIXES:
         raise UntrustedCheckpointError(

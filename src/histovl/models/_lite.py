@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file
 from torch import nn
 
 from histovl.errors import HistovlError
+from histovl.models._checkpoint import read_safetensors
 from histovl.models._families import LITE_NAME, lite_weights_path
 from histovl.models.card import ModelCard
 from histovl.models.encoder import Encoder
@@ -231,7 +231,7 @@ def build_histovl_lite(
     torch.manual_seed(0)
     encoder = LiteEncoder(card, weights_id, image_backbone, text_backbone, tokenizer)
     if weights is not None:
-        encoder.load_trained_weights(load_file(str(weights)))
+        encoder.load_trained_weights(read_safetensors(weights))
     return encoder.to(device).eval()
 
 

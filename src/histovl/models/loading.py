@@ -22,9 +22,10 @@ from typing import Any, cast
 from safetensors.torch import save_file
 
 from histovl._io import atomic_path, atomic_write_json
-from histovl.errors import UnknownNameError, UntrustedCheckpointError, did_you_mean
+from histovl.errors import HistovlError, UnknownNameError, UntrustedCheckpointError, did_you_mean
 from histovl.models import _hf_clip, _open_clip
 from histovl.models._checkpoint import PICKLE_SUFFIXES, check_checkpoint_allowed
+from histovl.models._device import check_device
 from histovl.models._hub import (
     HUB_PREFIX,
     WeightsNotAvailableError,
@@ -44,6 +45,12 @@ from histovl.models.registry import (
 )
 
 CARD_FILE = "card.json"
+
+
+class ModelDirError(HistovlError, ValueError):
+    """A model directory's ``card.json`` is damaged, incomplete or of another format."""
+
+
 WEIGHTS_FILE = "model.safetensors"
 MODEL_DIR_FORMAT = 1
 # Side files worth fetching with hub weights: configs and tokenizers (never other weights).
@@ -81,6 +88,7 @@ def load_model(
         return spec
     if getattr(spec, "is_lazy_encoder", False):  # a `histovl.models.lazy.LazyEncoder`: the same
         return cast(Encoder, spec)
+    check_device(device, option="device")  # before any weights are read (docs/reliability.md)
     text = str(spec)
     if text.startswith("open_clip:"):
         return _load_open_clip_file(text, device, trust_checkpoint)
@@ -179,16 +187,29 @@ def _load_open_clip_hub(spec: str, device: str, trust: bool, cache_dir: str | Pa
 
 
 def _load_model_dir(folder: Path, device: str, trust: bool) -> Encoder:
-    data = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
-    if data.get("format_version") != MODEL_DIR_FORMAT:
-        raise ValueError(f"{folder / CARD_FILE} has format {data.get('format_version')!r}; expected {MODEL_DIR_FORMAT}")
-    stored = ModelCard.from_dict(data["card"])
+    stored = read_card_file(folder / CARD_FILE)
     extra = {**stored.extra, "base_model": stored.extra.get("base_model", stored.name)}
     card = stored.replace(name=str(folder), source=str(folder), extra=extra)
     weights = folder / WEIGHTS_FILE
     check_checkpoint_allowed(weights, trust_checkpoint=trust)
     request = LoadRequest(card, weights, folder, files_weights_id([weights]), device, trust)
     return get_family(card.family).builder(request)
+
+
+def read_card_file(path: Path) -> ModelCard:
+    """The card of a model directory; a damaged ``card.json`` is a `ModelDirError` naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelDirError(f"{path} is not valid JSON ({err}); the model folder is damaged: save it again") from None
+    if not isinstance(data, dict) or "card" not in data:
+        raise ModelDirError(f"{path} has no `card` entry; it was not written by histovl.save_model_dir")
+    if data.get("format_version") != MODEL_DIR_FORMAT:
+        raise ModelDirError(f"{path} has format {data.get('format_version')!r}; expected {MODEL_DIR_FORMAT}")
+    try:
+        return ModelCard.from_dict(data["card"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelDirError(f"{path}: the model card is incomplete or invalid ({type(err).__name__}: {err})") from None
 
 
 def save_model_dir(encoder: Encoder, out_dir: str | Path) -> Path:

@@ -2,7 +2,10 @@
 
 Errors name the file, the key and what is wrong (``classes.lung_aca: class 'lung_aca' has no
 descriptions``), because a prompt file is hand-written and the user must be able to fix it from
-the message alone.
+the message alone. A key written twice in one mapping is refused with both line numbers (plain
+YAML keeps the last one, so a copy-pasted class would silently take another class's
+descriptions); a file that is not UTF-8 or larger than `MAX_PROMPT_FILE_BYTES` is refused
+(docs/reliability.md, "duplicate key in a prompt file", "huge prompt file").
 """
 
 from __future__ import annotations
@@ -15,12 +18,39 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from histovl._inputs import read_text_file
 from histovl.errors import UnknownNameError, did_you_mean
 from histovl.prompts.prompt_set import PromptSet, PromptSetError
 
 _SETS_PACKAGE = "histovl.prompts"
 _SETS_FOLDER = "sets"
 _YAML_SUFFIXES = (".yaml", ".yml")
+#: Largest prompt file read (1 MiB): shipped sets are a few KB; a bigger file would be copied
+#: whole into every run.json and report.html and cut to the text tower's context anyway.
+MAX_PROMPT_FILE_BYTES = 1024 * 1024
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key repeated in one mapping, naming both lines."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges may repeat keys on purpose
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"duplicate key {key!r} (first at line {first}); YAML would keep only the last one. "
+                    "Merge its entries under one key",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
 
 
 def list_prompt_sets() -> list[str]:
@@ -65,7 +95,8 @@ def load_prompt_set(name_or_path: str | os.PathLike[str] | PromptSet) -> PromptS
                 f"prompt file {text!r} does not exist; give a YAML path or a shipped set name "
                 f"({', '.join(list_prompt_sets())})"
             )
-        return _parse_file(path, path.read_text(encoding="utf-8"), default_name=path.stem)
+        text_of_file = read_text_file(path, what="prompt file", max_bytes=MAX_PROMPT_FILE_BYTES)
+        return _parse_file(path, text_of_file, default_name=path.stem)
     shipped = list_prompt_sets()
     if text not in shipped:
         raise UnknownNameError(
@@ -108,7 +139,7 @@ def prompt_set_from_mapping(data: Any, *, origin: str = "prompt set", default_na
 
 def _parse_file(path: Path, text: str, *, default_name: str) -> PromptSet:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)

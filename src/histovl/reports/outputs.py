@@ -2,7 +2,10 @@
 
 ``metrics.json``, ``predictions.csv``, ``run.json`` and ``report.html`` with its figures and
 thumbnails, each written atomically (temp file + rename), so an interrupted run leaves whole
-files or none. ``run.json`` is written last: its presence means the folder is complete.
+files or none. ``run.json`` is written last: its presence means the folder is complete. The
+folder is staged (`histovl.outputs_guard.staged_folder`): it is written beside ``out_dir`` and
+moved into place as a whole, so a failure (disk full, Ctrl-C, SIGTERM) leaves the previous
+results or none, never a new figure beside an old ``metrics.json`` (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from numpy.typing import ArrayLike
 from histovl._io import atomic_open, atomic_write_json
 from histovl.errors import NonFiniteError
 from histovl.metrics.calibration import DEFAULT_BINS, is_probability_matrix, reliability_curve
+from histovl.outputs_guard import staged_folder
 from histovl.reports.figures import (
     confusion_matrix_figure,
     per_class_bar_figure,
@@ -54,23 +58,23 @@ def write_evaluation_outputs(
     """
     find_non_finite(metrics, "metrics")
     find_non_finite(run_record, "run_record")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    if report is not None:
-        written["report"] = report.write(out)
-    written["metrics"] = out / "metrics.json"
-    atomic_write_json(written["metrics"], dict(metrics))
-    written["predictions"] = out / "predictions.csv"
-    with atomic_open(written["predictions"], "w", encoding="utf-8", newline="") as fh:
-        predictions.to_csv(fh, index=False)
-    for name, table in (extra_tables or {}).items():
-        written[name] = out / name
-        with atomic_open(written[name], "w", encoding="utf-8", newline="") as fh:
-            table.to_csv(fh, index=False)
-    written["run"] = out / "run.json"
-    atomic_write_json(written["run"], dict(run_record))
-    return written
+    final = Path(out_dir)
+    names: dict[str, str] = {}
+    with staged_folder(final) as out:
+        if report is not None:
+            names["report"] = report.write(out).name
+        names["metrics"] = "metrics.json"
+        atomic_write_json(out / names["metrics"], dict(metrics))
+        names["predictions"] = "predictions.csv"
+        with atomic_open(out / names["predictions"], "w", encoding="utf-8", newline="") as fh:
+            predictions.to_csv(fh, index=False)
+        for name, table in (extra_tables or {}).items():
+            names[name] = name
+            with atomic_open(out / name, "w", encoding="utf-8", newline="") as fh:
+                table.to_csv(fh, index=False)
+        names["run"] = "run.json"
+        atomic_write_json(out / names["run"], dict(run_record))
+    return {key: final / name for key, name in names.items()}
 
 
 def find_non_finite(obj: Any, where: str) -> None:

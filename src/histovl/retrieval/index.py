@@ -271,10 +271,10 @@ class VectorIndex:
             int(settings["dim"]), storage=str(settings["storage"]), options=options,
             model=settings.get("model") or {}, cache_key=settings.get("cache_key"),
         )
-        index._faiss = faiss.read_index(str(faiss_path))
+        index._faiss = _read_faiss(faiss_path)
         apply_search_options(index._faiss, options)
         index._faiss_file = faiss_path.name
-        table = pq.read_table(folder / METADATA_FILE)
+        table = _damaged_is_named(folder / METADATA_FILE, pq.read_table)
         index.records = _records_frame(
             table.column("path").to_pylist(), table.column("label").to_pylist(), table.column("group").to_pylist()
         )
@@ -300,8 +300,30 @@ def _records_frame(
     )
 
 
+def _read_faiss(path: Path) -> faiss.Index:
+    """`faiss.read_index`, with a truncated or corrupt file named (FAISS raises a bare RuntimeError)."""
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as err:
+        raise IndexFormatError(
+            f"cannot read {path} ({path.stat().st_size} bytes): truncated or corrupt "
+            f"({(str(err).splitlines() or [''])[0][:200]}); rebuild the index with `histovl index build`"
+        ) from None
+
+
+def _damaged_is_named(path: Path, reader: Any) -> Any:
+    """``reader(path)`` for a Parquet file, with an empty, truncated or corrupt file named."""
+    try:
+        return reader(path)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise IndexFormatError(
+            f"cannot read {path} ({path.stat().st_size} bytes): empty, truncated or corrupt ({err}); "
+            "rebuild the index with `histovl index build`"
+        ) from None
+
+
 def _read_settings(folder: Path) -> dict[str, Any]:
-    meta = pq.read_schema(folder / METADATA_FILE).metadata or {}
+    meta = _damaged_is_named(folder / METADATA_FILE, pq.read_schema).metadata or {}
     if _META_KEY not in meta:
         raise IndexFormatError(f"{folder / METADATA_FILE} has no histovl index settings; rebuild the index")
     settings: dict[str, Any] = json.loads(meta[_META_KEY])

@@ -20,7 +20,7 @@ from histovl._io import atomic_open
 from histovl.embed import encode_images
 from histovl.errors import HistovlError
 from histovl.options import RunOptions, resolve_options, split_overrides
-from histovl.retrieval.index import METADATA_FILE, VectorIndex
+from histovl.retrieval.index import METADATA_FILE, IndexFormatError, VectorIndex
 from histovl.retrieval.run import embedding_cache_key, encode_records, model_provenance
 from histovl.retrieval.search import SearchResult
 from histovl.retrieval.storage import IndexOptions
@@ -45,11 +45,14 @@ class IndexBuildConfig:
         index_options: tuning of the approximate storage types; ignored when appending.
         append: add to an existing index at `out` (images whose path is already in it are
             skipped); the model must be the one the index was built with.
+        overwrite: replace an existing index at `out`; without it (or `append`) an existing
+            index is refused before any model loads, never replaced silently.
     """
 
     storage: str = "flat"
     index_options: IndexOptions | None = None
     append: bool = False
+    overwrite: bool = False
 
 
 def build_index(
@@ -83,9 +86,13 @@ def build_index(
                       DeprecationWarning, stacklevel=2)
         overrides, options = {**overrides, "index_options": options}, None
     cfg, opts = split_overrides(overrides, config, IndexBuildConfig, options)
+    folder = Path(out)
+    if (folder / METADATA_FILE).exists() and not (cfg.append or cfg.overwrite):
+        raise IndexFormatError(
+            f"--out {folder} already holds an index; pass --append to add to it or --overwrite to replace it"
+        )
     image_set = load_image_set(data, allow_absolute_paths=opts.allow_absolute_paths)
     encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
-    folder = Path(out)
     index = _open_or_create(folder, encoder, model, cfg)
     known = set(index.records["path"])
     encoded = encode_records(encoder, [r for r in image_set.records if str(r.path) not in known], opts)

@@ -22,6 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from histovl._io import atomic_open
+from histovl.outputs_guard import staged_folder
 from histovl.reports import Report, build_run_record, write_evaluation_outputs
 from histovl.robustness.results import CSV_COLUMNS, RobustnessResult
 
@@ -86,7 +87,14 @@ def degradation_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_robustness_outputs(
+def write_robustness_outputs(out: Path, result: RobustnessResult, **parts: Any) -> None:
+    """Write every output atomically into a staged folder that replaces `out` as a whole, so a
+    failure leaves the previous results or none (docs/reliability.md, "run interrupted")."""
+    with staged_folder(out) as stage:
+        _write_robustness_outputs(stage, result, **parts)
+
+
+def _write_robustness_outputs(
     out: Path,
     result: RobustnessResult,
     *,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from histovl._inputs import image_size_problem
 from histovl.errors import HistovlError
 
 #: Extensions OpenSlide / tiffslide handle (plain .tif/.tiff are tried as slides first).
@@ -111,10 +112,14 @@ class SlideReader(abc.ABC):
     def read_region(self, x: int, y: int, level: int, size: tuple[int, int]) -> Image.Image:
         """RGB region of `size` (level pixels) whose top-left is (x, y) in level-0 pixels.
 
-        Parts outside the image come back white, like unscanned glass.
+        Parts outside the image come back white, like unscanned glass. A region above the pixel
+        limit (`histovl._inputs.max_image_pixels`) is refused: slides are read region by region.
         """
         if not 0 <= level < self.level_count:
             raise ValueError(f"level {level} does not exist; this slide has levels 0..{self.level_count - 1}")
+        too_big = image_size_problem(size)
+        if too_big is not None:
+            raise ValueError(f"{self.path}: a region of {too_big}")
         return composite_on_white(self._read(int(x), int(y), int(level), (int(size[0]), int(size[1]))))
 
     def best_level_for_downsample(self, downsample: float, tolerance: float = 0.01) -> int:
@@ -274,6 +279,9 @@ class PlainImageReader(SlideReader):
     def _open(self) -> None:
         try:
             with Image.open(self.path) as img:
+                too_big = image_size_problem(img.size)  # before decoding (docs/reliability.md)
+                if too_big is not None:
+                    raise SlideOpenError(f"{self.path}: {too_big}, or open it inside histovl.slides.allow_large_images(max_pixels)")
                 img.load()
                 self._image = composite_on_white(img).copy()
         except Image.DecompressionBombError as err:
@@ -369,6 +377,9 @@ class TileFolderReader(SlideReader):
                 continue
             try:
                 with Image.open(path) as img:
+                    too_big = image_size_problem(img.size)
+                    if too_big is not None:
+                        raise ValueError(too_big)
                     img.load()
                     tile = composite_on_white(img).copy()
             except (OSError, ValueError, SyntaxError) as err:

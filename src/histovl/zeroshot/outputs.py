@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from histovl._io import atomic_open
+from histovl.outputs_guard import staged_folder
 from histovl.reports import (
     Report,
     build_classification_report,
@@ -75,7 +76,13 @@ def write_zeroshot_outputs(
                              extra_tables=extra)
 
 
-def write_ablation_outputs(
+def write_ablation_outputs(out_dir: Path, **parts: Any) -> None:
+    """ablation.csv plus the standard outputs, staged: the folder replaces `out_dir` as a whole."""
+    with staged_folder(out_dir) as stage:
+        _write_ablation_outputs(stage, **parts)
+
+
+def _write_ablation_outputs(
     out_dir: Path,
     *,
     table: pd.DataFrame,

@@ -25,12 +25,14 @@ from histovl.reports import predictions_frame
 from histovl.reproducibility import seed_run
 from histovl.zeroshot.classifier import Aggregate, TextClassifier, build_text_classifier
 from histovl.zeroshot.steps import (
+    SkippedInputsError,
     classification_metrics_for,
     encode_with_options,
     kept_records,
     load_encoders,
     load_labelled_inputs,
     no_image_read,
+    write_failed_run,
 )
 from histovl.zeroshot.views import DEFAULT_VIEWS
 
@@ -125,8 +127,14 @@ def zeroshot(
     seed_run(opts.seed)
     prompt_set, image_set, class_names, models = _prepare(model, data, prompts, cfg, opts)
     encoders = load_encoders(models, opts)
-    scores = (_score_one if len(encoders) == 1 else _score_fused)(encoders, image_set.paths, prompt_set, cfg, opts)
-    records = kept_records(image_set, scores.ok)
+    try:
+        scores = (_score_one if len(encoders) == 1 else _score_fused)(encoders, image_set.paths, prompt_set, cfg, opts)
+        records = kept_records(image_set, scores.ok, allow_missing_classes=cfg.allow_missing_classes, skipped=scores.skipped)
+    except SkippedInputsError as err:  # still say why in run.json (docs/reliability.md, "skips")
+        if out is not None:
+            config_rec = {**config_record(cfg), **opts.record(), "data": str(image_set.source)}
+            write_failed_run(out, err, command=command, config=config_rec, prompt_set=prompt_set, image_set=image_set, seed=opts.seed)
+        raise
     metrics, preds = _evaluate(records, scores.probs, class_names, image_set.root, opts)
     skipped_list = [{"path": p, "reason": r} for p, r in scores.skipped.items()]
     metrics["n_skipped"] = len(skipped_list)
@@ -169,7 +177,7 @@ def _score_one(encoders: list[Encoder], paths: list[str], prompt_set: Any, cfg: 
     enc = encoders[0]
     res = encode_with_options(enc, paths, opts)
     if not res.ok.any():
-        raise no_image_read(len(paths))
+        raise no_image_read(len(paths), {str(f.path): f.reason for f in res.failures})
     clf = build_text_classifier(enc, prompt_set, cfg.aggregate)
     return _Scores(
         probs=clf.probabilities(res.embeddings), ok=res.ok, classifiers=[clf], embeddings=res.embeddings,

@@ -16,6 +16,7 @@ import numpy as np
 
 from histovl.data.records import ImageRecord, ImageSet
 from histovl.embed import EmbeddingResult, ImageTransform, cache_for
+from histovl.errors import HistovlError
 from histovl.options import RunOptions
 
 if TYPE_CHECKING:
@@ -81,14 +82,77 @@ def encode_with_options(
     )
 
 
-def no_image_read(n: int) -> ValueError:
+class SkippedInputsError(HistovlError, ValueError):
+    """``--on-error skip`` left too little to evaluate; `skipped` lists each file and its reason
+    (the command writes them to run.json before raising: docs/reliability.md, "skips")."""
+
+    def __init__(self, message: str, skipped: dict[str, str]) -> None:
+        super().__init__(message)
+        self.skipped = dict(skipped)
+
+
+def no_image_read(n: int, skipped: dict[str, str] | None = None) -> SkippedInputsError:
     """The error when every image was skipped as unreadable."""
-    return ValueError(f"no image of {n} could be read; see the skipped list for reasons")
+    where = "; the reasons are listed in run.json" if skipped else "; see the skipped list for reasons"
+    example = next(iter((skipped or {}).items()), None)
+    first = f" (e.g. {example[0]}: {example[1]})" if example else ""
+    return SkippedInputsError(f"no image of {n} could be read{first}{where}", skipped or {})
 
 
-def kept_records(image_set: ImageSet, ok: np.ndarray) -> list[ImageRecord]:
-    """The records of the images that were read (``ok`` is a mask over ``image_set.records``)."""
-    return [r for r, keep in zip(image_set.records, ok, strict=True) if keep]
+def kept_records(
+    image_set: ImageSet,
+    ok: np.ndarray,
+    *,
+    allow_missing_classes: bool = True,
+    skipped: dict[str, str] | None = None,
+) -> list[ImageRecord]:
+    """The records of the images that were read (``ok`` is a mask over ``image_set.records``).
+
+    With ``allow_missing_classes=False``, skips that leave a class with no image stop the run
+    (`SkippedInputsError` naming the classes): metrics over fewer classes than the data holds
+    would not be comparable, and AUROC and F1 would quietly cover different class sets.
+    """
+    kept = [r for r, keep in zip(image_set.records, ok, strict=True) if keep]
+    if not allow_missing_classes and len(kept) < len(image_set.records):
+        before = {c for r in image_set.records for c in r.label_set}
+        after = {c for r in kept for c in r.label_set}
+        emptied = sorted(before - after)
+        if emptied:
+            raise SkippedInputsError(
+                f"--on-error skip left no image of class(es) {', '.join(emptied)} "
+                f"({len(image_set.records) - len(kept)} image(s) skipped; reasons in run.json); fix or "
+                "remove those files, or pass --allow-missing-classes to evaluate the other classes",
+                skipped or {},
+            )
+    return kept
+
+
+def checked_records(image_set: ImageSet, res: EmbeddingResult, allow_missing_classes: bool) -> list[ImageRecord]:
+    """`kept_records` of an encoding result: `SkippedInputsError` when nothing was read, or when
+    skips emptied a class without ``allow_missing_classes``."""
+    skipped = {str(f.path): f.reason for f in res.failures}
+    if len(res.ok) and not res.ok.any():
+        raise no_image_read(len(res.ok), skipped)
+    return kept_records(image_set, res.ok, allow_missing_classes=allow_missing_classes, skipped=skipped)
+
+
+def write_failed_run(
+    out: Any, err: SkippedInputsError, *, command: str, config: dict[str, Any], prompt_set: Any, image_set: ImageSet, seed: int
+) -> None:
+    """run.json alone, with the error and every skipped file's reason, as `out`'s new contents
+    (staged like any output folder), so a run that could not evaluate still says why."""
+    from histovl._io import atomic_write_json
+    from histovl.outputs_guard import staged_folder
+    from histovl.reports import build_run_record
+
+    record = build_run_record(
+        command=command, config=config, models=[], prompt_set=prompt_set, seed=seed,
+        inputs=[str(p) for p in image_set.paths],
+        skipped=[{"path": p, "reason": r} for p, r in err.skipped.items()],
+        extra={"status": "failed", "error": str(err)},
+    )
+    with staged_folder(out) as stage:
+        atomic_write_json(stage / "run.json", record)
 
 
 def classification_metrics_for(

@@ -39,10 +39,13 @@ from histovl.zeroshot.multilabel.strategies import (
     topk_decision,
 )
 from histovl.zeroshot.steps import (
+    SkippedInputsError,
+    checked_records,
     encode_with_options,
     kept_records,
     load_encoders,
     load_labelled_inputs,
+    write_failed_run,
 )
 
 Strategy = Literal["baseline", "ovr", "powerset", "topk"]
@@ -165,8 +168,14 @@ def multilabel(
     encoder = load_encoders([model], opts)[0]
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    res, decision, memo = _encode_and_decide(encoder, image_set, prompt_set, cfg, opts, timing)
-    records = kept_records(image_set, res.ok)
+    try:
+        res, decision, memo = _encode_and_decide(encoder, image_set, prompt_set, cfg, opts, timing)
+        records = kept_records(image_set, res.ok)
+    except SkippedInputsError as err:  # still say why in run.json (docs/reliability.md, "skips")
+        if out is not None:
+            config_rec = {**config_record(cfg), **opts.record(), "data": str(image_set.source)}
+            write_failed_run(out, err, command="multilabel", config=config_rec, prompt_set=prompt_set, image_set=image_set, seed=opts.seed)
+        raise
     metrics = evaluate_multilabel(records, decision.scores, class_names, n_boot=opts.n_boot, seed=opts.seed)
     timing["total"] = round(time.perf_counter() - t0, 3)
     skipped = [{"path": str(f.path), "reason": f.reason} for f in res.failures]
@@ -202,6 +211,7 @@ def _encode_and_decide(
     """Encode the images (cache first), then apply the strategy; seconds of each go in `timing`."""
     t0 = time.perf_counter()
     res = encode_with_options(encoder, image_set.paths, opts)
+    checked_records(image_set, res, cfg.allow_missing_classes)  # nothing read, or a class emptied by skips
     t1 = time.perf_counter()
     memo = TextEmbeddingMemo(encoder)
     decision = run_strategy(cfg.strategy, res.embeddings, encoder, prompt_set, force_powerset=cfg.force_powerset, memo=memo)
