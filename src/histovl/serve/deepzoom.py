@@ -9,6 +9,7 @@ displayed image's pixels to level-0 ones (1 unless the thumbnail stands in).
 from __future__ import annotations
 
 import io
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from histovl.errors import HistovlError
 
 TILE_SIZE = 254
 OVERLAP = 1
+#: Longest side of the proxy image the coarse DeepZoom levels are cut from (see `DeepZoomSource`).
+PROXY_SIDE = 2048
 
 
 class SlideUnavailableError(HistovlError):
@@ -52,7 +55,15 @@ def _open_slide(path: Path | None, thumbnail: Path | None) -> tuple[Any, str]:
 
 
 class DeepZoomSource:
-    """The DeepZoom pyramid of one slide (thread-safe)."""
+    """The DeepZoom pyramid of one slide (thread-safe).
+
+    The coarse levels (downsample 2**k and more, k the smallest with the slide at most
+    `PROXY_SIDE` pixels a side) are cut from a *proxy*: the slide read once at that downsample
+    and kept in memory. Without it a slide with few pyramid levels (CMU-1-Small-Region has one)
+    reads its whole level 0 for every coarse tile (1.5 s each); with it those tiles cost a crop.
+    The proxy's DeepZoom levels have exactly the dimensions and tile grid of the slide's own
+    (``ceil(ceil(W / 2**k) / 2**j) == ceil(W / 2**(k + j))``), so level numbers carry over.
+    """
 
     def __init__(self, path: Path | None, *, thumbnail: Path | None = None,
                  level0_size: tuple[int, int] | None = None, jpeg_quality: int = 80) -> None:
@@ -66,6 +77,11 @@ class DeepZoomSource:
         self.quality = jpeg_quality
         # ImageSlide decodes the whole image on first use through Pillow: one reader at a time.
         self._lock = threading.Lock() if self.kind != "slide" else None
+        longest = max(self.size)
+        self._proxy_k = max(1, math.ceil(math.log2(max(1.0, longest / PROXY_SIDE))))
+        self._proxy_levels = self.level_count - self._proxy_k  # levels below this come from the proxy
+        self._proxy: Any = None
+        self._proxy_lock = threading.Lock()
 
     def dzi(self) -> str:
         """The DeepZoom descriptor (XML) OpenSeadragon opens."""
@@ -82,8 +98,30 @@ class DeepZoomSource:
         cols, rows = self.generator.level_tiles[level]
         if not (0 <= col < cols and 0 <= row < rows):
             return None
-        image = self._locked(lambda: self.generator.get_tile(level, (col, row)))
+        if level < self._proxy_levels:
+            image = self._proxy_generator().get_tile(level, (col, row))
+            expected = self.generator.get_tile_dimensions(level, (col, row))
+            if image.size != expected:  # DeepZoomGenerator's aspect-keeping thumbnail can lose a pixel
+                image = image.resize(expected, Image.Resampling.BOX)
+        else:
+            image = self._locked(lambda: self.generator.get_tile(level, (col, row)))
         return encode_jpeg(image, self.quality)
+
+    def _proxy_generator(self) -> Any:
+        """The DeepZoom generator over the proxy image, built on first use."""
+        with self._proxy_lock:
+            if self._proxy is None:
+                import openslide
+                from openslide.deepzoom import DeepZoomGenerator
+
+                factor = 2 ** self._proxy_k
+                target = (math.ceil(self.size[0] / factor), math.ceil(self.size[1] / factor))
+                level = self.slide.get_best_level_for_downsample(factor)
+                read = self._locked(lambda: self.slide.read_region((0, 0), level, self.slide.level_dimensions[level]))
+                proxy = read.convert("RGB").resize(target, Image.Resampling.BOX)
+                self._proxy = DeepZoomGenerator(openslide.ImageSlide(proxy), tile_size=TILE_SIZE, overlap=OVERLAP,
+                                                limit_bounds=False)
+            return self._proxy
 
     def region(self, x: int, y: int, width: int, height: int, max_side: int = 256) -> bytes:
         """A JPEG of a level-0 box, at most `max_side` pixels on its longer side."""

@@ -77,7 +77,7 @@ def media_router(state: ServeState) -> APIRouter:
 
     @router.get("/thumb/{file_id}")
     def thumbnail(file_id: str, size: int = Query(160, ge=1, le=4096)) -> Response:
-        return _image(state, file_id, min(THUMBNAIL_SIZES, key=lambda s: abs(s - size)))
+        return _image(state, file_id, snap_thumbnail_size(size))
 
     @router.get("/view/{file_id}")
     def large_view(file_id: str) -> Response:
@@ -87,14 +87,26 @@ def media_router(state: ServeState) -> APIRouter:
     return router
 
 
-def _image(state: ServeState, file_id: str, size: int) -> Response:
-    entry = state.file(file_id)
-    if not entry.is_image:
-        raise not_found()
+def image_bytes(state: ServeState, file_id: str, size: int) -> bytes | None:
+    """An allowed image as JPEG at `size` (through the cache); None when it is not an allowed
+    image or does not decode."""
+    entry = state.catalog.registry.get(file_id)
+    if entry is None or not entry.is_image:
+        return None
     try:
-        data = state.cache.get_or_make(("img", file_id, size), lambda: render_image(entry, size, state.config.jpeg_quality))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise HTTPException(404, f"image not readable: {type(err).__name__}") from None
+        return state.cache.get_or_make(("img", file_id, size), lambda: render_image(entry, size, state.config.jpeg_quality))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def snap_thumbnail_size(size: int) -> int:
+    return min(THUMBNAIL_SIZES, key=lambda s: abs(s - size))
+
+
+def _image(state: ServeState, file_id: str, size: int) -> Response:
+    data = image_bytes(state, file_id, size)
+    if data is None:
+        raise not_found()
     return Response(data, media_type="image/jpeg", headers=IMMUTABLE)
 
 

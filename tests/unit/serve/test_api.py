@@ -129,3 +129,52 @@ def test_pages_render(client):
         res = client.get(url)
         assert res.status_code == 200 and "histovl" in res.text
     assert client.get("/", follow_redirects=False).headers["location"] == "/runs"
+
+
+def test_inline_thumbnails_are_the_thumbnail_route_bytes(client):
+    import base64
+
+    run = ids_by_name(client, "runs")["root/runs/zs"]
+    items = client.get(f"/api/runs/{run}/items", params={"thumbs": 160, "limit": 3}).json()["items"]
+    for item in items:
+        assert item["thumb"].startswith("data:image/jpeg;base64,")
+        assert base64.b64decode(item["thumb"].split(",", 1)[1]) == client.get(f"/thumb/{item['image']}?size=160").content
+
+
+def test_coarse_deepzoom_levels_from_the_proxy_match_plain_deepzoom(tree: Tree):
+    """Tiles cut from the in-memory proxy have the plain generator's sizes and (up to resampling) pixels."""
+    import io
+
+    import numpy as np
+    import openslide
+    from openslide.deepzoom import DeepZoomGenerator
+    from PIL import Image
+
+    from histovl.serve.deepzoom import DeepZoomSource
+
+    slide = tree.data / "slide.png"
+    source = DeepZoomSource(slide)
+    plain = DeepZoomGenerator(openslide.ImageSlide(str(slide)), tile_size=254, overlap=1, limit_bounds=False)
+    assert source.level_count == plain.level_count and source._proxy_levels == plain.level_count - 1
+    for level in range(source.level_count):
+        cols, rows = plain.level_tiles[level]
+        for col in range(cols):
+            for row in range(rows):
+                ours = Image.open(io.BytesIO(source.tile(level, col, row)))
+                assert ours.size == plain.get_tile_dimensions(level, (col, row))
+                if level >= source.level_count - 3 and min(ours.size) >= 32:  # the fixture's 32 px checks still resolved
+                    ref = np.asarray(plain.get_tile(level, (col, row)).resize(ours.size), dtype=float)
+                    assert np.abs(np.asarray(ours, dtype=float) - ref).mean() < 12, (level, col, row)  # JPEG + BOX vs LANCZOS
+    assert source.tile(source.level_count, 0, 0) is None and source.tile(0, 1, 0) is None
+
+
+def test_byte_cache_stays_within_its_bound():
+    from histovl.serve.cache import ByteCache
+
+    cache = ByteCache(max_bytes=10_000)
+    for i in range(1000):
+        assert cache.get_or_make(i, lambda i=i: bytes([i % 256]) * 900) == bytes([i % 256]) * 900
+        assert cache.size <= 10_000
+    assert cache.get_or_make("big", lambda: b"x" * 20_000) == b"x" * 20_000 and "big" not in cache
+    cache.get_or_make(999, lambda: b"")
+    assert cache.hits == 1

@@ -19,7 +19,7 @@
   function fmt(x) { return x === null || x === undefined ? "–" : x.toFixed(3); }
 
   function params() {
-    const p = new URLSearchParams({ sort: form.sort.value, order: form.order.value, offset: offset, limit: pageSize });
+    const p = new URLSearchParams({ sort: form.sort.value, order: form.order.value, offset: offset, limit: pageSize, thumbs: 160 });
     if (cell) { p.set("true", cell.true); p.set("pred", cell.pred); }
     if (form.wrong.checked) p.set("wrong", "true");
     if (form.low.checked) p.set("max_margin", form.margin.value);
@@ -28,7 +28,7 @@
 
   function card(item) {
     const fig = el("figure", { class: "tile" + (item.correct === false ? " wrong" : ""), "data-index": item.index });
-    fig.appendChild(item.image ? el("img", { src: "/thumb/" + item.image + "?size=160", alt: item.path, loading: "lazy" })
+    fig.appendChild(item.image ? el("img", { src: item.thumb || "/thumb/" + item.image + "?size=160", alt: item.path })
                                : el("div", { class: "noimg" }, "image not available"));
     const cap = el("figcaption");
     cap.appendChild(el("b", {}, item.prediction || ""));
