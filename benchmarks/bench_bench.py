@@ -90,7 +90,8 @@ if {mode!r} == "bench":
 else:
     from histovl.bench.cells import plan_cells, run_cell
     from histovl.bench.suite import load_suite
-    for cell in plan_cells(load_suite(Path({suite!r})), Path({out!r}), opts):
+    suite = load_suite(Path({suite!r}))
+    for cell in plan_cells(suite, Path({out!r}), opts, suite.build_configs()):
         run_cell(cell)
 """
 

@@ -40,8 +40,9 @@ class Cell:
         return f"cells/{self.dataset}/{self.task}/{model_slug(self.model)}"
 
 
-def plan_cells(suite: Suite, out: Path, options: RunOptions) -> list[Cell]:
-    """Every cell of the grid in a fixed order: data set, then task, then model."""
+def plan_cells(suite: Suite, out: Path, options: RunOptions, configs: dict[str, Any] | None = None) -> list[Cell]:
+    """Every cell of the grid in a fixed order: data set, then task, then model (with `configs`
+    None the cells carry no config: enough to see which are finished)."""
     cells = []
     for dataset in suite.datasets:
         for task in suite.tasks:
@@ -50,7 +51,7 @@ def plan_cells(suite: Suite, out: Path, options: RunOptions) -> list[Cell]:
             for name, spec in suite.models:
                 folder = out / "cells" / dataset.name / task.label / model_slug(name)
                 cells.append(Cell(dataset.name, task.label, task.task, name, spec, dataset.path, dataset.prompts,
-                                  suite.configs[task.label], opts, folder, dict(overrides)))
+                                  (configs or {}).get(task.label), opts, folder, dict(overrides)))
     return cells
 
 

@@ -12,6 +12,7 @@ docs/bench.md describes the suite format, the outputs and the resume semantics.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,7 +93,7 @@ def bench(
     with output_lock(out_dir):
         cells = plan_cells(loaded, out_dir, opts)
         previous = _previous_times(out_dir)
-        times, failure = _run_pending(cells, cfg)
+        times, failure = _run_pending(cells, loaded, cfg)
         table = _cells_table(cells, times, previous)
         board = _write_outputs(cells, table, out_dir, loaded, opts)
     if failure is not None:
@@ -109,10 +110,12 @@ def _prepare(suite: str | os.PathLike[str] | Suite, out: str | os.PathLike[str])
     return loaded, out_dir
 
 
-def _run_pending(cells: Sequence[Cell], cfg: BenchConfig) -> tuple[dict[str, dict[str, Any]], tuple[Cell, Exception] | None]:
+def _run_pending(cells: Sequence[Cell], suite: Suite, cfg: BenchConfig) -> tuple[dict[str, dict[str, Any]], tuple[Cell, Exception] | None]:
     pending = [c for c in cells if not is_done(c)]
-    if not pending:
+    if not pending:  # a finished grid: the commands are not even imported
         return {}, None
+    configs = suite.build_configs()  # every config value checked before the first cell runs
+    pending = [dataclasses.replace(c, config=configs[c.task]) for c in pending]
     if cfg.engine == "ray":
         return _run_ray(pending, cfg)
     return _run_local(pending)

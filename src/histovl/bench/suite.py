@@ -40,8 +40,8 @@ class SuiteError(HistovlError, ValueError):
 TASKS: dict[str, tuple[str, str, str, str]] = {
     "zeroshot": ("histovl.zeroshot.single_label", "zeroshot", "histovl.zeroshot.single_label", "ZeroshotConfig"),
     "fewshot": ("histovl.heads.fewshot_run", "fewshot_eval", "histovl.heads.fewshot_run", "FewshotConfig"),
-    "retrieve": ("histovl.retrieval.run", "retrieve", "histovl.retrieval", "RetrieveConfig"),
-    "robustness": ("histovl.robustness.sweep", "robustness", "histovl.robustness", "RobustnessConfig"),
+    "retrieve": ("histovl.retrieval.run", "retrieve", "histovl.retrieval.run", "RetrieveConfig"),
+    "robustness": ("histovl.robustness.sweep", "robustness", "histovl.robustness.sweep", "RobustnessConfig"),
     "multilabel": ("histovl.zeroshot.multilabel.pipeline", "multilabel", "histovl.zeroshot.multilabel.pipeline",
                    "MultilabelConfig"),
 }
@@ -112,8 +112,22 @@ class Suite:
     models: tuple[tuple[str, str], ...]  # (name as written, spec with paths resolved)
     datasets: tuple[DatasetSpec, ...]
     tasks: tuple[TaskSpec, ...]
-    configs: dict[str, Any]  # task label -> its config
+    config_options: dict[str, dict[str, Any]]  # task label -> its config's fields from the suite
     run_options: dict[str, dict[str, Any]]  # task label -> RunOptions overrides
+    where: dict[str, str]  # task label -> "file:line" of its options
+
+    def build_configs(self) -> dict[str, Any]:
+        """Task label -> its command's config (imports the commands; values checked here)."""
+        import importlib
+
+        configs = {}
+        for task in self.tasks:
+            _, _, module, name = TASKS[task.task]
+            try:
+                configs[task.label] = getattr(importlib.import_module(module), name)(**self.config_options[task.label])
+            except (TypeError, ValueError) as exc:
+                raise SuiteError(f"{self.where[task.label]}: task {task.label} options: {exc}") from None
+        return configs
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -152,14 +166,15 @@ def _resolve(spec: SuiteSpec, source: Path, node: yaml.Node | None) -> Suite:
     datasets = tuple(_resolve_dataset(d, base) for d in spec.datasets)
     _unique([d.name for d in datasets], "dataset name", where)
     _unique([t.label for t in spec.tasks], "task name (add name: to tell variants apart)", where)
-    configs, run_opts = {}, {}
+    configs, run_opts, lines = {}, {}, {}
     for i, task in enumerate(spec.tasks):
         configs[task.label], run_opts[task.label] = _task_config(task, i, where)
+        lines[task.label] = where("tasks", i, "options")
         if task.task in NEEDS_PROMPTS:
             for j, d in enumerate(datasets):
                 if d.prompts is None:
                     raise SuiteError(f"{where('datasets', j)}: datasets.{j}.prompts: task {task.task} needs prompts")
-    return Suite(source, tuple(models), datasets, tuple(spec.tasks), configs, run_opts)
+    return Suite(source, tuple(models), datasets, tuple(spec.tasks), configs, run_opts, lines)
 
 
 def _resolve_dataset(d: DatasetSpec, base: Path) -> DatasetSpec:
@@ -170,12 +185,11 @@ def _resolve_dataset(d: DatasetSpec, base: Path) -> DatasetSpec:
     return d.model_copy(update={"path": path, "prompts": prompts})
 
 
-def _task_config(task: TaskSpec, i: int, where: Any) -> tuple[Any, dict[str, Any]]:
-    import importlib
-
+def _task_config(task: TaskSpec, i: int, where: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a task's options into config fields and RunOptions fields (names checked here,
+    without importing the command; config values are checked by `Suite.build_configs`)."""
     _, _, cfg_module, cfg_name = TASKS[task.task]
-    config_type = getattr(importlib.import_module(cfg_module), cfg_name)
-    config_fields = {f.name for f in dataclasses.fields(config_type)}
+    config_fields = config_field_names(cfg_module, cfg_name)
     run_fields = {f.name for f in dataclasses.fields(RunOptions)} - {"cache", "use_cache", "progress"}
     to_config, to_run = {}, {}
     for key, value in task.options.items():
@@ -189,11 +203,25 @@ def _task_config(task: TaskSpec, i: int, where: Any) -> tuple[Any, dict[str, Any
                 f"{cfg_name} fields: {', '.join(sorted(config_fields))}; run options: {', '.join(sorted(run_fields))}"
             )
     try:
-        config = config_type(**to_config)
         RunOptions(**to_run)
     except (TypeError, ValueError) as exc:
         raise SuiteError(f"{where('tasks', i, 'options')}: tasks.{i}.options: {exc}") from None
-    return config, to_run
+    return to_config, to_run
+
+
+def config_field_names(module: str, class_name: str) -> set[str]:
+    """The fields of a command's config dataclass, read from its source (no import: a re-run of a
+    finished grid then never imports the commands, torch included)."""
+    import ast
+
+    import histovl
+
+    source = Path(histovl.__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+    raise LookupError(f"{class_name} not found in {source}")
 
 
 def _unique(values: Sequence[str], what: str, where: Any) -> None:

@@ -100,6 +100,25 @@ def test_suite_errors_name_the_line_and_field(fixture: dict[str, str], tmp_path:
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_config_value_stops_before_any_cell(fixture: dict[str, str], tmp_path: Path) -> None:
+    suite = write_suite(tmp_path, fixture, tasks="  - task: zeroshot\n  - task: fewshot\n    options: {seeds: 0}\n")
+    load_suite(suite)  # names are fine; the value is checked by FewshotConfig before the first cell
+    with pytest.raises(SuiteError, match=r"suite.yaml:\d+: task fewshot options: seeds must be at least 1"):
+        bench(suite, tmp_path / "out", options=opts(fixture))
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_fields_read_from_source_match_the_dataclasses() -> None:
+    import dataclasses
+    import importlib
+
+    from histovl.bench.suite import TASKS, config_field_names
+
+    for _, _, module, name in TASKS.values():
+        real = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+        assert config_field_names(module, name) == real, name
+
+
 def test_unknown_task_line_number(fixture: dict[str, str], tmp_path: Path) -> None:
     suite = write_suite(tmp_path, fixture, tasks="  - task: zeroshot\n  - task: nope\n")
     line = next(i for i, t in enumerate(suite.read_text().splitlines(), 1) if "nope" in t)
