@@ -20,6 +20,8 @@ from histovl.serve.files import FileEntry
 from histovl.serve.overlay import render_overlay
 from histovl.serve.slides import SlideEntry
 
+#: JPEG quality of thumbnails (<= 256 px): a page of 200 weighs about a third less than at 80.
+THUMBNAIL_QUALITY = 70
 #: Longest side of an image's large view.
 LARGE_VIEW = 1600
 IMMUTABLE = {"cache-control": "private, max-age=3600"}
@@ -94,7 +96,8 @@ def image_bytes(state: ServeState, file_id: str, size: int) -> bytes | None:
     if entry is None or not entry.is_image:
         return None
     try:
-        return state.cache.get_or_make(("img", file_id, size), lambda: render_image(entry, size, state.config.jpeg_quality))
+        quality = min(state.config.jpeg_quality, THUMBNAIL_QUALITY) if size <= 256 else state.config.jpeg_quality
+        return state.cache.get_or_make(("img", file_id, size), lambda: render_image(entry, size, quality))
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
 
