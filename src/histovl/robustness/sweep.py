@@ -329,7 +329,7 @@ def _run_config(plan: _Plan, cfg: RobustnessConfig, opts: RunOptions, acc: _Coll
     return {
         **config_record(cfg),
         **opts.record(),
-        "models": [s.card.name if isinstance(s, Encoder) else str(s) for s in plan.specs],
+        "models": [str(s) if isinstance(s, str | os.PathLike) else s.card.name for s in plan.specs],
         "model_labels": list(acc.labels),
         "corruptions": [c.name for c in plan.conditions[1:]],
         "levels": levels_by_name(plan.conditions),
