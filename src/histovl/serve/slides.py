@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histovl.serve.deepzoom import DeepZoomSource
+from histovl.serve.deepzoom import DeepZoomSource, SlideUnavailableError
 from histovl.serve.files import FileRegistry, path_id
 
 #: Suffixes of whole-slide files listed as slides (a ``.tif`` only when OpenSlide reads it).
@@ -62,6 +62,8 @@ class SlideEntry:
 
     def deepzoom(self, jpeg_quality: int = 80) -> DeepZoomSource:
         """The slide's pyramid, opened on first use (raises `SlideUnavailableError`)."""
+        if self.error is not None:
+            raise SlideUnavailableError(self.error)
         with self._lock:
             if self._dz is None:
                 path = self.slide_path if self.slide_file is not None else None
@@ -180,21 +182,28 @@ def _add_scores(entry: SlideEntry, tiling: Path, run_ids: dict[Path, str]) -> No
 
 def load_slide_file(path: Path, name: str, registry: FileRegistry) -> SlideEntry | None:
     """A bare slide file under a root (viewer only), or None when it is not a slide."""
-    if path.suffix.lower() in (".tif", ".tiff") and not _openslide_reads(path):
-        return None
+    readable = _openslide_reads(path)
+    if path.suffix.lower() in (".tif", ".tiff") and not readable:
+        return None  # a plain TIFF image, not a slide
     entry = SlideEntry(id=path_id(path.resolve(), "slide-view"), name=name, slide_path=path)
     entry.slide_file = registry.add(path, kind="slide")
     if entry.slide_file is None:
         entry.error = "outside the roots (symlink) or unreadable"
+    elif readable is False:
+        entry.error = f"OpenSlide does not recognise {path.name} (damaged, or not a slide format)"
     return entry
 
 
-def _openslide_reads(path: Path) -> bool:
+def _openslide_reads(path: Path) -> bool | None:
+    """Whether OpenSlide recognises the file (reads its header only); None without OpenSlide."""
     try:
         import openslide
     except ImportError:
+        return None
+    try:
+        return openslide.OpenSlide.detect_format(str(path)) is not None
+    except (OSError, openslide.OpenSlideError):
         return False
-    return openslide.OpenSlide.detect_format(str(path)) is not None
 
 
 def _float(value: Any) -> float | None:

@@ -112,6 +112,11 @@ def build_tree(base: Path) -> Tree:
     board.mkdir()
     pd.DataFrame({"model": ["tiny-a", "tiny-b", "tiny-c"], "task": ["lung"] * 3, "f1_macro": [0.5, 0.9, 0.7]}).to_csv(
         board / "leaderboard.csv", index=False)
+    # a damaged slide file and a tiling whose tiling.json was cut off: error rows
+    (root / "slides").mkdir()
+    (root / "slides" / "damaged.svs").write_bytes(b"II*\x00" + b"\x00garbage" * 50)
+    (root / "slides" / "cut").mkdir()
+    (root / "slides" / "cut" / "tiling.json").write_text('{"slide": {"path": ')
     # traps: symlinks inside the root that lead out of it
     (root / "runs" / "zs" / "leak.txt").symlink_to(secret)
     (root / "runs" / "zs" / "leak.png").symlink_to(secret)

@@ -101,6 +101,17 @@ def test_slide_overlays_tiles_and_neighbours(client, tree: Tree):
     assert crop.status_code == 200 and crop.content[:2] == b"\xff\xd8"
 
 
+def test_damaged_slides_are_error_rows(client):
+    rows = {r["name"]: r for r in client.get("/api/slides").json()}
+    assert "OpenSlide does not recognise damaged.svs" in rows["root/slides/damaged.svs"]["error"]
+    assert "JSONDecodeError" in rows["root/slides/cut"]["error"]
+    page = client.get("/slides")
+    assert page.status_code == 200 and page.text.count("error-row") == 2
+    shown = client.get(f"/slides/{rows['root/slides/damaged.svs']['id']}")
+    assert shown.status_code == 200 and "cannot be shown" in shown.text
+    assert client.get(f"/dz/{rows['root/slides/damaged.svs']['id']}.dzi").status_code == 404
+
+
 def test_overlay_palette_is_predicts():
     from histovl.predict.figures import PALETTE
     from histovl.serve.overlay import PALETTE as SERVED
