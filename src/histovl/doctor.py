@@ -2,9 +2,10 @@
 
 Rows: Python; histovl and its declared dependencies (installed and recent enough); torch (its
 version and build) and the device it would use (CUDA / MPS / CPU, threads); each optional extra
-(OpenSlide, tiffslide, Ray, ONNX Runtime, torchstain, FAISS, a Chromium for browser tests);
-every registry model with whether its weights are on this machine; the embedding cache (where,
-how big, writable); the Hugging Face hub cache and offline mode.
+(OpenSlide, tiffslide, Ray, ONNX Runtime, torchstain, FAISS, the serve extra, a Chromium and
+Playwright for the browser tests); every registry model with whether its weights are on this
+machine; the embedding cache (where, how big, writable); the Hugging Face hub cache and offline
+mode.
 
 It is fast (well under 3 s) because it imports nothing heavy: versions come from package
 metadata, modules are located with `importlib.util.find_spec` (not imported), torch's build is
@@ -350,15 +351,24 @@ def openslide_row() -> DoctorRow:
     )
 
 
+def serve_row() -> DoctorRow:
+    missing = [m for m in ("fastapi", "uvicorn", "jinja2") if importlib.util.find_spec(m) is None]
+    if missing:
+        return DoctorRow("serve", "missing", f"{', '.join(missing)} not installed (histovl serve)", 'pip install "histovl[serve]"')
+    return DoctorRow("serve", "ok", f"fastapi {_version('fastapi')}, uvicorn {_version('uvicorn')} (histovl serve)")
+
+
 def chromium_row() -> DoctorRow:
+    """Debian's chromium and Playwright: only the browser tests (pytest marker ``browser``) use them."""
     names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
     found = next((p for p in (shutil.which(n) for n in names) if p), None)
-    if found:
-        return DoctorRow("chromium", "ok", f"{found} (browser tests of the HTML reports)")
-    return DoctorRow(
-        "chromium", "missing", "no chromium/chrome on PATH (only for browser tests of the HTML reports)",
-        "apt-get install chromium (Debian/Ubuntu)",
-    )
+    if found is None:
+        return DoctorRow("chromium", "missing", "no chromium on PATH (only for the browser tests, marker `browser`)",
+                         "apt-get install chromium (Debian/Ubuntu)")
+    if importlib.util.find_spec("playwright") is None:
+        return DoctorRow("chromium", "missing", f"{found}, but playwright is not installed (browser tests)",
+                         "pip install playwright (it drives this chromium; no browser download)")
+    return DoctorRow("chromium", "ok", f"{found} + playwright {_version('playwright')} (browser tests)")
 
 
 EXTRA_CHECKS: tuple[Callable[[], DoctorRow], ...] = (
@@ -371,6 +381,7 @@ EXTRA_CHECKS: tuple[Callable[[], DoctorRow], ...] = (
                         'pip install "histovl[stain]"'),
     lambda: _module_row("faiss", "faiss", ("faiss-cpu", "faiss-gpu", "faiss"), "retrieval and histovl index",
                         "pip install faiss-cpu", core=True),
+    serve_row,
     chromium_row,
 )
 

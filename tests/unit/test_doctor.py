@@ -24,7 +24,7 @@ doctor_module = importlib.import_module("histovl.doctor")  # the module; `histov
 
 EXPECTED_ROWS = [
     "python", "histovl", "dependencies", "torch", "device", "openslide", "tiffslide", "ray",
-    "onnxruntime", "torchstain", "faiss", "chromium", "embedding cache", "hub cache / offline",
+    "onnxruntime", "torchstain", "faiss", "serve", "chromium", "embedding cache", "hub cache / offline",
 ]
 
 
@@ -74,6 +74,7 @@ def test_table_shows_every_row_and_json_has_one_entry_per_row() -> None:
         ("tiffslide", "tiffslide", 'pip install "histovl[slides]"'),
         ("openslide", "openslide", 'pip install "histovl[slides]"'),
         ("onnxruntime", "onnxruntime", "pip install onnxruntime"),
+        ("fastapi", "serve", 'pip install "histovl[serve]"'),
     ],
 )
 def test_an_extra_hidden_from_the_import_path_turns_missing_with_its_fix(
