@@ -226,7 +226,7 @@ def test_a_huge_image_is_refused_on_open_and_the_limit_is_configurable(fx: dict[
                                                                      capsys: pytest.CaptureFixture[str], faults: FaultLog) -> None:
     manifest = _copy_data(fx, tmp_path)
     huge = manifest.parent / "tiles" / "lung_aca" / "lung_aca_0.png"
-    Image.new("RGB", (12000, 12000), (200, 80, 80)).save(huge, optimize=True)  # ~40 KB on disk, 144 Mpx
+    Image.new("1", (12000, 12000), 1).save(huge, optimize=True)  # ~20 KB on disk, 144 Mpx (432 MB as RGB)
     err = _fails_naming(_zeroshot(fx["model"], manifest, fx["prompts"], tmp_path / "o", tmp_path / "c"), capsys, str(huge))
     assert "Mpx" in err and "HISTOVL_MAX_PIXELS" in err
     faults.inject("image: 144 Mpx PNG")

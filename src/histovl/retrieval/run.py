@@ -215,6 +215,7 @@ def _write(
     image_set: ImageSet, skipped: list[dict[str, str]], cfg: RetrieveConfig, opts: RunOptions,
 ) -> None:
     """metrics.json, predictions.csv, run.json, report.html (and the index with ``save_index``)."""
+    from histovl.outputs_guard import staged_folder
     from histovl.reports import build_run_record, write_evaluation_outputs
     from histovl.retrieval.outputs import build_retrieval_report
 
@@ -232,9 +233,10 @@ def _write(
         metrics, paths=ranked.paths, labels=ranked.labels, result=ranked.search.result, run_record=record,
         subtitle=f"{encoder.card.name} on {image_set.source}", n_gallery=cfg.n_gallery, seed=opts.seed,
     )
-    write_evaluation_outputs(out_dir, metrics=metrics, predictions=preds, run_record=record, report=report)
-    if cfg.save_index:
-        ranked.search.index.save(out_dir / "index")
+    with staged_folder(out_dir) as stage:  # the index too: the folder is replaced as a whole
+        write_evaluation_outputs(stage, metrics=metrics, predictions=preds, run_record=record, report=report)
+        if cfg.save_index:
+            ranked.search.index.save(stage / "index")
 
 
 def model_provenance(encoder: Encoder, spec: str | Encoder) -> dict[str, Any]:
