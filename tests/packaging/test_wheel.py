@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 import histovl
 
@@ -110,8 +111,7 @@ def test_installed_wheel_lists_models_and_runs_zeroshot(venv: Path, tmp_path: Pa
     assert models.returncode == 0, models.stderr
     assert "histovl-lite" in models.stdout and "conch" in models.stdout
 
-    data = _two_demo_tiles(venv, outside)
-    prompts = _installed_package(venv) / "assets" / "demo" / "stain-v1.yaml"
+    data, prompts = _two_demo_tiles(venv, outside)
     args = ["zeroshot", "--model", "histovl-lite", "--data", str(data), "--prompts", str(prompts),
             "--out", str(outside / "run"), "--n-boot", "0", "--quiet"]
     res = _run(venv / "bin" / "histovl", *args, cwd=outside, env=env)
@@ -158,12 +158,16 @@ def _installed_package(venv: Path) -> Path:
     return Path(out.stdout.strip())
 
 
-def _two_demo_tiles(venv: Path, where: Path) -> Path:
-    """A manifest of one H&E and one IHC demo tile, copied from the installed package."""
-    tiles = _installed_package(venv) / "assets" / "demo" / "tiles"
+def _two_demo_tiles(venv: Path, where: Path) -> tuple[Path, Path]:
+    """A manifest of two shipped demo tiles of two different labels (copied from the installed
+    package), and the shipped demo prompt set whose classes cover them."""
+    demo = _installed_package(venv) / "assets" / "demo"
+    tiles = demo / "tiles"
     with open(tiles / "manifest.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    picked = [next(r for r in rows if r["label"] == label) for label in ("he", "ihc")]
+    labels = list(dict.fromkeys(r["label"] for r in rows))[:2]
+    picked = [next(r for r in rows if r["label"] == label) for label in labels]
+    prompts = next(p for p in sorted(demo.glob("*.yaml")) if set(labels) <= set(yaml.safe_load(p.read_text())["classes"]))
     folder = where / "two_tiles"
     folder.mkdir()
     for row in picked:
@@ -172,4 +176,4 @@ def _two_demo_tiles(venv: Path, where: Path) -> Path:
         writer = csv.writer(fh)
         writer.writerow(["path", "label"])
         writer.writerows([row["path"], row["label"]] for row in picked)
-    return folder / "manifest.csv"
+    return folder / "manifest.csv", prompts
