@@ -85,6 +85,12 @@ def check_output_folder(path: str | os.PathLike[str], *, option: str = "--out") 
     p = Path(os.fspath(path)).expanduser()
     if p.exists() and not p.is_dir():
         raise OutputPathError(f"{option} {p} is an existing file, not a folder; give a folder path (created if missing)")
+    here = Path.cwd().resolve()
+    if p.resolve() == here or p.resolve() in here.parents:
+        raise OutputPathError(
+            f"{option} {path} is the current folder (or holds it); an output folder is replaced as a whole "
+            f"when the run ends, so give a folder of its own (e.g. {option} runs/this-run)"
+        )
     _check_writable_location(p, option, also_self=p.is_dir())
     return p
 
@@ -194,7 +200,7 @@ _HELD_GUARD = threading.Lock()
 
 def lock_path(target: str | os.PathLike[str]) -> Path:
     """The lock file of an output: ``.<name>.histovl-lock`` beside it."""
-    p = Path(os.fspath(target)).absolute()
+    p = Path(os.path.realpath(os.fspath(target)))
     return p.parent / f".{p.name}{LOCK_SUFFIX}"
 
 
@@ -290,7 +296,7 @@ def staged_folder(out: str | os.PathLike[str], *, option: str = "--out") -> Iter
         >>> with staged_folder("runs/lung") as tmp:  # doctest: +SKIP
         ...     atomic_write_json(tmp / "metrics.json", metrics)
     """
-    final = Path(os.fspath(out)).absolute()
+    final = Path(os.path.realpath(os.fspath(out)))  # a symlinked --out: its target is what gets replaced
     stages = _stages()
     active = stages.get(str(final)) or (final if final in stages.values() else None)
     if active is not None:

@@ -277,3 +277,20 @@ def test_a_failure_inside_a_staged_folder_leaves_the_previous_one(tmp_path: Path
         raise OSError(errno.EROFS, "Read-only file system", str(stage / "run.json"))
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST_FILE, "run.json"]
     assert (out / "run.json").read_text() == "old"
+
+
+def test_the_current_folder_is_refused_and_a_symlinked_out_is_written_through(
+    fx: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], faults: FaultLog
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text("mine")
+    assert run_main(_zeroshot(fx, Path("."), tmp_path / "cache")) == 2  # replacing it would pull it from under the shell
+    assert "current folder" in capsys.readouterr().err and (tmp_path / "mine.txt").read_text() == "mine"
+    faults.inject("--out . (the current folder)")
+    target = tmp_path / "real"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    with staged_folder(tmp_path / "link") as stage:
+        (stage / "run.json").write_text("{}")
+    assert (tmp_path / "link").is_symlink() and (target / "run.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "mine.txt", "real"]
