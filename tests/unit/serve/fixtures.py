@@ -5,6 +5,7 @@ leaderboard, and traps for the security tests (a secret outside the root, symlin
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,11 @@ def build_tree(base: Path) -> Tree:
     board.mkdir()
     pd.DataFrame({"model": ["tiny-a", "tiny-b", "tiny-c"], "task": ["lung"] * 3, "f1_macro": [0.5, 0.9, 0.7]}).to_csv(
         board / "leaderboard.csv", index=False)
+    # `histovl slides embed --prompts` output: a tiling folder with tile_predictions.csv
+    embed = root / "embed"
+    shutil.copytree(root / "runs" / "slide" / "tiling", embed)
+    pred = pd.read_csv(root / "runs" / "slide" / "predictions.csv")
+    pred[["x", "y", "prediction", "score:tumor", "score:stroma"]].to_csv(embed / "tile_predictions.csv", index=False)
     # a damaged slide file and a tiling whose tiling.json was cut off: error rows
     (root / "slides").mkdir()
     (root / "slides" / "damaged.svs").write_bytes(b"II*\x00" + b"\x00garbage" * 50)

@@ -101,6 +101,15 @@ def test_slide_overlays_tiles_and_neighbours(client, tree: Tree):
     assert crop.status_code == 200 and crop.content[:2] == b"\xff\xd8"
 
 
+def test_slides_embed_tile_scores_are_an_overlay(client):
+    rows = {r["name"]: r for r in client.get("/api/slides").json()}
+    embed = rows["root/embed"]
+    assert embed["source"] == "slides embed" and embed["classes"] == ["tumor", "stroma"] and embed["run_id"] is None
+    meta = client.get(f"/api/slides/{embed['id']}").json()
+    assert [o["key"] for o in meta["overlays"]] == ["tissue", "prediction", "score:tumor", "score:stroma"]
+    assert client.get(f"/api/slides/{embed['id']}/at", params={"x": 130, "y": 5}).json()["tile"]["prediction"] == "tumor"
+
+
 def test_damaged_slides_are_error_rows(client):
     rows = {r["name"]: r for r in client.get("/api/slides").json()}
     assert "OpenSlide does not recognise damaged.svs" in rows["root/slides/damaged.svs"]["error"]
