@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -22,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from histovl._compat import StrEnum
+from histovl._compat import StrEnum, get_type_hints
 from histovl.options import RunOptions
 
 
@@ -80,7 +79,7 @@ def with_run_options(
     def decorate(fn: _F) -> _F:
         # Resolve the command's string annotations in *its* module: typer re-reads them from the
         # wrapper, whose globals are this module's.
-        hints = typing.get_type_hints(fn, include_extras=True)
+        hints = get_type_hints(fn)
         sig = inspect.signature(fn)
         sig = sig.replace(parameters=[p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()])
         if "options" not in sig.parameters:

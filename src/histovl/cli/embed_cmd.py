@@ -8,13 +8,13 @@ deterministic, nothing is drawn).
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from histovl._compat import StrEnum
 from histovl.cli.common import DataOpt, OneModelOpt, with_run_options
 from histovl.options import RunOptions
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from histovl._compat import StrEnum
 from histovl.cli.common import OneModelOpt, OutOpt, print_skipped, with_run_options
 from histovl.options import RunOptions
 

@@ -23,13 +23,13 @@ import os
 import signal
 import sys
 import traceback
-import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
+from histovl._compat import get_type_hints
 from histovl.errors import HistovlError
 
 #: Outputs that are files rather than folders: command words -> {parameter: (format, magic bytes)}.
@@ -58,7 +58,7 @@ _received: dict[str, int] = {}
 
 def guarded(words: str, fn: _F) -> _F:
     """`fn` (a CLI command) with its outputs and device checked first and its outputs locked."""
-    hints = typing.get_type_hints(fn, include_extras=True)
+    hints = get_type_hints(fn)
     sig = inspect.signature(fn)
     sig = sig.replace(parameters=[p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()])
     files = FILE_OUTPUTS.get(words, {})

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from histovl._compat import StrEnum
 from histovl.cli.common import (
     AllowMissingOpt,
     DataOpt,

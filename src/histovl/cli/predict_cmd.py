@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from histovl._compat import StrEnum
 from histovl.cli.common import OneModelOpt, OutOpt, print_metrics, print_skipped, with_run_options
 from histovl.cli.slides_cmd import BadOpt, MagOpt, MppOpt, SizeOpt, SlideMppOpt, TissueOpt
 from histovl.cli.zeroshot_cmd import CLASSIFICATION_KEYS, AggregateChoice

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from histovl._compat import StrEnum
 from histovl.cli.common import (
     ALL_RUN_OPTIONS,
     DataOpt,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated
 
 import typer
 
+from histovl._compat import StrEnum
 from histovl.cli.common import (
     AllowMissingOpt,
     DataOpt,

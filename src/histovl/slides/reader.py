@@ -223,14 +223,17 @@ class OpenSlideReader(SlideReader):
         if handle is None and self._backend_choice in ("auto", "tiffslide"):
             try:
                 import tiffslide
-
-                handle = tiffslide.TiffSlide(os.fspath(self.path))
-                self.backend = "tiffslide"
-                self._errors = (OSError, ValueError, RuntimeError, KeyError, IndexError)
+                from tifffile import TiffFileError  # not a ValueError in every tifffile release
             except ImportError as err:
                 errors.append(f"tiffslide not installed ({err})")
-            except (OSError, ValueError, RuntimeError, KeyError, IndexError) as err:
-                errors.append(f"tiffslide: {err}")
+            else:
+                tiff_errors = (OSError, ValueError, RuntimeError, KeyError, IndexError, TiffFileError)
+                try:
+                    handle = tiffslide.TiffSlide(os.fspath(self.path))
+                    self.backend = "tiffslide"
+                    self._errors = tiff_errors
+                except tiff_errors as err:
+                    errors.append(f"tiffslide: {err}")
         if handle is None:
             raise SlideOpenError(
                 f"cannot open slide {self.path}: {'; '.join(errors)}. Install the slide extras "
