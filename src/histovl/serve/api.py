@@ -29,14 +29,15 @@ def run_or_404(state: ServeState, run_id: str) -> RunEntry:
 def slide_meta(state: ServeState, slide_id: str) -> dict[str, Any]:
     """What the viewer needs: overlays, their geometry, the legend, the display scale."""
     entry = state.slide(slide_id)
-    scale, error = 1.0, entry.error
+    scale, error, pixels = 1.0, entry.error, None
     try:
         if error is None:
-            scale = entry.deepzoom(state.config.jpeg_quality).scale
+            source = entry.deepzoom(state.config.jpeg_quality)
+            scale, pixels = source.scale, source.kind
     except HistovlError as err:
         error = str(err)
     return {**entry.row(), "error": error, "overlays": entry.overlays(), "geometry": overlay_geometry(entry),
-            "legend": legend(entry), "scale": scale, "dzi": f"/dz/{entry.id}.dzi",
+            "legend": legend(entry), "scale": scale, "pixels": pixels, "dzi": f"/dz/{entry.id}.dzi",
             "has_neighbours": entry.embeddings is not None}
 
 

@@ -141,10 +141,13 @@ def _slide_routes(router: APIRouter, state: ServeState) -> None:
         entry = state.slide(slide_id)
         if entry.tiles is None or not 0 <= index < len(entry.tiles):
             raise not_found()
-        box = entry.tile_info(index)
-        source = _deepzoom(state, entry)
-        data = state.cache.get_or_make(("crop", slide_id, index),
-                                       lambda: source.region(box["x"], box["y"], box["width"], box["height"]))
+        own = entry.tile_images[index] if index < len(entry.tile_images) else None
+        data = image_bytes(state, own, 256) if own else None  # the tile as it was scored
+        if data is None:
+            box = entry.tile_info(index)
+            source = _deepzoom(state, entry)
+            data = state.cache.get_or_make(("crop", slide_id, index),
+                                           lambda: source.region(box["x"], box["y"], box["width"], box["height"]))
         return Response(data, media_type="image/jpeg", headers=IMMUTABLE)
 
 

@@ -44,6 +44,8 @@ class SlideEntry:
     """x, y, width, height, tissue_fraction[, prediction, margin, score:<class>...]."""
     classes: list[str] = field(default_factory=list)
     embeddings: Path | None = None
+    tile_images: list[str | None] = field(default_factory=list)
+    """Allow-list id of each tile's own PNG (``tiles.csv``'s ``path``), when the tiling kept them."""
     thumbnail: Path | None = None
     source: str = "slide file"
     run_id: str | None = None
@@ -138,6 +140,9 @@ def load_tiling_slide(tiling: Path, name: str, registry: FileRegistry, run_ids: 
         entry.level0_size = (int(dims[0][0]), int(dims[0][1])) if dims else None
         extent = int((meta.get("resolution") or {}).get("extent0") or 0)
         entry.tiles = _tiles(tiling, extent)
+        if "path" in entry.tiles.columns:
+            entry.tile_images = [registry.add(tiling / str(p)) if isinstance(p, str) and p else None
+                                 for p in entry.tiles["path"]]
         _add_scores(entry, tiling, run_ids)
         emb = tiling / "embeddings.npy"
         entry.embeddings = emb if emb.is_file() else None

@@ -118,6 +118,18 @@ def build_tree(base: Path) -> Tree:
     shutil.copytree(root / "runs" / "slide" / "tiling", embed)
     pred = pd.read_csv(root / "runs" / "slide" / "predictions.csv")
     pred[["x", "y", "prediction", "score:tumor", "score:stroma"]].to_csv(embed / "tile_predictions.csv", index=False)
+    # a slide read from a folder of tiles (predict --as-slide): no slide file, tile PNGs kept
+    folder = root / "runs" / "folder"
+    shutil.copytree(root / "runs" / "slide", folder)
+    (data / "tile-folder").mkdir()
+    meta = json.loads((folder / "tiling" / "tiling.json").read_text())
+    meta["slide"]["path"] = meta["source"]["slide"]["path"] = str(data / "tile-folder")
+    (folder / "tiling" / "tiling.json").write_text(json.dumps(meta))
+    tiles = pd.read_csv(folder / "tiling" / "tiles.csv")
+    tiles["path"] = [f"tiles/tile_x{x}_y{y}.png" for x, y in zip(tiles["x"], tiles["y"], strict=True)]
+    for i, rel in enumerate(tiles["path"]):
+        _image(folder / "tiling" / rel, (200, 100, 150), 1000 + i, (64, 64))
+    tiles.to_csv(folder / "tiling" / "tiles.csv", index=False)
     # a damaged slide file and a tiling whose tiling.json was cut off: error rows
     (root / "slides").mkdir()
     (root / "slides" / "damaged.svs").write_bytes(b"II*\x00" + b"\x00garbage" * 50)

@@ -13,7 +13,7 @@ from tests.unit.serve.fixtures import CLASSES, LABELS, PREDICTIONS, Tree
 
 def test_runs_table_lists_every_run_and_the_corrupt_one_as_an_error_row(client):
     rows = {r["name"]: r for r in client.get("/api/runs").json()}
-    assert set(rows) == {"root/runs/zs", "root/runs/broken", "root/runs/slide"}
+    assert set(rows) == {"root/runs/zs", "root/runs/broken", "root/runs/slide", "root/runs/folder"}
     zs = rows["root/runs/zs"]
     assert (zs["command"], zs["models"], zs["n"], zs["metric"]) == ("histovl zeroshot", "tiny-clip", 12, "f1_macro")
     assert zs["value"] == pytest.approx(0.55) and zs["ci"] == pytest.approx([0.31, 0.77])
@@ -108,6 +108,21 @@ def test_slides_embed_tile_scores_are_an_overlay(client):
     meta = client.get(f"/api/slides/{embed['id']}").json()
     assert [o["key"] for o in meta["overlays"]] == ["tissue", "prediction", "score:tumor", "score:stroma"]
     assert client.get(f"/api/slides/{embed['id']}/at", params={"x": 130, "y": 5}).json()["tile"]["prediction"] == "tumor"
+
+
+def test_a_slide_made_of_tiles_shows_its_thumbnail_and_its_own_tiles(client):
+    import io
+
+    from PIL import Image
+
+    slide = ids_by_name(client, "slides")["root/runs/folder"]
+    meta = client.get(f"/api/slides/{slide}").json()
+    assert meta["error"] is None and meta["pixels"] == "thumbnail" and meta["scale"] == 8.0
+    assert 'Width="128"' in client.get(meta["dzi"]).text
+    assert "tiling's thumbnail" in client.get(f"/slides/{slide}").text
+    at = client.get(f"/api/slides/{slide}/at", params={"x": 130, "y": 5}).json()["tile"]
+    crop = Image.open(io.BytesIO(client.get(f"/slides/{slide}/tile/{at['index']}.jpg").content))
+    assert crop.size == (64, 64)  # the tile PNG itself, not a crop of the 128-px thumbnail (16 px)
 
 
 def test_damaged_slides_are_error_rows(client):
