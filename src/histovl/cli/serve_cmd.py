@@ -28,4 +28,4 @@ def serve_command(
     """
     from histovl.serve import ServeConfig, serve
 
-    serve(list(roots or [Path.cwd()]), ServeConfig(host=host, port=port, token=token, roots_only=roots_only), options)
+    serve(list(roots or [Path.cwd()]), ServeConfig(host=host, port=port, token=token or None, roots_only=roots_only), options)

@@ -106,7 +106,7 @@ def test_the_cli_refuses_a_public_host_without_a_token(tree: Tree):
 
     res = subprocess.run([sys.executable, "-m", "histovl.cli.app", "serve", str(tree.root), "--host", "0.0.0.0"],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "HISTOVL_SERVE_TOKEN": ""})
-    assert res.returncode == 2 and "--token" in res.stderr
+    assert res.returncode == 2 and "reachable from other machines; give --token" in res.stderr
 
 
 def test_token_is_checked_on_every_request(tree: Tree):
