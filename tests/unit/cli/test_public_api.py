@@ -110,3 +110,11 @@ def test_models_hub_cache_old_spelling_still_works(tmp_path):
     res = CliRunner().invoke(app, ["models", "--cache-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "--cache-dir is deprecated" in res.output
+
+
+def test_architecture_doc_lists_every_command():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / "docs" / "architecture.md").read_text()
+    for words, name in API_FUNCTIONS.items():
+        assert f"| `histovl {words}` | `histovl.{name}` |" in text, f"docs/architecture.md lacks `histovl {words}`"
