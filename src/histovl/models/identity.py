@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,9 +113,8 @@ def _registry_fingerprint(name: str) -> str | None:
 
 def identity_key(spec: str, fingerprint: str) -> str:
     """The memo file name of (spec, fingerprint) under this histovl version."""
-    import histovl
-
-    payload = json.dumps([IDENTITY_FORMAT, histovl.__version__, spec, fingerprint])
+    version = getattr(sys.modules.get("histovl"), "__version__", "unknown")  # the package this module is in
+    payload = json.dumps([IDENTITY_FORMAT, version, spec, fingerprint])
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
