@@ -12,23 +12,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from histovl.reports.colours import PALETTE, class_colours  # noqa: F401  (re-exported)
+
 #: Lowest and highest fill opacity (0-255): a tile at 1/C probability is still visible.
 MIN_ALPHA, MAX_ALPHA = 40, 200
-
-
-#: Okabe-Ito's colour-blind-safe colours without black, then five more distinct ones (those that
-#: stand out on H&E pink and purple first), then black:
-#: 13 classes get distinct colours (more cycle). Class k has colour k in the PNG and the GeoJSON.
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233), (213, 94, 0),
-    (240, 228, 66), (23, 190, 207), (188, 189, 34), (148, 103, 189), (127, 127, 127), (140, 86, 75),
-    (0, 0, 0),
-)
-
-
-def class_colours(n: int) -> list[tuple[int, int, int]]:
-    """The colour of each of `n` classes (`PALETTE`, cycled past 13)."""
-    return [PALETTE[k % len(PALETTE)] for k in range(n)]
 
 
 def confidence_map_image(

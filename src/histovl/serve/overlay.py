@@ -16,21 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from histovl.reports.colours import class_colours
 from histovl.serve.slides import SCORE_PREFIX, SlideEntry
-
-#: `histovl.predict.figures.PALETTE`, repeated here so the server starts without importing the
-#: predict package (and torch with it); tests/unit/serve checks the two are equal.
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233), (213, 94, 0),
-    (240, 228, 66), (23, 190, 207), (188, 189, 34), (148, 103, 189), (127, 127, 127), (140, 86, 75),
-    (0, 0, 0),
-)
-
-
-def class_colours(n: int) -> list[tuple[int, int, int]]:
-    """The colour of each of `n` classes, as in `histovl predict`'s heatmap."""
-    return [PALETTE[k % len(PALETTE)] for k in range(n)]
-
 
 #: Longest side of an overlay image, in pixels.
 MAX_OVERLAY_SIDE = 4096

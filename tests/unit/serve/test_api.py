@@ -137,10 +137,10 @@ def test_damaged_slides_are_error_rows(client):
 
 
 def test_overlay_palette_is_predicts():
-    from histovl.predict.figures import PALETTE
-    from histovl.serve.overlay import PALETTE as SERVED
+    from histovl.predict.figures import class_colours as predict_colours
+    from histovl.serve.overlay import class_colours as served_colours
 
-    assert SERVED == PALETTE
+    assert served_colours is predict_colours  # one palette (histovl.reports.colours)
 
 
 def test_leaderboards_and_their_absence(client, tmp_path):
