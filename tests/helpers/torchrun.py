@@ -25,11 +25,13 @@ if _root and _log and _rank is not None:  # torchrun's workers only, not its lau
     _root = os.path.realpath(_root)
     _out = f"{_log}.rank{_rank}"
     open(_out, "w").close()
-    def _inside(p):
+    _parent, _name = os.path.split(_root)
+    def _inside(p):  # the output, or a hidden sibling histovl writes it through (staging folder, lock)
         try:
-            return os.path.realpath(os.fsdecode(p)).startswith(_root)
+            q = os.path.realpath(os.fsdecode(p))
         except (TypeError, ValueError):
             return False
+        return q.startswith(_root) or q.startswith(os.path.join(_parent, "." + _name + "."))
     def _record(event, path):
         with open(_out, "a") as fh:
             fh.write(json.dumps([event, os.fsdecode(path)]) + "\\n")

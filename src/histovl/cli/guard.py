@@ -76,7 +76,11 @@ def guarded(words: str, fn: _F) -> _F:
 
 @contextlib.contextmanager
 def checked_outputs(kwargs: dict[str, Any], files: dict[str, tuple[str, bytes | None]]) -> Iterator[None]:
-    """Check a command's outputs (from its CLI keyword values) and hold their locks."""
+    """Check a command's outputs (from its CLI keyword values) and hold their locks.
+
+    Under torchrun every rank runs the command and only rank 0 writes: rank 0 checks and locks
+    (a failed check stops the job); the other ranks write nothing here, not even a probe file.
+    """
     from histovl.outputs_guard import (
         check_cache_folder,
         check_output_file,
@@ -84,6 +88,9 @@ def checked_outputs(kwargs: dict[str, Any], files: dict[str, tuple[str, bytes | 
         output_lock,
     )
 
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        yield
+        return
     locked: list[Path] = []
     for name, value in kwargs.items():
         if value is None or not isinstance(value, str | os.PathLike):
