@@ -15,8 +15,7 @@ transformers are imported by the first command you call, not by the import.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from histovl._lazy import lazy_exports
 
 __version__ = "0.2.0.dev0"  # the one version: pyproject.toml reads it (dynamic)
 
@@ -95,18 +94,5 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'histovl' has no attribute {name!r}")
-    imported = importlib.import_module(module)
-    # A package named like its command (histovl.zeroshot) is itself callable (histovl._command_module):
-    # export the package, which the import system would bind here anyway.
-    value = imported if module == f"{__name__}.{name}" else getattr(imported, name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
 

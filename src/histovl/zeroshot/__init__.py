@@ -6,10 +6,10 @@ names load on first use (PEP 562), so ``histovl zeroshot`` on cached embeddings 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from histovl._command_module import make_callable
+from histovl._lazy import lazy_exports
 from histovl.zeroshot.single_label import ZeroshotConfig, ZeroShotResult, zeroshot
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers
@@ -44,17 +44,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'histovl.zeroshot' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
 
 
 make_callable(__name__, zeroshot)  # histovl.zeroshot(...) runs the command
