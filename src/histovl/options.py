@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+#: A file or folder a command reads or writes, as callers hold it (every command signature uses it).
+PathArg = str | os.PathLike[str]
+
 #: What a command does with an input it cannot read: stop with a clear error, or record and go on.
 OnError = Literal["raise", "skip"]
 ON_ERROR_CHOICES: tuple[OnError, ...] = ("raise", "skip")

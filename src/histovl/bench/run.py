@@ -26,7 +26,7 @@ from histovl.bench.cells import Cell, is_done, plan_cells, run_cell
 from histovl.bench.leaderboard import leaderboard_frame
 from histovl.bench.suite import Suite, load_suite
 from histovl.errors import HistovlError
-from histovl.options import RunOptions, split_overrides
+from histovl.options import PathArg, RunOptions, split_overrides
 from histovl.outputs_guard import check_output_folder, output_lock
 
 Engine = Literal["local", "ray"]
@@ -68,11 +68,8 @@ class BenchResult:
 
 
 def bench(
-    suite: str | os.PathLike[str] | Suite,
-    out: str | os.PathLike[str],
-    config: BenchConfig | None = None,
-    options: RunOptions | None = None,
-    **overrides: Any,
+    suite: PathArg | Suite, out: PathArg, config: BenchConfig | None = None,
+    options: RunOptions | None = None, **overrides: Any,
 ) -> BenchResult:
     """Run (or resume) every cell of a suite and write the leaderboard.
 

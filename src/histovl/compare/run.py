@@ -28,7 +28,7 @@ from histovl.compare.runs import LoadedRun, label_indices, load_runs
 from histovl.compare.stats import PAIRED_METRICS
 from histovl.metrics.calibration import DEFAULT_BINS
 from histovl.metrics.classification import CLASSIFICATION_METRICS, classification_metrics
-from histovl.options import RunOptions, config_record, split_overrides
+from histovl.options import PathArg, RunOptions, config_record, split_overrides
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,8 @@ class CompareResult:
 
 
 def compare(
-    runs: Sequence[str | os.PathLike[str]],
-    out: str | os.PathLike[str] | None = None,
-    config: CompareConfig | None = None,
-    options: RunOptions | None = None,
-    *,
-    command: str = "histovl compare",
-    **overrides: Any,
+    runs: Sequence[PathArg], out: PathArg | None = None, config: CompareConfig | None = None,
+    options: RunOptions | None = None, *, command: str = "histovl compare", **overrides: Any,
 ) -> CompareResult:
     """Compare runs over the same images with paired statistics and calibration.
 

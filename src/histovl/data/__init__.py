@@ -11,7 +11,12 @@ Example:
 from typing import Any
 
 from histovl.data.decode import read_rgb
-from histovl.data.loading import DEFAULT_IMAGE_EXTENSIONS, ManifestError, load_image_set
+from histovl.data.loading import (
+    DEFAULT_IMAGE_EXTENSIONS,
+    ManifestError,
+    load_image_set,
+    load_single_label_set,
+)
 from histovl.data.paths import UnsafePathError
 from histovl.data.records import ImageRecord, ImageSet
 from histovl.data.validation import validate_labels
@@ -29,6 +34,7 @@ __all__ = [
     "ManifestError",
     "UnsafePathError",
     "load_image_set",
+    "load_single_label_set",
     "read_rgb",
     "validate_labels",
 ]

@@ -99,6 +99,22 @@ def load_image_set(
     return _load_manifest(source, allow_absolute_paths=allow_absolute_paths, require_labels=require_labels)
 
 
+def load_single_label_set(data: str | os.PathLike[str] | ImageSet, *, task: str, allow_absolute_paths: bool = False) -> ImageSet:
+    """`load_image_set`, then checked to hold exactly one label per image, before any model work.
+
+    `task` names the command in the error (``"retrieval evaluation"``, ``"few-shot evaluation"``).
+    """
+    image_set = load_image_set(data, allow_absolute_paths=allow_absolute_paths)
+    if image_set.multilabel:
+        raise ValueError(f"{image_set.source} holds multi-label data (a `labels` column); {task} needs one `label` per image")
+    if not image_set.has_labels:
+        raise ValueError(
+            f"{image_set.source} has no labels (or images without one); {task} needs a class-folder tree "
+            "or a manifest with a `label` column"
+        )
+    return image_set
+
+
 def _load_class_folder(folder: Path, *, allow_absolute_paths: bool, extensions: tuple[str, ...]) -> ImageSet:
     root = as_root(folder)
     checker = PathChecker(root, allow_outside=allow_absolute_paths)

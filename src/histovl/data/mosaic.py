@@ -32,7 +32,7 @@ from histovl._io import atomic_write_text, atomic_write_with
 from histovl.data.multilabel_formats import _csv_text
 from histovl.data.records import ImageSet
 from histovl.errors import HistovlError
-from histovl.options import RunOptions, split_overrides
+from histovl.options import PathArg, RunOptions, split_overrides
 
 
 @dataclass(frozen=True)
@@ -146,11 +146,8 @@ class MosaicConfig:
 
 
 def mosaic(
-    data: str | os.PathLike[str] | ImageSet,
-    out: str | os.PathLike[str],
-    config: MosaicConfig | None = None,
-    options: RunOptions | None = None,
-    **overrides: Any,
+    data: PathArg | ImageSet, out: PathArg, config: MosaicConfig | None = None,
+    options: RunOptions | None = None, **overrides: Any,
 ) -> MosaicSummary:
     """Build train/test mosaics from a single-label tile set and write images and manifests.
 

@@ -14,7 +14,6 @@ Both are named steps: `_prepare_fit` / `_prepare_eval` (every input checked, the
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from histovl.heads.cmm import KVMode
 from histovl.heads.cmm_head import CMMHead
 from histovl.heads.features import TokenSource, encode_image_tokens, resolve_token_source
 from histovl.models.encoder import Encoder
-from histovl.options import RunOptions, config_record, resolve_options, split_overrides
+from histovl.options import PathArg, RunOptions, config_record, resolve_options, split_overrides
 from histovl.outputs_guard import staged_folder
 from histovl.zeroshot.multilabel.outputs import (
     evaluate_multilabel,
@@ -197,13 +196,8 @@ def _write(out_dir: Path, inputs: _Inputs, scored: _Scored, opts: RunOptions, *,
 
 
 def cmm_fit(
-    model: str | Encoder,
-    data: str | os.PathLike[str] | Any,
-    prompts: str | os.PathLike[str] | Any,
-    out: str | os.PathLike[str] | None = None,
-    config: CmmFitConfig | None = None,
-    options: RunOptions | None = None,
-    **overrides: Any,
+    model: str | Encoder, data: PathArg | Any, prompts: PathArg | Any, out: PathArg | None = None,
+    config: CmmFitConfig | None = None, options: RunOptions | None = None, **overrides: Any,
 ) -> CMMRunResult:
     """Fit a CMM head on a multi-label set and save it (with training-set outputs) to `out`.
 
@@ -290,13 +284,8 @@ def _write_fit_files(out_dir: Path, model: Any, head: CMMHead, inputs: _Inputs, 
 
 
 def cmm_eval(
-    head: str | os.PathLike[str] | CMMHead,
-    data: str | os.PathLike[str] | Any,
-    out: str | os.PathLike[str] | None = None,
-    options: RunOptions | None = None,
-    *,
-    model: str | Encoder | None = None,
-    **overrides: Any,
+    head: PathArg | CMMHead, data: PathArg | Any, out: PathArg | None = None,
+    options: RunOptions | None = None, *, model: str | Encoder | None = None, **overrides: Any,
 ) -> CMMRunResult:
     """Evaluate a saved CMM head on a multi-label set, recomputing features with its model.
 

@@ -15,7 +15,6 @@ Steps are named: `_prepare` (every input checked before any model work), `_encod
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ from histovl.heads.fewshot_split import (
     support_indices,
 )
 from histovl.models.encoder import Encoder
-from histovl.options import RunOptions, config_record, split_overrides
+from histovl.options import PathArg, RunOptions, config_record, split_overrides
 from histovl.reproducibility import seed_everything
 
 DEFAULT_SHOTS: tuple[Shots, ...] = (1, 2, 4, 8, 16, "all")
@@ -174,16 +173,9 @@ class _Grid:
 
 
 def fewshot_eval(
-    model: str | Encoder,
-    support: str | os.PathLike[str] | Any,
-    query: str | os.PathLike[str] | Any | None = None,
-    prompts: str | os.PathLike[str] | Any | None = None,
-    out: str | os.PathLike[str] | None = None,
-    config: FewshotConfig | None = None,
-    options: RunOptions | None = None,
-    *,
-    command: str = "histovl fewshot eval",
-    **overrides: Any,
+    model: str | Encoder, support: PathArg | Any, query: PathArg | Any | None = None,
+    prompts: PathArg | Any | None = None, out: PathArg | None = None, config: FewshotConfig | None = None,
+    options: RunOptions | None = None, *, command: str = "histovl fewshot eval", **overrides: Any,
 ) -> FewshotResult:
     """Evaluate few-shot heads against zero-shot on one data set (split by group) or two (cross-site).
 
@@ -249,14 +241,9 @@ def _prepare(support: Any, query: Any, prompts: Any, cfg: FewshotConfig, opts: R
 
 
 def _labelled_set(data: Any, opts: RunOptions) -> Any:
-    from histovl.data import load_image_set
+    from histovl.data.loading import load_single_label_set
 
-    image_set = load_image_set(data, allow_absolute_paths=opts.allow_absolute_paths)
-    if image_set.multilabel:
-        raise ValueError(f"{image_set.source} holds multi-label data (a `labels` column); few-shot heads need one `label` per image")
-    if not image_set.has_labels:
-        raise ValueError(f"{image_set.source} has images without a label; few-shot evaluation needs a class-folder tree or a manifest with a `label` column")
-    return image_set
+    return load_single_label_set(data, task="few-shot evaluation", allow_absolute_paths=opts.allow_absolute_paths)
 
 
 def _prompt_set(prompts: Any) -> Any:
@@ -500,15 +487,9 @@ def _resolved(inputs: _Inputs, cfg: FewshotConfig) -> dict[str, Any]:
 
 
 def fewshot_fit(
-    model: str | Encoder,
-    data: str | os.PathLike[str] | Any,
-    out: str | os.PathLike[str] | None = None,
-    config: FewshotFitConfig | None = None,
-    options: RunOptions | None = None,
-    *,
-    prompts: str | os.PathLike[str] | Any | None = None,
-    command: str = "histovl fewshot fit",
-    **overrides: Any,
+    model: str | Encoder, data: PathArg | Any, out: PathArg | None = None,
+    config: FewshotFitConfig | None = None, options: RunOptions | None = None, *,
+    prompts: PathArg | Any | None = None, command: str = "histovl fewshot fit", **overrides: Any,
 ) -> FewshotFitResult:
     """Fit one few-shot head on every labelled image of `data` and save it as a head folder.
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from histovl.models.encoder import Encoder
-from histovl.options import RunOptions, config_record, split_overrides
+from histovl.options import PathArg, RunOptions, config_record, split_overrides
 from histovl.predict.geojson import OBJECT_TYPES, ObjectType
 from histovl.predict.scoring import (
     POOLING_CHOICES,
@@ -117,14 +117,9 @@ class PredictResult:
 
 
 def predict(
-    model: str | Encoder,
-    data: str | os.PathLike[str] | Any,
-    out: str | os.PathLike[str] | None = None,
-    config: PredictConfig | None = None,
-    options: RunOptions | None = None,
-    *,
-    command: str = "histovl predict",
-    **overrides: Any,
+    model: str | Encoder, data: PathArg | Any, out: PathArg | None = None,
+    config: PredictConfig | None = None, options: RunOptions | None = None, *,
+    command: str = "histovl predict", **overrides: Any,
 ) -> PredictResult:
     """Classify images or a slide with a prompt set or a few-shot head; labels optional.
 

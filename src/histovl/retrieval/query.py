@@ -19,7 +19,7 @@ import pandas as pd
 from histovl._io import atomic_open
 from histovl.embed import encode_images
 from histovl.errors import HistovlError
-from histovl.options import RunOptions, resolve_options, split_overrides
+from histovl.options import PathArg, RunOptions, resolve_options, split_overrides
 from histovl.retrieval.index import METADATA_FILE, IndexFormatError, VectorIndex
 from histovl.retrieval.run import embedding_cache_key, encode_records, model_provenance
 from histovl.retrieval.search import SearchResult
@@ -56,12 +56,8 @@ class IndexBuildConfig:
 
 
 def build_index(
-    model: str | Encoder,
-    data: str | os.PathLike[str] | Any,
-    out: str | os.PathLike[str],
-    config: IndexBuildConfig | None = None,
-    options: RunOptions | None = None,
-    **overrides: Any,
+    model: str | Encoder, data: PathArg | Any, out: PathArg, config: IndexBuildConfig | None = None,
+    options: RunOptions | None = None, **overrides: Any,
 ) -> VectorIndex:
     """Encode a data set (through the embedding cache) and save it as an index folder.
 

@@ -11,7 +11,6 @@ leave-one-out search), `_score` (metrics with CIs) and `_write` (the output fold
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from histovl.embed import encode_with_options
-from histovl.options import RunOptions, config_record, split_overrides
+from histovl.options import PathArg, RunOptions, config_record, split_overrides
 from histovl.retrieval.evaluation import LeaveOneOut, leave_one_out, metric_ks, retrieval_metrics
 from histovl.retrieval.storage import IndexOptions
 
@@ -108,14 +107,9 @@ def resolve_groups(paths: Sequence[str], data_groups: Sequence[str | None], grou
 
 
 def retrieve(
-    model: str | Encoder,
-    data: str | os.PathLike[str] | Any,
-    out: str | os.PathLike[str] | None = None,
-    config: RetrieveConfig | None = None,
-    options: RunOptions | None = None,
-    *,
-    command: str = "histovl retrieve",
-    **overrides: Any,
+    model: str | Encoder, data: PathArg | Any, out: PathArg | None = None,
+    config: RetrieveConfig | None = None, options: RunOptions | None = None, *,
+    command: str = "histovl retrieve", **overrides: Any,
 ) -> RetrievalResult:
     """Query every labelled image against all the others and score the rankings.
 
@@ -161,14 +155,9 @@ def retrieve(
 
 def labelled_images(data: Any, opts: RunOptions) -> ImageSet:
     """The image set, checked to hold one label per image (before any model work)."""
-    from histovl.data import load_image_set
+    from histovl.data.loading import load_single_label_set
 
-    image_set = load_image_set(data, allow_absolute_paths=opts.allow_absolute_paths)
-    if image_set.multilabel:
-        raise ValueError(f"{image_set.source} is multi-label; retrieval evaluation needs one `label` per image")
-    if not image_set.has_labels:
-        raise ValueError(f"{image_set.source} has no labels; give class folders or a `label` column")
-    return image_set
+    return load_single_label_set(data, task="retrieval evaluation", allow_absolute_paths=opts.allow_absolute_paths)
 
 
 def encode_records(encoder: Encoder, records: Sequence[Any], opts: RunOptions) -> EncodedRecords:

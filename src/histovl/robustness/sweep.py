@@ -40,7 +40,7 @@ from histovl.embed.cache import EmbeddingCache, cache_for, content_keys
 from histovl.embed.engine import EmbeddingResult, ImageTransform
 from histovl.embed.in_memory import DecodedImages, encode_decoded
 from histovl.models.encoder import Encoder
-from histovl.options import RunOptions, config_record, split_overrides
+from histovl.options import PathArg, RunOptions, config_record, split_overrides
 from histovl.robustness.corruptions import BUILTIN_CORRUPTIONS
 from histovl.robustness.registry import get_corruption
 from histovl.robustness.results import CSV_COLUMNS, Condition, RobustnessResult, levels_by_name
@@ -159,15 +159,9 @@ class _ModelRun:
 
 
 def robustness(
-    models: str | Encoder | Sequence[str | Encoder],
-    data: str | os.PathLike[str] | Any,
-    prompts: str | os.PathLike[str] | Any,
-    out: str | os.PathLike[str] | None = None,
-    config: RobustnessConfig | None = None,
-    options: RunOptions | None = None,
-    *,
-    command: str = "histovl robustness",
-    **overrides: Any,
+    models: str | Encoder | Sequence[str | Encoder], data: PathArg | Any, prompts: PathArg | Any,
+    out: PathArg | None = None, config: RobustnessConfig | None = None, options: RunOptions | None = None,
+    *, command: str = "histovl robustness", **overrides: Any,
 ) -> RobustnessResult:
     """Run the robustness sweep and (with `out`) write every output.
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from histovl.models.encoder import Encoder
-from histovl.options import RunOptions, config_record, split_overrides
+from histovl.options import PathArg, RunOptions, config_record, split_overrides
 from histovl.reproducibility import seed_everything
 from histovl.zeroshot.fusion import EncoderScores
 from histovl.zeroshot.multi_encoder import FusionCost, ablation_rows, score_encoders
@@ -65,13 +65,9 @@ class AblationResult:
 
 
 def ablate_fusion(
-    models: Sequence[str | Encoder],
-    data: str | os.PathLike[str] | Any,
-    prompts: str | os.PathLike[str] | Any,
-    out: str | os.PathLike[str] | None = None,
-    config: FusionAblationConfig | None = None,
-    options: RunOptions | None = None,
-    **overrides: Any,
+    models: Sequence[str | Encoder], data: PathArg | Any, prompts: PathArg | Any,
+    out: PathArg | None = None, config: FusionAblationConfig | None = None,
+    options: RunOptions | None = None, **overrides: Any,
 ) -> AblationResult:
     """Score every single encoder (one-to-one, prompt ensemble, many-to-many), cross pairs when
     allowed, and the joint and many-to-many fusions, on the same images, with 95% CIs.

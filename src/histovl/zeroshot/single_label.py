@@ -11,7 +11,6 @@ in `histovl.zeroshot.steps`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from histovl.options import RunOptions, config_record, split_overrides
+from histovl.options import PathArg, RunOptions, config_record, split_overrides
 from histovl.reports import predictions_frame
 from histovl.reproducibility import seed_run
 from histovl.zeroshot.classifier import Aggregate, TextClassifier, build_text_classifier
@@ -97,15 +96,9 @@ class _Scores:
 
 
 def zeroshot(
-    model: str | Encoder | Sequence[str | Encoder],
-    data: str | os.PathLike[str] | Any,
-    prompts: str | os.PathLike[str] | Any,
-    out: str | os.PathLike[str] | None = None,
-    config: ZeroshotConfig | None = None,
-    options: RunOptions | None = None,
-    *,
-    command: str = "histovl zeroshot",
-    **overrides: Any,
+    model: str | Encoder | Sequence[str | Encoder], data: PathArg | Any, prompts: PathArg | Any,
+    out: PathArg | None = None, config: ZeroshotConfig | None = None, options: RunOptions | None = None, *,
+    command: str = "histovl zeroshot", **overrides: Any,
 ) -> ZeroShotResult:
     """Zero-shot classify a labelled image set and write every output of docs/interfaces.md.
 

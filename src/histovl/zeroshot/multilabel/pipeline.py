@@ -10,7 +10,6 @@ The run is the zero-shot steps (`histovl.zeroshot.steps`) with a strategy in the
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import pandas as pd
 from histovl.data.records import ImageSet
 from histovl.embed import EmbeddingResult
 from histovl.models.encoder import Encoder
-from histovl.options import RunOptions, config_record, split_overrides
+from histovl.options import PathArg, RunOptions, config_record, split_overrides
 from histovl.reproducibility import seed_everything
 from histovl.zeroshot.multilabel.outputs import (
     evaluate_multilabel,
@@ -138,13 +137,8 @@ def run_strategy(
 
 
 def multilabel(
-    model: str | Encoder,
-    data: str | os.PathLike[str] | Any,
-    prompts: str | os.PathLike[str] | Any,
-    out: str | os.PathLike[str] | None = None,
-    config: MultilabelConfig | None = None,
-    options: RunOptions | None = None,
-    **overrides: Any,
+    model: str | Encoder, data: PathArg | Any, prompts: PathArg | Any, out: PathArg | None = None,
+    config: MultilabelConfig | None = None, options: RunOptions | None = None, **overrides: Any,
 ) -> MultilabelResult:
     """Zero-shot multi-label classification with one of HistoCLIP's strategies.
 
