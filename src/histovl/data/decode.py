@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -65,7 +66,9 @@ def read_rgb(path: str | os.PathLike[str]) -> Image.Image:
         'RGB'
     """
     try:
-        im = Image.open(path)
+        with warnings.catch_warnings():  # the size is checked below, with a message that names the file
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except Image.DecompressionBombError as exc:

@@ -12,6 +12,7 @@ import abc
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -281,7 +282,10 @@ class PlainImageReader(SlideReader):
 
     def _open(self) -> None:
         try:
-            with Image.open(self.path) as img:
+            with warnings.catch_warnings():  # the size is checked here, naming the file
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(self.path)
+            with img:
                 too_big = image_size_problem(img.size)  # before decoding (docs/reliability.md)
                 if too_big is not None:
                     raise SlideOpenError(f"{self.path}: {too_big}, or open it inside histovl.slides.allow_large_images(max_pixels)")
