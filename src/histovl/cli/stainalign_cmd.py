@@ -9,10 +9,18 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from histovl._compat import StrEnum
 from histovl.cli.common import OutOpt, deprecated_alias, print_metrics, with_run_options
 from histovl.options import RunOptions
 
-PairsOpt = Annotated[Path, typer.Option("--pairs", help="Pairs CSV: he_slide, ihc_slide, label, marker[, group].")]
+
+class ScheduleChoice(StrEnum):
+    auto = "auto"
+    two_stage = "two-stage"
+    joint = "joint"
+
+
+PairsOpt = Annotated[Path, typer.Option("--pairs", help="Pairs CSV: he_slide, ihc_slide, label (may be empty), marker[, group].")]
 
 #: The summary lines of each model (aligned, baseline).
 STAINALIGN_KEYS = ("f1_weighted", "f1_macro", "accuracy", "auroc")
@@ -46,6 +54,7 @@ def stainalign_fit_command(
     temperature: Annotated[float, typer.Option("--temperature", min=1e-4)] = 0.1,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Paired slides per training step (global batch under torchrun).")] = 16,
     dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=1.0, help="Dropout in the attention-MIL pooling while training.")] = 0.1,
+    schedule: Annotated[ScheduleChoice, typer.Option("--schedule", help="two-stage: align, then a classifier on the frozen H&E embedding; joint: both losses together; auto: two-stage when some labels are empty, else joint (docs/stainalign.md).")] = ScheduleChoice.auto,
     cv_folds: Annotated[int, typer.Option("--cv-folds", min=2, help="Grouped cross-validation folds.")] = 5,
 ) -> None:
     """Grouped CV of the aligned model vs the no-alignment baseline; save both trained on all pairs.
@@ -60,7 +69,7 @@ def stainalign_fit_command(
     config = StainAlignFitConfig(
         spec=TileSpec(size=size, mpp=mpp), slide_mpp=slide_mpp, cv_folds=cv_folds,
         params=StainAlignParams(epochs=epochs, align_weight=align_weight, temperature=temperature,
-                                batch_size=batch_size, dropout=dropout),
+                                batch_size=batch_size, dropout=dropout, schedule=str(schedule)),
     )
     metrics = stainalign_fit(pairs, out, config, options, model=model)
     if not DistContext.from_env().is_main:  # under torchrun: rank 0 reports

@@ -23,6 +23,14 @@ from histovl.stainalign.evaluate import (
 )
 from histovl.stainalign.mil import GatedAttentionPool, pad_bags, symmetric_contrastive_loss
 from histovl.stainalign.model import HistoStainAlign, StainAlignParams
+from histovl.stainalign.planted import (
+    PlantedConfig,
+    PlantedPairs,
+    bayes_accuracy,
+    bayes_auroc,
+    bayes_posterior,
+    planted_pairs,
+)
 from histovl.stainalign.run import (
     StainAlignFitConfig,
     stainalign_eval,
@@ -34,16 +42,22 @@ __all__ = [
     "CrossValidationResult",
     "GatedAttentionPool",
     "HistoStainAlign",
+    "PlantedConfig",
+    "PlantedPairs",
     "SlideBag",
     "SlideTiles",
     "StainAlignFitConfig",
     "StainAlignParams",
+    "bayes_accuracy",
+    "bayes_auroc",
+    "bayes_posterior",
     "build_bag",
     "build_deepliif_pairs",
     "cross_validate",
     "embed_bags",
     "grouped_folds",
     "pad_bags",
+    "planted_pairs",
     "read_pairs",
     "slide_tiles",
     "stainalign_eval",

@@ -45,7 +45,12 @@ from histovl.stainalign.bags import (
     slide_tiles,
 )
 from histovl.stainalign.evaluate import CrossValidationResult, cross_validate, summarise
-from histovl.stainalign.model import HistoStainAlign, StainAlignParams, is_model_folder
+from histovl.stainalign.model import (
+    HistoStainAlign,
+    StainAlignParams,
+    is_model_folder,
+    resolve_schedule,
+)
 
 
 @dataclass(frozen=True)
@@ -245,11 +250,12 @@ def _metrics_block(pairs: pd.DataFrame, classes: list[str], probs: np.ndarray, o
 
 def _write(out: Path, metrics: dict[str, Any], frame: pd.DataFrame, full: dict[str, Any], *, title: str,
            subtitle: str = "", command: str, config: dict[str, Any], encoder: Encoder, seed: int,
-           inputs: list[str], skips: _Skips) -> None:
+           inputs: list[str], skips: _Skips, extra: dict[str, Any] | None = None) -> None:
     """metrics.json, predictions.csv, run.json and report.html; skipped files and dropped pairs
-    are listed in run.json (``skipped``, ``extra.dropped_pairs``)."""
+    are listed in run.json (``skipped``, ``extra.dropped_pairs``), `extra` joins ``extra``."""
     run_record = build_run_record(command=command, config=config, models=[encoder.card], prompt_set=None, seed=seed,
-                                  inputs=inputs, skipped=skips.skipped, extra={"dropped_pairs": skips.dropped_pairs})
+                                  inputs=inputs, skipped=skips.skipped,
+                                  extra={"dropped_pairs": skips.dropped_pairs, **(extra or {})})
     report = build_classification_report(title, full, frame, run_record, n_examples=0, subtitle=subtitle)
     write_evaluation_outputs(out, metrics=metrics, predictions=frame, run_record=run_record, report=report)
 
@@ -269,7 +275,9 @@ def stainalign_fit(
     """Cross-validate aligned vs baseline, then train both on all pairs and save them in `out`.
 
     Args:
-        pairs_csv: the pairs CSV (``he_slide``, ``ihc_slide``, ``label``, ``marker``[, ``group``]).
+        pairs_csv: the pairs CSV (``he_slide``, ``ihc_slide``, ``label``, ``marker``[, ``group``]);
+            a pair whose ``label`` is empty joins the aligned model's alignment term only (it is
+            in no test fold and not in the metrics).
         out: output folder: the aligned model, ``baseline/``, tiles, heatmaps and the standard outputs.
         config: what to train (`StainAlignFitConfig`; ``params`` may be a partial mapping).
         options: the shared run options (cache, on_error, device, n_boot, seed, ...).
@@ -277,7 +285,9 @@ def stainalign_fit(
         overrides: fields of either, as keywords (``params={"epochs": 30}``, ``n_boot=0``).
 
     Returns the metrics written to ``metrics.json`` (aligned model's keys at the top level, the
-    baseline's under ``baseline``).
+    baseline's under ``baseline``). The binary decision threshold of every model (each fold's,
+    chosen on its training part, and the final models') is in ``run.json`` under
+    ``extra.decision``.
 
     ``on_error="raise"`` stops at the first unreadable tile or slide with an error naming it.
     ``"skip"`` leaves an unreadable tile out of its slide's bag, and drops a pair whose H&E or IHC
@@ -300,9 +310,11 @@ def stainalign_fit(
         data = _pair_bags(encoder, pairs, out_dir / "tiles", cfg.spec, cfg.slide_mpp, opts, ("he_slide", "ihc_slide"))
         he_x, ihc_x = data.embeddings("he_slide"), data.embeddings("ihc_slide")
         labels, groups = list(data.pairs["label"]), list(data.pairs["group"])
+        # "auto" is resolved once from the whole CSV, so every fold and the final model agree
+        params = StainAlignParams.coerce(cfg.params, schedule=resolve_schedule(cfg.params.schedule, "" in labels))
         # every rank runs the same folds (same seed) and trains each model data-parallel
-        cv = cross_validate(he_x, ihc_x, labels, groups, params=cfg.params, n_splits=cfg.cv_folds, seed=opts.seed)
-        finals = {name: HistoStainAlign.from_params(cfg.params, align=align, random_state=opts.seed)
+        cv = cross_validate(he_x, ihc_x, labels, groups, params=params, n_splits=cfg.cv_folds, seed=opts.seed)
+        finals = {name: HistoStainAlign.from_params(params, align=align, random_state=opts.seed)
                   .fit(he_x, ihc_x if align else None, labels)
                   for name, align in (("aligned", True), ("baseline", False))}
         metrics: dict[str, Any] = {}
@@ -319,7 +331,7 @@ def _write_fit_outputs(
     opts: RunOptions, world_size: int,
 ) -> dict[str, Any]:
     """Cross-validated metrics of both models, the saved models, heatmaps and the standard outputs."""
-    pairs = data.pairs
+    pairs = data.pairs.iloc[cv.labelled].reset_index(drop=True)  # the scored (labelled) pairs
     aligned, aligned_full = _metrics_block(pairs, cv.class_names, cv.probabilities["aligned"], opts)
     baseline, baseline_full = _metrics_block(pairs, cv.class_names, cv.probabilities["baseline"], opts)
     metrics = {
@@ -330,6 +342,7 @@ def _write_fit_outputs(
         "marker": str(pairs["marker"].iloc[0]),
         "class_names": cv.class_names,
         "n_groups": len(set(pairs["group"])),
+        "n_unlabelled": len(data.pairs) - len(pairs),
         "details": {"aligned": aligned_full, "baseline": baseline_full},
         **data.skips.counts(),
     }
@@ -348,8 +361,23 @@ def _write_fit_outputs(
     _write(out, metrics, frame, aligned_full, title=f"HistoStainAlign ({metrics['marker']}): grouped CV, aligned model",
            subtitle=f"baseline (no alignment) weighted F1 {baseline['f1_weighted']}",
            command="stainalign fit", config=config, encoder=encoder, seed=opts.seed,
-           inputs=list(dict.fromkeys(list(read["he_slide"]) + list(read["ihc_slide"]))), skips=data.skips)
+           inputs=list(dict.fromkeys(list(read["he_slide"]) + list(read["ihc_slide"]))), skips=data.skips,
+           extra={"decision": _decision_record(cv, finals)})
     return metrics
+
+
+def _decision_record(cv: CrossValidationResult, finals: dict[str, HistoStainAlign]) -> dict[str, Any]:
+    """Per model: the decision threshold on P(second class) of the final model and of each CV
+    fold's model (each chosen on its own training pairs; None: argmax, e.g. more than 2 classes)."""
+    rule = ("binary: the threshold on P(second class) with the best balanced accuracy (accuracy without "
+            "class weights) on the model's own labelled training pairs, closest to 0.5 among ties; "
+            "folded into the reported probabilities as a prior correction (0.5 is the decision point)")
+    record: dict[str, Any] = {"rule": rule, "positive_class": cv.class_names[-1] if len(cv.class_names) == 2 else None}
+    for name, model in finals.items():
+        record[name] = {"threshold": model.threshold_, "cv_fold_thresholds": cv.thresholds.get(name, []),
+                        "schedule": model.schedule_,
+                        "n_labelled": model.n_labelled_, "n_unlabelled": model.n_unlabelled_}
+    return record
 
 
 # ---- eval ----------------------------------------------------------------------------------------
@@ -368,7 +396,8 @@ def stainalign_eval(
 
     `head` is the folder `stainalign_fit` wrote. The encoder and tile settings are the ones
     recorded at fit time (`model` overrides the encoder; its weights must be the same). When
-    ``HEAD/baseline`` exists its metrics are reported under ``baseline``. `options` (and its
+    ``HEAD/baseline`` exists its metrics are reported under ``baseline``. Pairs with an empty
+    ``label`` are predicted (``predictions.csv``) but not scored; at least one must be labelled. `options` (and its
     fields as keywords) and ``on_error`` as in `stainalign_fit` (only H&E slides are read, so
     only they can drop a pair).
     """
@@ -384,7 +413,7 @@ def stainalign_eval(
             f"({meta['weights_id']}); pass the same --model as at fit time"
         )
     pairs = read_pairs(pairs_csv, allow_absolute_paths=opts.allow_absolute_paths)
-    unknown = sorted(set(pairs["label"]) - set(aligned_model.classes_))
+    unknown = sorted(set(pairs["label"]) - set(aligned_model.classes_) - {""})
     if unknown:
         raise ValueError(f"labels {unknown} were not seen in training (classes: {aligned_model.classes_})")
     spec = TileSpec(**{**meta["tile_spec"], "tissue": TissueParams(**meta["tile_spec"]["tissue"])})
@@ -410,9 +439,14 @@ def _evaluate_saved(
     if is_model_folder(Path(head) / "baseline"):
         baseline_model, _ = HistoStainAlign.load(Path(head) / "baseline")
         probs["baseline"] = baseline_model.predict_proba(he_x)
-    summary, full = _metrics_block(data.pairs, classes, probs["aligned"], opts)
+    scored = np.flatnonzero(data.pairs["label"].to_numpy() != "")
+    if len(scored) == 0:
+        raise ValueError(f"no pair in {pairs_csv} has a label, so there is nothing to score; fill the 'label' column")
+    pairs = data.pairs.iloc[scored].reset_index(drop=True)
+    summary, full = _metrics_block(pairs, classes, probs["aligned"][scored], opts)
     metrics: dict[str, Any] = {**summary, "model": "aligned", "marker": meta.get("marker"), "class_names": classes,
-                               "details": {"aligned": full}, **data.skips.counts()}
+                               "n_unlabelled": len(data.pairs) - len(scored), "details": {"aligned": full},
+                               **data.skips.counts()}
     if "baseline" in probs:
-        metrics["baseline"], metrics["details"]["baseline"] = _metrics_block(data.pairs, classes, probs["baseline"], opts)
+        metrics["baseline"], metrics["details"]["baseline"] = _metrics_block(pairs, classes, probs["baseline"][scored], opts)
     return metrics, _predictions(data.pairs, Path(pairs_csv).parent, classes, probs, "aligned"), full

@@ -2,7 +2,8 @@
 
 * the estimator in 2 real gloo processes (`torch.multiprocessing` spawn) on synthetic bags: class
   weights that differ per class, tile sampling (bags larger than ``max_tiles``) and a merged last
-  batch of 5 pairs (shards of 3 and 2); aligned and baseline;
+  batch of 5 pairs (shards of 3 and 2); aligned (joint), baseline, and two-stage with unlabelled
+  pairs;
 * the command under `torchrun --nproc-per-node 2 --no-python histovl stainalign fit` on tile
   folders and a tiny CLIP, compared with the library run here (same folds, per-step losses of
   both final models, out-of-fold probabilities), with an audit hook showing that rank 1 wrote
@@ -38,6 +39,9 @@ def _fit_both() -> dict[str, tuple[list[dict[str, float]], np.ndarray]]:
     for name, align in (("aligned", True), ("baseline", False)):
         model = HistoStainAlign(align=align, **PARAMS).fit(he, ihc if align else None, y)  # type: ignore[arg-type]
         out[name] = (model.step_history_, model.predict_proba(he))
+    # two-stage with 4 unlabelled pairs: batches with and without labelled pairs, then the head
+    model = HistoStainAlign(**PARAMS).fit(he, ihc, [*y[:9], *([""] * 4)])  # type: ignore[arg-type]
+    out["two-stage, unlabelled"] = (model.step_history_, model.predict_proba(he))
     return out
 
 
@@ -54,7 +58,7 @@ def _max_step_diff(a: list[dict[str, float]], b: list[dict[str, float]]) -> floa
 def test_histostainalign_on_two_gloo_ranks_matches_one_process(tmp_path: Path) -> None:
     ranks = spawn_gloo_ranks(_fit_on_rank, tmp_path, WORLD)
     one = _fit_both()
-    for name in ("aligned", "baseline"):
+    for name in ("aligned", "baseline", "two-stage, unlabelled"):
         steps_one, probs_one = one[name]
         assert len(steps_one) == PARAMS["epochs"] * 3  # 13 pairs: batches of 4, 4 and 5 (the 1 is merged)
         for r in ranks:
