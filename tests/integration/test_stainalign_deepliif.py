@@ -1,7 +1,9 @@
 """`histovl stainalign build-deepliif / fit / eval` end to end on the real DeepLIIF Ki67 strips.
 
 Uses the tiny random-weight test encoder (fast): this checks the pipeline on real stain
-colours and real labels, not the method's accuracy (see docs/stainalign.md).
+colours and real labels, not the method's accuracy (see docs/stainalign.md), and that the aligned
+model fits its own training pairs as well as the baseline (issue 20: the first version predicted
+"high" for all 31).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -46,10 +49,21 @@ def test_fit_and_eval_on_deepliif_pairs(shared_data: Path, tmp_path: Path, tiny_
     print("\n" + fit.output)  # aligned vs baseline with CIs, visible with -s
 
     ev = runner.invoke(app, [
-        "stainalign", "eval", "--model", str(tmp_path / "fit"), "--pairs", str(pairs_dir / "pairs.csv"),
+        "stainalign", "eval", "--head", str(tmp_path / "fit"), "--pairs", str(pairs_dir / "pairs.csv"),
         "--out", str(tmp_path / "eval"), "--n-boot", "200", "--cache", str(tmp_path / "cache"),
     ])
     assert ev.exit_code == 0, ev.output
     for name in ("metrics.json", "predictions.csv", "run.json", "report.html"):
         assert (tmp_path / "eval" / name).is_file()
     assert len(list((tmp_path / "eval" / "heatmaps").glob("*.png"))) == 12
+    print("\n" + ev.output)
+
+    # issue 20: in-sample (the saved models on their own training pairs) the aligned model fits
+    # as well as the baseline and does not predict one class for all (the first version did)
+    in_sample = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert in_sample["auroc"] >= in_sample["baseline"]["auroc"] - 0.02, in_sample
+    predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    assert predictions["prediction"].nunique() == 2
+    assert predictions["score:high"].max() - predictions["score:high"].min() >= 0.5
+    decision = json.loads((tmp_path / "fit" / "run.json").read_text())["extra"]["decision"]
+    assert len(decision["aligned"]["cv_fold_thresholds"]) == 4 and decision["aligned"]["schedule"] == "joint"

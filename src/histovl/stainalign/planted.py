@@ -14,7 +14,8 @@ status ``y = high`` when ``z > θ`` (θ = Φ⁻¹(1 − prevalence)), plus a nui
 
 (``α`` = `he_strength`, ``τ`` = `he_case_noise`, ``β`` = `ihc_strength`, ``γ`` =
 `nuisance_strength`, ``σ`` = `tile_noise`; ``A_he``, ``A_ihc`` are [dim, r] and ``d_he``, ``d_ihc``
-unit vectors, all mutually orthogonal.)
+unit vectors, all mutually orthogonal.) Finally every tile is multiplied by `scale` (``1/√dim``
+mimics the small per-feature values of L2-normalised encoder embeddings).
 
 **Bayes-optimal accuracy from the H&E bag** (what a model that reads only H&E can reach). The
 tiles' components outside ``d_he`` do not depend on ``z``, so the bag's mean projection
@@ -70,6 +71,9 @@ class PlantedConfig:
     """P(high)."""
     world_seed: int = 0
     """Seeds the directions (d_he, d_ihc, A_he, A_ihc); draws with different `seed` share them."""
+    scale: float = 1.0
+    """Multiplies every tile of both stains. An invertible map, so the Bayes accuracy does not
+    change; ``1/√dim`` gives the per-feature scale of an L2-normalised encoder's embeddings."""
 
     def __post_init__(self) -> None:
         if self.dim < 2 * self.nuisance_dim + 2:
@@ -78,8 +82,8 @@ class PlantedConfig:
             raise ValueError(f"prevalence must lie in (0, 1), not {self.prevalence}")
         if not 0 < self.ihc_signal_tiles <= self.ihc_tiles or self.he_tiles < 1:
             raise ValueError("need 1 <= ihc_signal_tiles <= ihc_tiles and he_tiles >= 1")
-        if self.he_strength <= 0 or self.tile_noise <= 0 or self.he_case_noise < 0:
-            raise ValueError("he_strength and tile_noise must be > 0, he_case_noise >= 0")
+        if self.he_strength <= 0 or self.tile_noise <= 0 or self.he_case_noise < 0 or self.scale <= 0:
+            raise ValueError("he_strength, tile_noise and scale must be > 0, he_case_noise >= 0")
 
     @property
     def threshold(self) -> float:
@@ -140,6 +144,7 @@ def planted_pairs(n: int, config: PlantedConfig | None = None, *, seed: int = 0,
     ihc[rows, signal.ravel()] += (cfg.ihc_strength * z)[rows, None] * dirs["d_ihc"]
     theta = cfg.threshold
     labels = [HIGH if v > theta else LOW for v in z]
+    he, ihc = cfg.scale * he, cfg.scale * ihc
     return PlantedPairs(list(he.astype(np.float32)), list(ihc.astype(np.float32)), labels, z, [f"case{seed}-{i}" for i in range(n)], cfg)
 
 
@@ -177,7 +182,7 @@ def bayes_posterior(he_bags: Sequence[np.ndarray], config: PlantedConfig | None 
     d_he = _directions(cfg)["d_he"]
     sizes = [len(b) for b in he_bags]
     projections = np.concatenate([np.asarray(b, dtype=np.float64) for b in he_bags]) @ d_he
-    t = np.add.reduceat(projections, np.cumsum([0, *sizes[:-1]])) / np.asarray(sizes)  # mean per bag
+    t = np.add.reduceat(projections, np.cumsum([0, *sizes[:-1]])) / np.asarray(sizes) / cfg.scale  # bag means
     w = t / math.sqrt(cfg.he_strength**2 + cfg.he_case_noise**2 + cfg.tile_noise**2 / cfg.he_tiles)
     rho = cfg.rho
     return np.asarray(stats.norm.sf((cfg.threshold - rho * w) / math.sqrt(max(1.0 - rho**2, 1e-12))))

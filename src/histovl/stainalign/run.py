@@ -359,7 +359,7 @@ def _write_fit_outputs(
               **({"world_size": world_size} if world_size > 1 else {})}
     read = data.skips.pairs
     _write(out, metrics, frame, aligned_full, title=f"HistoStainAlign ({metrics['marker']}): grouped CV, aligned model",
-           subtitle=f"baseline (no alignment) weighted F1 {baseline['f1_weighted']}",
+           subtitle=f"baseline (no alignment) weighted F1 {baseline['f1_weighted']:.3f}",
            command="stainalign fit", config=config, encoder=encoder, seed=opts.seed,
            inputs=list(dict.fromkeys(list(read["he_slide"]) + list(read["ihc_slide"]))), skips=data.skips,
            extra={"decision": _decision_record(cv, finals)})

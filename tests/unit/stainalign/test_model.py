@@ -51,7 +51,7 @@ def test_symmetric_contrastive_loss_matches_naive() -> None:
     a, b = torch.randn(5, 4), torch.randn(5, 4)
     an, bn = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     t = 0.2
-    naive = 0.0
+    naive = torch.zeros(())
     for i in range(5):
         row = torch.stack([an[i] @ bn[j] / t for j in range(5)])
         col = torch.stack([an[j] @ bn[i] / t for j in range(5)])
