@@ -37,7 +37,8 @@ def read_pairs(csv_path: str | os.PathLike[str], *, allow_absolute_paths: bool =
     """Read and check a pairs CSV; slide paths come back absolute (relative to the CSV's folder).
 
     Columns: ``he_slide``, ``ihc_slide``, ``label``, ``marker`` and optional ``group`` (defaults
-    to the H&E slide path, i.e. every pair is its own group).
+    to the H&E slide path, i.e. every pair is its own group). ``label`` may be empty (``""``): a
+    pair without a recorded status, used for alignment only (docs/stainalign.md).
 
     Raises:
         ValueError: missing columns, empty table, or more than one marker.

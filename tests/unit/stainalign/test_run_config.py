@@ -106,6 +106,26 @@ def test_eval_without_a_fitted_folder_is_a_usage_error(tmp_path: Path, recorded_
     assert recorded_eval == []
 
 
+def test_fit_cli_passes_the_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import histovl.stainalign
+    from histovl.cli.app import app
+
+    seen: list[StainAlignFitConfig] = []
+
+    def fake(pairs: Any, out: Any, config: StainAlignFitConfig, options: RunOptions, *, model: Any) -> dict[str, Any]:
+        seen.append(config)
+        block: dict[str, Any] = {"n": 2, "f1_weighted": 1.0, "f1_macro": 1.0, "accuracy": 1.0, "auroc": None, "ci95": {}}
+        return {**block, "baseline": block, "evaluation": "cv"}
+
+    monkeypatch.setattr(histovl.stainalign, "stainalign_fit", fake)
+    base = ["stainalign", "fit", "--pairs", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "o")]
+    default = CliRunner().invoke(app, base)
+    joint = CliRunner().invoke(app, [*base, "--schedule", "joint"])
+    assert default.exit_code == 0 and joint.exit_code == 0, default.output + joint.output
+    assert [c.params.schedule for c in seen] == ["auto", "joint"]
+    assert CliRunner().invoke(app, [*base, "--schedule", "sideways"]).exit_code == 2
+
+
 # ---- end to end: a typed fit, then eval through the CLI with both spellings ------------------------
 
 
