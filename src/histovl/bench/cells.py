@@ -9,14 +9,24 @@ function of picklable arguments, so the Ray engine can ship it to a worker uncha
 from __future__ import annotations
 
 import importlib
-import time
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from histovl._io import atomic_write_json
+from histovl._stopwatch import running
 from histovl.bench.models import model_slug
 from histovl.bench.suite import TASKS, Suite
 from histovl.options import RunOptions
+
+#: The timing keys of a cell (run.json ``timing``, cells.csv, leaderboard.csv), in seconds.
+TIMING_KEYS = ("total_s", "read_decode_s", "model_s", "other_s", "model_load_s")
+TIMING_DEFINITION = (
+    "read_decode_s: hashing the image files and waiting for decoded batches (decode runs in worker "
+    "processes, overlapped with the model); model_s: image and text forward passes; other_s: the rest "
+    "(total - read_decode - model), model_load_s (building the model, reading weights) included"
+)
 
 
 @dataclass(frozen=True)
@@ -61,21 +71,38 @@ def is_done(cell: Cell) -> bool:
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
-    """Run one cell with its command's library function; returns its timing row.
-
-    Only the total time is measured: the embedding engine does not report read/decode and
-    model time separately (decode runs in worker processes, overlapped with the model).
-    """
+    """Run one cell with its command's library function under a `histovl._stopwatch.Stopwatch`;
+    its time split (read/decode, model, the rest) is added to the cell's run.json as ``timing``
+    and returned."""
     module, fn_name, _, _ = TASKS[cell.kind]
     fn = getattr(importlib.import_module(module), fn_name)
-    start = time.perf_counter()
     out = str(cell.folder)
-    if cell.kind == "fewshot":
-        fn(cell.spec, cell.data, None, cell.prompts, out, cell.config, cell.options, command="histovl bench")
-    elif cell.kind == "retrieve":
-        fn(cell.spec, cell.data, out, cell.config, cell.options, command="histovl bench")
-    elif cell.kind == "multilabel":
-        fn(cell.spec, cell.data, cell.prompts, out, cell.config, cell.options)
-    else:  # zeroshot, robustness: (model, data, prompts, out, config, options)
-        fn(cell.spec, cell.data, cell.prompts, out, cell.config, cell.options, command="histovl bench")
-    return {"seconds": round(time.perf_counter() - start, 3)}
+    with running() as watch:
+        if cell.kind == "fewshot":
+            fn(cell.spec, cell.data, None, cell.prompts, out, cell.config, cell.options, command="histovl bench")
+        elif cell.kind == "retrieve":
+            fn(cell.spec, cell.data, out, cell.config, cell.options, command="histovl bench")
+        elif cell.kind == "multilabel":
+            fn(cell.spec, cell.data, cell.prompts, out, cell.config, cell.options)
+        else:  # zeroshot, robustness: (model, data, prompts, out, config, options)
+            fn(cell.spec, cell.data, cell.prompts, out, cell.config, cell.options, command="histovl bench")
+    timing = watch.split()
+    _record_timing(cell.folder / "run.json", timing)
+    return timing
+
+
+def _record_timing(run_json: Path, timing: dict[str, float]) -> None:
+    """Add ``timing`` to a finished cell's run.json (rewritten atomically: a kill leaves the old
+    or the new file, and the cell counts as finished either way)."""
+    record = json.loads(run_json.read_text(encoding="utf-8"))
+    record["timing"] = {**timing, "definition": TIMING_DEFINITION}
+    atomic_write_json(run_json, record)
+
+
+def cell_timing(cell: Cell) -> dict[str, float | None]:
+    """The timing a finished cell's run.json records (None values when it has none)."""
+    try:
+        timing = json.loads((cell.folder / "run.json").read_text(encoding="utf-8")).get("timing") or {}
+    except (OSError, ValueError):
+        timing = {}
+    return {k: timing.get(k) for k in TIMING_KEYS}

@@ -12,7 +12,9 @@ Headline metrics (higher is better for all of them):
   corruptions (``mean Δ``, no CI).
 
 Tasks without per-image class probabilities (all but zeroshot) get ``n/a`` in the mark column:
-the paired test needs them. The table holds no timings, so a resumed grid gives the same bytes.
+the paired test needs them. The last columns are each cell's time split (seconds, read/decode,
+model, the rest; from its run.json): apart from them, a resumed grid gives the same bytes as one
+run in one go.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from typing import Any
 
 import pandas as pd
 
-from histovl.bench.cells import Cell
+from histovl.bench.cells import Cell, cell_timing
 
+#: The cell's time split (from its run.json ``timing``): the only columns that differ between a
+#: grid run in one go and the same grid killed and resumed.
+TIMING_COLUMNS = ["seconds", "read_decode_s", "model_s", "other_s"]
 COLUMNS = ["dataset", "task", "rank", "model", "metric", "value", "ci_low", "ci_high",
-           "diff_vs_best", "diff_ci_low", "diff_ci_high", "not_worse_than_best", "cell"]
+           "diff_vs_best", "diff_ci_low", "diff_ci_high", "not_worse_than_best", "cell", *TIMING_COLUMNS]
 
 
 def leaderboard_frame(cells: Sequence[Cell], out: Path, *, n_boot: int, seed: int) -> pd.DataFrame:
@@ -39,7 +44,7 @@ def leaderboard_frame(cells: Sequence[Cell], out: Path, *, n_boot: int, seed: in
             groups.setdefault((cell.dataset, cell.task), []).append(cell)
     for (dataset, task), members in groups.items():
         block = [_headline(c) | {"dataset": dataset, "task": task, "model": c.model, "cell": c.relative}
-                 for c in members]
+                 | _timing(c) for c in members]
         block.sort(key=lambda r: (-_num(r["value"]), r["model"]))
         for rank, row in enumerate(block, start=1):
             row["rank"] = rank
@@ -47,6 +52,11 @@ def leaderboard_frame(cells: Sequence[Cell], out: Path, *, n_boot: int, seed: in
         rows.extend(block)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame
+
+
+def _timing(cell: Cell) -> dict[str, Any]:
+    timing = cell_timing(cell)
+    return {"seconds": timing["total_s"], **{k: timing[k] for k in TIMING_COLUMNS[1:]}}
 
 
 def _num(value: Any) -> float:

@@ -29,8 +29,10 @@ def leaderboard_report(board: pd.DataFrame, cells: pd.DataFrame, suite: Suite, o
         report.add_table(_display(block), title=f"{dataset} · {task}", caption=MARK_TEXT)
     report.add_table(cells, title="Cells (cells.csv)",
                      caption="computed = run now; reused = finished earlier (its run.json exists) and not "
-                             "recomputed. seconds = total time of the cell (the embedding engine does not "
-                             "report read/decode and model time separately).")
+                             "recomputed, with the times of the run that computed it. seconds = total; "
+                             "read_decode_s = hashing the images and waiting for decoded batches (decoding "
+                             "runs in worker processes, overlapped with the model); model_s = image and "
+                             "text forward passes; other_s = the rest (model_load_s included).")
     return report
 
 
@@ -43,8 +45,14 @@ def _display(block: pd.DataFrame) -> pd.DataFrame:
             "best − model [95% CI]": "" if r.diff_vs_best is None or r.diff_vs_best != r.diff_vs_best
             else f"{_f(r.diff_vs_best)} [{_f(r.diff_ci_low)}, {_f(r.diff_ci_high)}]",
             "not worse than best": {"yes": "✓", "best": "best", "no": "✗"}.get(r.not_worse_than_best, "n/a"),
+            "time s (read/decode · model · rest)":
+                f"{_s(r.seconds)} ({_s(r.read_decode_s)} · {_s(r.model_s)} · {_s(r.other_s)})",
         })
     return pd.DataFrame(rows)
+
+
+def _s(value: Any) -> str:
+    return "–" if value is None or value != value else f"{float(value):.1f}"
 
 
 def _f(value: Any) -> str:

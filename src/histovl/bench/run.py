@@ -3,7 +3,8 @@
 suite.yaml -> `load_suite` (every model, task and option checked; nothing written on error)
            -> plan the cells -> skip finished cells (run.json present) -> run the rest with the
            local or the Ray engine (each cell = the command's own library function, embeddings
-           through the one cache) -> cells.csv (status and time per cell) -> leaderboard.csv,
+           through the one cache, timed by phase into its run.json) -> cells.csv (status and time
+           split per cell) -> leaderboard.csv,
            leaderboard.html.
 
 Steps: `_prepare`, `_run_pending` (engines `_run_local`, `_run_ray`), `_write_outputs`.
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from histovl._io import atomic_write_text
-from histovl.bench.cells import Cell, is_done, plan_cells, run_cell
+from histovl.bench.cells import TIMING_KEYS, Cell, cell_timing, is_done, plan_cells, run_cell
 from histovl.bench.leaderboard import leaderboard_frame
 from histovl.bench.suite import Suite, load_suite
 from histovl.errors import HistovlError
@@ -31,9 +32,8 @@ from histovl.outputs_guard import check_output_folder, output_lock
 
 Engine = Literal["local", "ray"]
 ENGINES: tuple[Engine, ...] = ("local", "ray")
-CELL_COLUMNS = ["dataset", "task", "model", "cell", "status", "seconds", "timing_split"]
-#: what the timing columns hold (the embed engine does not expose a read/decode vs model split)
-TIMING_SPLIT = "total only"
+CELL_COLUMNS = ["dataset", "task", "model", "cell", "status", "seconds", "read_decode_s", "model_s", "other_s",
+                "model_load_s"]
 
 
 class BenchError(HistovlError, RuntimeError):
@@ -89,9 +89,8 @@ def bench(
     loaded, out_dir = _prepare(suite, out)
     with output_lock(out_dir):
         cells = plan_cells(loaded, out_dir, opts)
-        previous = _previous_times(out_dir)
         times, failure = _run_pending(cells, loaded, cfg)
-        table = _cells_table(cells, times, previous)
+        table = _cells_table(cells, set(times))
         board = _write_outputs(cells, table, out_dir, loaded, opts)
     if failure is not None:
         cell, err = failure
@@ -149,30 +148,18 @@ def _run_ray(pending: Sequence[Cell], cfg: BenchConfig) -> tuple[dict[str, dict[
     return times, failure
 
 
-def _previous_times(out_dir: Path) -> dict[str, float]:
-    """Seconds of the cells a previous run computed (from its cells.csv), kept for reused cells."""
-    path = out_dir / "cells.csv"
-    if not path.is_file():
-        return {}
-    try:
-        frame = pd.read_csv(path)
-        return {str(r.cell): float(r.seconds) for r in frame.itertuples() if r.seconds == r.seconds}
-    except (pd.errors.ParserError, AttributeError, ValueError):
-        return {}
-
-
-def _cells_table(cells: Sequence[Cell], times: dict[str, dict[str, Any]], previous: dict[str, float]) -> pd.DataFrame:
+def _cells_table(cells: Sequence[Cell], computed: set[str]) -> pd.DataFrame:
+    """One row per cell: its status and the timing its run.json records (a reused cell keeps the
+    timing of the run that computed it)."""
     rows = []
     for cell in cells:
         key = cell.relative
-        if key in times:
-            status, seconds = "computed", times[key]["seconds"]
-        elif is_done(cell):
-            status, seconds = "reused", previous.get(key)
-        else:
-            status, seconds = "not done", None
+        done = is_done(cell)
+        status = "computed" if key in computed else ("reused" if done else "not done")
+        timing = cell_timing(cell) if done else dict.fromkeys(TIMING_KEYS)
         rows.append({"dataset": cell.dataset, "task": cell.task, "model": cell.model, "cell": key,
-                     "status": status, "seconds": seconds, "timing_split": TIMING_SPLIT})
+                     "status": status, "seconds": timing["total_s"],
+                     **{k: timing[k] for k in TIMING_KEYS if k != "total_s"}})
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from histovl._stopwatch import phase
 from histovl.embed.cache import CacheNamespace, EmbeddingCache, cache_for, content_keys
 from histovl.embed.fill import CacheFill, EmbeddingResult, cache_namespace
 from histovl.embed.progress import progress_bar
@@ -102,7 +103,8 @@ def encode_images(
     str_paths = [os.fspath(p) for p in paths]
     ns = cache_namespace(encoder, cache, transform)
     # Content keys address the cache and seed a transform; without either, no file is hashed.
-    keys = content_keys(str_paths) if (ns is not None or transform is not None) else None
+    with phase("read_decode"):
+        keys = content_keys(str_paths) if (ns is not None or transform is not None) else None
     fill = CacheFill(str_paths, keys, ns, on_error=on_error)
     todo = fill.missing()
     if not todo:
@@ -128,7 +130,7 @@ def encode_pixels(encoder: Encoder, pixels: torch.Tensor, batch_size: int) -> tu
     """Normalised pixels -> float32 embeddings (no autograd, OOM back-off); also the batch size used."""
     import torch
 
-    with torch.inference_mode():
+    with phase("model"), torch.inference_mode():
         feats, used = encode_batch_with_backoff(encoder.encode_image, pixels, batch_size)
     return feats.cpu().numpy().astype(np.float32, copy=False), used
 
@@ -160,7 +162,12 @@ def _encode_loop(encoder: Encoder, loader: DataLoader[Any], fill: CacheFill, pro
     used = loader.batch_size or 1
     with progress_bar(total=len(fill), completed=fill.n_cached, description="encoding images", enabled=progress) as bar:
         batches: Iterator[Any] = iter(loader)
-        for idx, pixels, bad in batches:
+        while True:
+            with phase("read_decode"):  # waiting for the decode workers
+                batch = next(batches, None)
+            if batch is None:
+                break
+            idx, pixels, bad = batch
             for i, reason in bad:
                 fill.fail(i, reason)
             if pixels is not None:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from histovl._stopwatch import phase
 from histovl.embed.cache import CacheNamespace, EmbeddingCache, content_keys
 from histovl.embed.engine import (
     ImageTransform,
@@ -155,6 +156,10 @@ class DecodedImages:
         """Read and preprocess every readable file once (idempotent)."""
         if self._pixels is not None:
             return
+        with phase("read_decode"):
+            self._decode_all()
+
+    def _decode_all(self) -> None:
         todo = [i for i in range(len(self.paths)) if i not in self.failures]
         workers = default_num_workers(len(todo), self.decode_batch_size) if self.num_workers is None else self.num_workers
         loader: DataLoader[Any] = DataLoader(

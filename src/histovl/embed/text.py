@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from histovl._stopwatch import phase
 from histovl.embed.cache import CacheNamespace, EmbeddingCache
 from histovl.errors import NonFiniteError
 
@@ -81,7 +82,7 @@ def _encode_with_model(encoder: Encoder, texts: list[str], batch_size: int) -> n
     import torch
 
     chunks = []
-    with torch.inference_mode():
+    with phase("model"), torch.inference_mode():
         for s in range(0, len(texts), batch_size):
             chunks.append(encoder.encode_text(texts[s : s + batch_size]).float().cpu().numpy())
     emb = np.concatenate(chunks).astype(np.float32, copy=False)

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from histovl._stopwatch import phase
 from histovl.models.identity import ModelIdentity
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ def loaded_model(spec: str, *, device: str, trust_checkpoint: bool, fingerprint:
 
     if fingerprint is None:
         apply_pending_torch_seed()
-        return load_model(spec, device=device, trust_checkpoint=trust_checkpoint)
+        with phase("model_load"):
+            return load_model(spec, device=device, trust_checkpoint=trust_checkpoint)
     key = (spec, fingerprint, device, trust_checkpoint)
     with _LOCK:
         model = _LOADED.get(key)
@@ -56,7 +58,8 @@ def loaded_model(spec: str, *, device: str, trust_checkpoint: bool, fingerprint:
             while _LOADED and len(_LOADED) >= KEEP_LOADED:  # drop the oldest before loading
                 _LOADED.pop(next(iter(_LOADED)))
             apply_pending_torch_seed()
-            model = load_model(spec, device=device, trust_checkpoint=trust_checkpoint)
+            with phase("model_load"):
+                model = load_model(spec, device=device, trust_checkpoint=trust_checkpoint)
             _LOADED[key] = model
     return model
 

@@ -31,6 +31,18 @@ def run_json_mtimes(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("cells/*/*/*/run.json"))}
 
 
+def board_without_timing(out: Path) -> list[list[str]]:
+    """leaderboard.csv's fields with the timing columns (the last four) cut off."""
+    import csv
+
+    from histovl.bench.leaderboard import TIMING_COLUMNS
+
+    with (out / "leaderboard.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][-len(TIMING_COLUMNS):] == TIMING_COLUMNS
+    return [row[: -len(TIMING_COLUMNS)] for row in rows]
+
+
 def test_grid_runs_and_rerun_recomputes_nothing(fixture: dict[str, str], tmp_path: Path) -> None:
     suite = write_suite(tmp_path, fixture)
     out = tmp_path / "out"
@@ -43,11 +55,11 @@ def test_grid_runs_and_rerun_recomputes_nothing(fixture: dict[str, str], tmp_pat
     assert list(zs["rank"]) == [1, 2] and zs["not_worse_than_best"].iloc[0] == "best"
     assert zs["not_worse_than_best"].iloc[1] in {"yes", "no"}
     assert zs["diff_ci_low"].iloc[1] <= zs["diff_vs_best"].iloc[1] <= zs["diff_ci_high"].iloc[1]
-    assert (out / "leaderboard.html").is_file() and "seconds" not in (out / "leaderboard.csv").read_text()
+    assert (out / "leaderboard.html").is_file() and board["seconds"].notna().all()
     before, board_bytes = run_json_mtimes(out), (out / "leaderboard.csv").read_bytes()
     again = bench(suite, out, options=opts(fixture))
     assert list(again.cells["status"]) == ["reused"] * 4
-    assert again.cells["seconds"].notna().all()  # the first run's times are kept
+    assert again.cells.equals(res.cells.assign(status="reused"))  # the first run's times are kept
     assert run_json_mtimes(out) == before
     assert (out / "leaderboard.csv").read_bytes() == board_bytes
 
@@ -79,7 +91,7 @@ def test_killed_grid_resumes_to_the_same_leaderboard(fixture: dict[str, str], tm
     res = bench(suite, killed, options=opts(fixture))
     assert sorted(res.cells["status"]) == ["computed"] * 3 + ["reused"]
     assert {k: v for k, v in run_json_mtimes(killed).items() if k in first} == first
-    assert (killed / "leaderboard.csv").read_bytes() == (whole / "leaderboard.csv").read_bytes()
+    assert board_without_timing(killed) == board_without_timing(whole)
 
 
 @pytest.mark.parametrize(("tasks", "models", "expected"), [
@@ -169,3 +181,19 @@ def test_example_suite_is_valid_and_its_prompts_match_the_demo_labels() -> None:
         labels = set(pd.read_csv(dataset.path)["label"])
         assert dataset.prompts is not None
         assert labels == set(load_prompt_set(dataset.prompts).class_names), dataset.name
+
+
+def test_each_cell_records_its_time_split(fixture: dict[str, str], tmp_path: Path) -> None:
+    import json
+
+    suite = write_suite(tmp_path, fixture, tasks="  - task: zeroshot\n")
+    out = tmp_path / "out"
+    res = bench(suite, out, options=opts(fixture).replace(cache=tmp_path / "fresh-cache"))
+    for row in res.cells.itertuples():
+        timing = json.loads((out / row.cell / "run.json").read_text())["timing"]
+        assert timing["model_s"] > 0 and timing["read_decode_s"] > 0  # images encoded now
+        parts = timing["read_decode_s"] + timing["model_s"] + timing["other_s"]
+        assert abs(parts - timing["total_s"]) < 0.01 and timing["model_load_s"] <= timing["other_s"] + 1e-3
+        assert row.seconds == timing["total_s"] and row.model_s == timing["model_s"]
+    html = (out / "leaderboard.html").read_text()
+    assert "read/decode" in html and "model_s" in html
