@@ -52,10 +52,9 @@ def test_replacing_a_file_keeps_it_atomic_and_group_readable(tmp_path, umask_022
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp file left behind"
 
 
-def test_cache_shards_are_group_readable(tmp_path, umask_022):
+def test_cache_store_is_group_readable(tmp_path, umask_022):
     ns = EmbeddingCache(tmp_path).namespace(weights_id="w", preprocessing="p")
     ns.put(["k"], np.ones((1, 4), np.float32))
     ns.flush()
-    shards = list(ns.directory.glob("shard-*.npz"))
-    assert shards and all(_mode(s) == 0o644 for s in shards)
+    assert _mode(ns.directory / "store.sqlite") == 0o644
     assert _mode(ns.directory / "meta.json") == 0o644

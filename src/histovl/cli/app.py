@@ -27,6 +27,7 @@ app = typer.Typer(
 
 #: Command groups (name -> help); their commands are listed in COMMANDS.
 GROUPS: dict[str, str] = {
+    "cache": "The embedding cache folder: sizes per model, checksums, pruning, compaction.",
     "cmm": "HistoCLIP's Cross-Modal Matching head on frozen image features.",
     "data": "Build and convert data sets.",
     "fewshot": "Adapt with a few labels: linear probe, kNN, SimpleShot, Tip-Adapter, text-initialised linear.",
@@ -45,6 +46,10 @@ COMMANDS: dict[str, str] = {
     "prompts list": "histovl.cli.prompts_cmd:prompts_list_command",
     "prompts show": "histovl.cli.prompts_cmd:prompts_show_command",
     "embed": "histovl.cli.embed_cmd:embed_command",
+    "cache info": "histovl.cli.cache_cmd:cache_info_command",
+    "cache verify": "histovl.cli.cache_cmd:cache_verify_command",
+    "cache prune": "histovl.cli.cache_cmd:cache_prune_command",
+    "cache compact": "histovl.cli.cache_cmd:cache_compact_command",
     "zeroshot": "histovl.cli.zeroshot_cmd:zeroshot_command",
     "predict": "histovl.cli.predict_cmd:predict_command",
     "compare": "histovl.cli.compare_cmd:compare_command",
@@ -77,6 +82,10 @@ API_FUNCTIONS: dict[str, str] = {
     "prompts list": "list_prompt_sets",
     "prompts show": "load_prompt_set",
     "embed": "embed",
+    "cache info": "cache_info",
+    "cache verify": "cache_verify",
+    "cache prune": "cache_prune",
+    "cache compact": "cache_compact",
     "zeroshot": "zeroshot",
     "predict": "predict",
     "compare": "compare",

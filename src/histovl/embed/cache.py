@@ -1,19 +1,28 @@
-"""A content-keyed, resumable, multi-process-safe embedding cache.
+"""A content-keyed, resumable, multi-process-safe embedding cache that scales to whole cohorts.
 
-Layout::
+Layout (store format 2)::
 
-    <root>/<namespace>/meta.json                      what produced these embeddings
-    <root>/<namespace>/shard-<pid>-<uuid>.npz          keys + float32 embeddings, append-only
+    <root>/<namespace>/meta.json          what produced these embeddings (weights id, preprocessing,
+                                          transform, model, store format)
+    <root>/<namespace>/store.sqlite       key -> float32 vector + CRC-32 (`histovl.embed.store`);
+                                          SQLite's store.sqlite-wal / -shm beside it while in use
+    <root>/<namespace>/last-used          touched whenever the namespace is opened (`histovl cache info`)
+    <root>/<namespace>/quarantine/        damaged files moved aside (store files, v1 shards)
 
 The namespace hashes everything that changes an embedding except the image itself: the cache
-format version, the weights identity, the preprocessing, and the image transform (corruption and
+key version, the weights identity, the preprocessing, and the image transform (corruption and
 severity). Within a namespace each entry is keyed by the sha256 of the image file's bytes, so a
 renamed file is a hit and an edited file is a miss (docs/reliability.md, "stale cache").
 
-Why shards: each writer appends its own shard files, written atomically (temp + rename), so two
-processes filling one cache never corrupt each other and a killed run loses at most the batch in
-flight; the next run re-reads every complete shard and encodes only what is missing. Duplicates
-across shards are harmless (same key, same embedding). `compact()` merges shards under a lock.
+Why a keyed store: a lookup reads only the keys asked for, so opening a namespace and looking up
+1,000 keys takes the same few milliseconds and megabytes at 10^5 and 5*10^6 entries (the format-1
+shards were read whole into a dict: 9 s and 1.5 GB at 3*10^5). Every `put` is committed before it
+returns, so an encoding engine that puts each batch loses at most the batch in flight when killed
+(SIGKILL included); concurrent writers are serialised by SQLite; a damaged record or file is
+detected by checksum, reported once with its name, quarantined and encoded again
+(`histovl.embed.store`). Format-1 namespaces (``shard-*.npz``) are migrated on first open
+(`histovl.embed.cache_v1`). `histovl cache info | verify | prune | compact` administer a cache
+(`histovl.embed.cache_admin`).
 """
 
 from __future__ import annotations
@@ -21,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,10 +38,16 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from histovl._io import atomic_path, atomic_write_json
+from histovl._io import atomic_write_json
+from histovl.embed.store import RecordStore
 from histovl.options import RunOptions, default_cache_dir  # noqa: F401  (default_cache_dir re-exported)
 
+#: Enters every namespace key; bump it only when the meaning of a key changes (not the storage).
 CACHE_FORMAT_VERSION = 1
+#: How a namespace folder is laid out: 1 = shard-*.npz (migrated on open), 2 = store.sqlite.
+STORE_FORMAT_VERSION = 2
+META_FILE = "meta.json"
+LAST_USED_FILE = "last-used"
 
 
 def file_content_key(path: str | os.PathLike[str]) -> str:
@@ -72,95 +86,75 @@ def namespace_key(*, weights_id: str, preprocessing: str, transform: str = "none
 class CacheNamespace:
     """The entries of one (weights, preprocessing, transform) combination.
 
+    `put` commits before it returns (one transaction per call: callers put one encoded batch at a
+    time); `flush` is kept for callers written for buffered stores and has nothing left to do.
+    `flush_every` is accepted and ignored for the same reason.
+
     Example:
         >>> ns = EmbeddingCache(tmp).namespace(weights_id="w", preprocessing="p")  # doctest: +SKIP
-        >>> ns.put(["k1"], np.ones((1, 4), np.float32)); ns.flush()  # doctest: +SKIP
+        >>> ns.put(["k1"], np.ones((1, 4), np.float32))  # doctest: +SKIP
     """
 
     def __init__(self, directory: Path, meta: dict[str, Any], flush_every: int = 512) -> None:
+        from histovl.embed.cache_v1 import has_v1_shards, migrate_v1
+
         self.directory = directory
         self.meta = meta
         self.flush_every = flush_every
-        self._index: dict[str, np.ndarray] = {}
-        self._pending_keys: list[str] = []
-        self._pending: list[np.ndarray] = []
-        self._writer_id = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self._n_shards_written = 0
         directory.mkdir(parents=True, exist_ok=True)
-        meta_path = directory / "meta.json"
-        if not meta_path.exists():
+        self.store = RecordStore(directory)
+        meta_path = directory / META_FILE
+        if has_v1_shards(directory):
+            migrate_v1(directory, self.store)
             atomic_write_json(meta_path, meta)
-        self.reload()
+        elif not meta_path.exists():
+            atomic_write_json(meta_path, meta)
+        touch_last_used(directory)
 
     def reload(self) -> None:
-        """Read every complete shard (a torn temp file is never named `shard-*.npz`)."""
-        for shard in sorted(self.directory.glob("shard-*.npz")):
-            try:
-                with np.load(shard, allow_pickle=False) as z:
-                    keys, emb = z["keys"], z["embeddings"]
-            except (OSError, ValueError, KeyError, EOFError):
-                continue  # unreadable shard (e.g. disk full mid-write elsewhere): ignore, re-encode
-            for k, row in zip(keys.tolist(), emb, strict=True):
-                self._index[k] = row
+        """Nothing to do: every lookup reads the store (kept for format-1 callers)."""
 
     def __len__(self) -> int:
-        return len(self._index)
+        return self.store.count()
 
     def __contains__(self, key: object) -> bool:
-        return key in self._index
+        return isinstance(key, str) and key in self.store.get([key])
 
     def get(self, keys: Iterable[str | None]) -> tuple[np.ndarray, np.ndarray]:
         """Look up keys. Returns (hit mask, embeddings for the hits in order)."""
         keys = list(keys)
-        hit = np.array([k is not None and k in self._index for k in keys], dtype=bool)
-        rows = [self._index[k] for k, h in zip(keys, hit, strict=True) if h and k is not None]
+        found = self.store.get([k for k in keys if k is not None])
+        hit = np.array([k is not None and k in found for k in keys], dtype=bool)
+        rows = [found[k] for k in keys if k is not None and k in found]
         dim = rows[0].shape[0] if rows else 0
         return hit, (np.stack(rows) if rows else np.zeros((0, dim), np.float32))
 
     def put(self, keys: Sequence[str], embeddings: np.ndarray) -> None:
-        """Add entries; they reach disk at the next flush (automatic every `flush_every`)."""
+        """Add entries, committed to disk before this returns (existing keys are kept)."""
         if len(keys) != len(embeddings):
             raise ValueError(f"{len(keys)} keys but {len(embeddings)} embeddings")
-        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        for k, row in zip(keys, emb, strict=True):
-            self._index[k] = row
-        self._pending_keys.extend(keys)
-        self._pending.append(emb)
-        if len(self._pending_keys) >= self.flush_every:
-            self.flush()
+        if len(keys):
+            self.store.put(list(keys), embeddings)
 
     def flush(self) -> None:
-        """Write pending entries as one new shard, atomically."""
-        if not self._pending_keys:
-            return
-        keys = np.array(self._pending_keys)
-        emb = np.concatenate(self._pending, axis=0)
-        name = f"shard-{self._writer_id}-{self._n_shards_written:05d}.npz"
-        with atomic_path(self.directory / name, suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, keys=keys, embeddings=emb)
-                fh.flush()
-                os.fsync(fh.fileno())
-        self._n_shards_written += 1
-        self._pending_keys, self._pending = [], []
+        """Nothing pending: `put` has already committed (kept so callers need not change)."""
 
     def compact(self) -> None:
-        """Merge all shards into one (under a lock, so concurrent compactions are safe)."""
-        self.flush()
+        """Fold SQLite's write-ahead log into the store and reclaim free pages (under a lock)."""
         with FileLock(str(self.directory / ".compact.lock")):
-            shards = sorted(self.directory.glob("shard-*.npz"))
-            if len(shards) <= 1:
-                return
-            self._index.clear()
-            self.reload()
-            keys = list(self._index)
-            emb = np.stack([self._index[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
-            merged = self.directory / f"shard-compact-{uuid.uuid4().hex[:12]}.npz"
-            with atomic_path(merged, suffix=".npz") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, keys=np.array(keys), embeddings=emb)
-            for s in shards:
-                s.unlink(missing_ok=True)
+            self.store.compact()
+
+    def close(self) -> None:
+        """Close this process's connection (also done when the namespace is garbage collected)."""
+        self.store.close()
+
+
+def touch_last_used(directory: Path) -> None:
+    """Record that the namespace was opened now (`histovl cache info`, `prune --older-than`)."""
+    try:
+        (directory / LAST_USED_FILE).touch()
+    except OSError:
+        pass  # a read-only cache is still readable
 
 
 class EmbeddingCache:
@@ -180,6 +174,7 @@ class EmbeddingCache:
         key = namespace_key(weights_id=weights_id, preprocessing=preprocessing, transform=transform)
         info = {
             "format_version": CACHE_FORMAT_VERSION,
+            "store_format": STORE_FORMAT_VERSION,
             "weights_id": weights_id,
             "preprocessing": preprocessing,
             "transform": transform,

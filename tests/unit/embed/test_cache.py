@@ -28,15 +28,16 @@ def test_put_flush_reload_roundtrip(tmp_path: Path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_unflushed_entries_are_not_on_disk_and_torn_files_are_ignored(tmp_path: Path):
+def test_put_is_on_disk_before_flush_and_stray_files_are_ignored(tmp_path: Path):
     ns = EmbeddingCache(tmp_path).namespace(weights_id="w", preprocessing="p")
-    ns.put(["a"], np.ones((1, 4), np.float32))
-    # A writer killed mid-write leaves only a temp file (never named shard-*.npz) ...
+    ns.put(["a"], np.ones((1, 4), np.float32))  # committed: no flush needed
+    # A format-1 writer killed mid-write left only a temp file (never named shard-*.npz) ...
     (ns.directory / ".shard-x.npz.123.npz").write_bytes(b"\x00garbage")
-    # ... and a damaged shard is skipped rather than crashing the next run.
+    # ... and a damaged format-1 shard is quarantined rather than crashing the next run.
     (ns.directory / "shard-broken.npz").write_bytes(b"not a zip")
     fresh = EmbeddingCache(tmp_path).namespace(weights_id="w", preprocessing="p")
-    assert "a" not in fresh and len(fresh) == 0
+    assert "a" in fresh and len(fresh) == 1
+    assert (ns.directory / "quarantine" / "shard-broken.npz").is_file()
 
 
 def _writer(root: str, start: int) -> None:
@@ -61,7 +62,7 @@ def test_two_processes_writing_one_namespace(tmp_path: Path):
     assert hit.all()
     np.testing.assert_array_equal(rows[:, 0], np.arange(75, dtype=np.float32))
     ns.compact()
-    assert len(list(ns.directory.glob("shard-*.npz"))) == 1
+    assert not list(ns.directory.glob("shard-*.npz")) and (ns.directory / "store.sqlite").is_file()
     assert len(EmbeddingCache(tmp_path).namespace(weights_id="w", preprocessing="p")) == 75
 
 
