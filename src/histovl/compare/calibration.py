@@ -3,7 +3,9 @@
 Per run: ECE with equal-width and with equal-mass bins (the bin count is stated), Brier score,
 NLL and both reliability curves (`histovl.metrics.calibration`). With ``--calibrate FRACTION``
 about that share of the images (whole groups, stratified by class, `histovl.data.group_split`
-seeded with the run seed) is held out to fit one temperature per run by NLL; the metrics are then
+seeded with the run seed) is held out to fit one temperature per run by NLL; with
+``--calibrate NAME`` the images whose ``split`` column is NAME are (`named_calibration_split`:
+whole groups required). The metrics are then
 reported before and after scaling on the *other* images only, so the fit is never scored on the
 data it saw. Temperature scaling leaves the argmax, hence accuracy and F1, unchanged.
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from histovl.compare.runs import CompareInputError
 from histovl.data.records import ImageRecord, ImageSet
 from histovl.data.splits import group_split
 from histovl.metrics.calibration import (
@@ -62,6 +65,35 @@ def calibration_split(
     rest, held = group_split(indexed, test_fraction=fraction, seed=seed)
     cal = np.array(sorted(int(r.extra["row"]) for r in held.records), dtype=np.int64)
     evaluate = np.array(sorted(int(r.extra["row"]) for r in rest.records), dtype=np.int64)
+    return cal, evaluate
+
+
+def named_calibration_split(
+    splits: Sequence[str | None] | None, groups: Sequence[str | None] | None, name: str, source: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows whose split is `name`, every other row)``. The split must exist, leave images to
+    evaluate on, and hold whole groups (a group on both sides would let the fit see the patients it
+    is scored on): otherwise `CompareInputError` naming the problem."""
+    if splits is None:
+        raise CompareInputError(
+            f"--calibrate {name}: no `split` column found (looked in the --groups file, the runs' "
+            "predictions.csv and their data manifest); add one, or give a fraction such as --calibrate 0.3"
+        )
+    names = sorted({s for s in splits if s is not None})
+    cal = np.array([i for i, s in enumerate(splits) if s == name], dtype=np.int64)
+    evaluate = np.array([i for i, s in enumerate(splits) if s != name], dtype=np.int64)
+    if not len(cal):
+        raise CompareInputError(f"--calibrate {name}: no image has split {name!r} in {source}; splits there: {names}")
+    if not len(evaluate):
+        raise CompareInputError(f"--calibrate {name}: every image is in split {name!r}; none is left to report on")
+    if groups is not None:
+        inside = {groups[i] for i in cal if groups[i] is not None}
+        crossing = sorted(inside & {groups[i] for i in evaluate if groups[i] is not None})
+        if crossing:
+            raise CompareInputError(
+                f"--calibrate {name}: group {crossing[0]!r} has images in split {name!r} and outside it "
+                f"({len(crossing)} such group(s)); a calibration split must hold whole groups"
+            )
     return cal, evaluate
 
 

@@ -8,6 +8,9 @@ calibration split never divides one. In order of precedence:
 3. the data manifest the first run recorded (run.json ``config.data``), when it is a CSV that
    still exists and gives groups;
 4. none: every image is its own unit.
+
+`resolve_splits` finds the named splits ``--calibrate NAME`` selects from, in the same places:
+a ``split`` column of the ``--groups`` file, of predictions.csv, or of the recorded manifest.
 """
 
 from __future__ import annotations
@@ -56,6 +59,31 @@ def _groups_from_file(groups_file: Path, paths: Sequence[str]) -> list[str | Non
     return [mapping[p] or None for p in paths]
 
 
+def resolve_splits(runs: Sequence[LoadedRun], groups_file: Path | None) -> tuple[list[str | None] | None, str | None]:
+    """``(split name per row of the runs, where it came from)`` for ``--calibrate NAME``, or
+    ``(None, None)``: a ``split`` column of the ``--groups`` file, of the runs' predictions.csv
+    (it must agree across runs), or of the data manifest the first run recorded."""
+    paths = runs[0].paths
+    if groups_file is not None and groups_file.is_file():
+        frame = pd.read_csv(groups_file, dtype=str, keep_default_na=False)
+        if "split" in frame.columns and "path" in frame.columns:
+            mapping = dict(zip(frame["path"], frame["split"], strict=True))
+            return [mapping.get(p) or None for p in paths], f"file {groups_file}"
+    with_column = [r for r in runs if r.splits is not None]
+    if with_column:
+        first = with_column[0]
+        for other in with_column[1:]:
+            if other.splits != first.splits:
+                raise CompareInputError(f"runs {first.name} and {other.name} give different `split` columns")
+        return first.splits, f"predictions.csv of {first.name}"
+    manifest = _recorded_manifest(runs[0])
+    if manifest is not None:
+        splits = _manifest_column(manifest, paths, runs[0], "split")
+        if splits is not None:
+            return splits, f"data manifest {manifest}"
+    return None, None
+
+
 def _recorded_manifest(run: LoadedRun) -> Path | None:
     data = (run.record.get("config") or {}).get("data")
     if not isinstance(data, str) or not data.lower().endswith(".csv"):
@@ -66,13 +94,19 @@ def _recorded_manifest(run: LoadedRun) -> Path | None:
 
 def _groups_from_manifest(manifest: Path, paths: Sequence[str], run: LoadedRun) -> list[str | None] | None:
     """Groups of the manifest's images, keyed like predictions.csv (relative to the data root)."""
+    return _manifest_column(manifest, paths, run, "group")
+
+
+def _manifest_column(manifest: Path, paths: Sequence[str], run: LoadedRun, column: str) -> list[str | None] | None:
+    """A manifest column (``group``, or an extra column such as ``split``) for each row of the
+    runs, keyed like predictions.csv (relative to the data root); None when it gives nothing."""
     from histovl.data import load_image_set
 
     allow = bool((run.record.get("config") or {}).get("allow_absolute_paths", False))
     try:
         image_set = load_image_set(manifest, allow_absolute_paths=allow)
     except (ValueError, OSError):
-        return None  # the manifest changed since the run; compare goes on without groups
+        return None  # the manifest changed since the run; compare goes on without it
     root = image_set.root.resolve()
     mapping: dict[str, str | None] = {}
     for record in image_set.records:
@@ -80,7 +114,7 @@ def _groups_from_manifest(manifest: Path, paths: Sequence[str], run: LoadedRun) 
             key = record.path.resolve().relative_to(root).as_posix()
         except ValueError:
             key = str(record.path)
-        mapping[key] = record.group
+        mapping[key] = record.group if column == "group" else (record.extra.get(column) or None)
     if any(p not in mapping for p in paths) or all(mapping[p] is None for p in paths):
         return None
     return [mapping[p] for p in paths]

@@ -111,6 +111,12 @@ def _curves(
             {r.name: reliability_curve(y, r.probs, n_bins, "quantile") for r in runs})
 
 
+def _split_text(scaling: dict[str, Any]) -> str:
+    if scaling.get("split") is not None:
+        return f"split {scaling['split']!r} from {scaling['split_source']}"
+    return f"{scaling['fraction']:.0%}, drawn by {scaling['split_unit']}"
+
+
 def _add_temperature(report: Report, scaling: dict[str, Any]) -> None:
     rows = []
     for name, res in scaling["runs"].items():
@@ -121,8 +127,8 @@ def _add_temperature(report: Report, scaling: dict[str, Any]) -> None:
                          "": when, **res[when]})
     report.add_table(
         pd.DataFrame(rows), title="Temperature scaling",
-        caption=f"T fitted by NLL on {scaling['n_calibration']} images ({scaling['fraction']:.0%}, "
-                f"split by {scaling['split_unit']}); metrics on the other {scaling['n_evaluation']} images. "
+        caption=f"T fitted by NLL on {scaling['n_calibration']} images ({_split_text(scaling)}); "
+                f"metrics on the other {scaling['n_evaluation']} images. "
                 "Accuracy does not change: dividing the logits by T keeps the argmax.",
     )
     after = {name: ReliabilityCurve.from_dict(res["reliability_after"])

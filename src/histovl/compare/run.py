@@ -2,7 +2,7 @@
 
 runs (predictions.csv + run.json) → checked for the same images → per run: metrics and
 calibration → per pair: paired bootstrap differences, McNemar, DeLong (binary), Holm (> 2 runs)
-→ optional temperature scaling on a group-aware calibration split
+→ optional temperature scaling on a calibration split (a group-aware fraction, or a named split)
 → comparison.csv, metrics.json, report.html, run.json (written last)
 
 Every input is read and checked before anything is computed or written: a missing
@@ -21,8 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histovl.compare.calibration import calibration_split, run_calibration, temperature_scaling
-from histovl.compare.groups import resolve_groups
+from histovl.compare.calibration import (
+    calibration_split,
+    named_calibration_split,
+    run_calibration,
+    temperature_scaling,
+)
+from histovl.compare.groups import resolve_groups, resolve_splits
 from histovl.compare.pairwise import PairResult, compare_pairs, comparison_frame, pairs_json
 from histovl.compare.runs import LoadedRun, label_indices, load_runs
 from histovl.compare.stats import PAIRED_METRICS
@@ -38,15 +43,17 @@ class CompareConfig:
     Attributes:
         metrics: metrics compared pair by pair (`histovl.compare.stats.PAIRED_METRICS`).
         n_bins: bins of the ECE and reliability diagrams (equal-width and equal-mass).
-        calibrate: share of the images (whole groups) held out to fit a temperature per run;
-            None: no temperature scaling.
+        calibrate: the calibration split a temperature per run is fitted on: a fraction of the
+            images (whole groups, drawn with the seed), or the name of a split (the images whose
+            ``split`` column is that name; docs/compare.md, "Temperature scaling"); a numeric
+            string counts as a fraction. None: no temperature scaling.
         groups: CSV with ``path`` and ``group`` columns; None takes the groups from the runs
             (docs/compare.md, "Groups").
     """
 
     metrics: tuple[str, ...] = PAIRED_METRICS
     n_bins: int = DEFAULT_BINS
-    calibrate: float | None = None
+    calibrate: float | str | None = None
     groups: Path | None = None
 
     def __post_init__(self) -> None:
@@ -56,10 +63,25 @@ class CompareConfig:
             raise ValueError(f"metrics must be among {', '.join(PAIRED_METRICS)}; got {list(self.metrics)}")
         if self.n_bins < 1:
             raise ValueError(f"n_bins must be at least 1, got {self.n_bins}")
-        if self.calibrate is not None and not 0.0 < self.calibrate < 1.0:
-            raise ValueError(f"calibrate must be a fraction between 0 and 1 (exclusive), got {self.calibrate}")
+        object.__setattr__(self, "calibrate", _calibrate_value(self.calibrate))
         if self.groups is not None and not isinstance(self.groups, Path):
             object.__setattr__(self, "groups", Path(os.fspath(self.groups)))
+
+
+def _calibrate_value(value: float | str | None) -> float | str | None:
+    """A fraction in (0, 1) (numeric strings included) or a non-empty split name."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            if not value.strip():
+                raise ValueError("calibrate: give a fraction such as 0.3 or a split name") from None
+            return value.strip()
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(f"calibrate must be a fraction between 0 and 1 (exclusive) or a split name, got {value}")
+    return float(value)
 
 
 @dataclass
@@ -92,9 +114,10 @@ def compare(
     """
     cfg, opts = split_overrides(overrides, config, CompareConfig, options)
     loaded, y, groups, groups_source = _prepare(runs, cfg)
+    split = _calibration_split(loaded, groups, cfg, opts.seed) if cfg.calibrate is not None else None
     per_run = [_run_summary(r, y, groups, cfg, opts) for r in loaded]
     pairs = compare_pairs(loaded, y, groups, metrics=cfg.metrics, n_boot=opts.n_boot, seed=opts.seed, n_bins=cfg.n_bins)
-    temperature = _temperature(loaded, y, groups, cfg.calibrate, cfg.n_bins, opts.seed) if cfg.calibrate else None
+    temperature = _temperature(loaded, y, split, cfg.n_bins) if split is not None else None
     table = comparison_frame(pairs)
     metrics = _metrics_json(loaded, per_run, pairs, temperature, groups, groups_source, cfg, opts)
     out_dir = Path(out) if out is not None else None
@@ -139,14 +162,25 @@ def _run_summary(
     }
 
 
-def _temperature(
-    runs: Sequence[LoadedRun], y: np.ndarray, groups: list[str | None] | None, fraction: float, n_bins: int, seed: int
+def _calibration_split(
+    runs: Sequence[LoadedRun], groups: list[str | None] | None, cfg: CompareConfig, seed: int
 ) -> dict[str, Any]:
+    """The calibration rows and the rows reported on (checked before any statistic)."""
+    if isinstance(cfg.calibrate, str):
+        splits, source = resolve_splits(runs, cfg.groups)
+        cal, evaluate = named_calibration_split(splits, groups, cfg.calibrate, source)
+        how = {"split": cfg.calibrate, "split_source": source, "fraction": None}
+    else:
+        cal, evaluate = calibration_split(runs[0].paths, runs[0].labels, groups, float(cfg.calibrate or 0), seed)
+        how = {"split": None, "split_source": None, "fraction": cfg.calibrate}
+    return {**how, "split_unit": "group" if groups is not None else "item", "cal": cal, "evaluate": evaluate}
+
+
+def _temperature(runs: Sequence[LoadedRun], y: np.ndarray, split: dict[str, Any], n_bins: int) -> dict[str, Any]:
     """One temperature per run, all fitted on the same calibration split."""
-    cal, evaluate = calibration_split(runs[0].paths, runs[0].labels, groups, fraction, seed)
+    cal, evaluate = split["cal"], split["evaluate"]
     return {
-        "fraction": fraction,
-        "split_unit": "group" if groups is not None else "item",
+        **{k: v for k, v in split.items() if k not in ("cal", "evaluate")},
         "n_calibration": len(cal),
         "n_evaluation": len(evaluate),
         "runs": {r.name: temperature_scaling(y, r.probs, cal, evaluate, n_bins) for r in runs},

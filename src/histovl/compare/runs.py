@@ -41,6 +41,7 @@ class LoadedRun:
     class_names: list[str]
     probs: np.ndarray
     groups: list[str | None] | None
+    splits: list[str | None] | None = None  # the ``split`` column of predictions.csv, if any
 
     @property
     def input_hash(self) -> str | None:
@@ -87,7 +88,8 @@ def load_run(folder: Path, name: str) -> LoadedRun:
         raise CompareInputError(f"{record_file} is missing: the run did not finish (run.json is written last)")
     try:
         record = json.loads(record_file.read_text(encoding="utf-8"))
-        frame = pd.read_csv(predictions, dtype={"path": str, "label": str, "group": str}, keep_default_na=False)
+        frame = pd.read_csv(predictions, dtype={"path": str, "label": str, "group": str, "split": str},
+                            keep_default_na=False)
     except (json.JSONDecodeError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise CompareInputError(f"cannot read {folder}: {err}") from err
     return _from_frame(frame, predictions, record, folder, name)
@@ -117,10 +119,11 @@ def _from_frame(frame: pd.DataFrame, source: Path, record: dict[str, Any], folde
     groups = None
     if "group" in frame.columns:
         groups = [g if g != "" else None for g in frame["group"].astype(str)]
+    splits = [v if v != "" else None for v in frame["split"].astype(str)] if "split" in frame.columns else None
     return LoadedRun(
         name=name, folder=folder, record=record, paths=list(frame["path"].astype(str)),
         labels=list(frame["label"].astype(str)), class_names=[str(c)[len(SCORE_PREFIX):] for c in score_columns],
-        probs=probs, groups=groups,
+        probs=probs, groups=groups, splits=splits,
     )
 
 
@@ -165,7 +168,7 @@ def align_classes(run: LoadedRun, class_names: list[str]) -> LoadedRun:
         return run
     order = [run.class_names.index(c) for c in class_names]
     return LoadedRun(run.name, run.folder, run.record, run.paths, run.labels, list(class_names),
-                     run.probs[:, order], run.groups)
+                     run.probs[:, order], run.groups, run.splits)
 
 
 def label_indices(run: LoadedRun) -> np.ndarray:

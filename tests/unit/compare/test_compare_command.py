@@ -181,3 +181,44 @@ def test_groups_file_and_bad_groups_file(tmp_path):
     pd.DataFrame({"path": paths[:3], "group": ["a", "b", "c"]}).to_csv(groups, index=False)
     with pytest.raises(ValueError, match="has no row for"):
         compare(runs, None, groups=groups)
+
+
+def _with_split(runs: list[Path], split_of: dict[str, str]) -> None:
+    """Add a `split` column (by group) to every run's predictions.csv."""
+    for run in runs:
+        frame = pd.read_csv(run / "predictions.csv", dtype=str, keep_default_na=False)
+        frame["split"] = [split_of.get(g, "test") for g in frame["group"]]
+        frame.to_csv(run / "predictions.csv", index=False)
+
+
+def test_calibrate_on_a_named_split_lowers_nll_on_it_and_reports_on_the_rest(tmp_path):
+    runs = _synthetic_runs(tmp_path, n_runs=2, n=120)
+    _with_split(runs, {f"p{i}": "cal" for i in range(0, 30, 3)})  # 10 of 30 groups
+    res = compare(runs, tmp_path / "o", calibrate="cal", n_boot=20)
+    scaling = res.metrics["temperature_scaling"]
+    assert scaling["split"] == "cal" and scaling["fraction"] is None and "predictions.csv" in scaling["split_source"]
+    assert (scaling["n_calibration"], scaling["n_evaluation"]) == (40, 80)
+    for fitted in scaling["runs"].values():
+        assert fitted["calibration_nll_after"] < fitted["calibration_nll_before"]
+        assert fitted["after"]["accuracy"] == fitted["before"]["accuracy"]
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "split &#x27;cal&#x27;" in html or "split 'cal'" in html
+    assert CompareConfig(calibrate="0.3").calibrate == 0.3 and CompareConfig(calibrate="cal").calibrate == "cal"
+
+
+def test_named_calibration_split_errors(tmp_path):
+    from histovl.compare.runs import CompareInputError
+
+    runs = _synthetic_runs(tmp_path, n_runs=2, n=40)
+    with pytest.raises(CompareInputError, match="no `split` column"):
+        compare(runs, None, calibrate="cal", n_boot=10)
+    _with_split(runs, {"p0": "cal", "p1": "cal"})
+    with pytest.raises(CompareInputError, match=r"no image has split 'calib'.*\['cal', 'test'\]"):
+        compare(runs, None, calibrate="calib", n_boot=10)
+    for run in runs:  # one image of group p2 moves into the calibration split
+        frame = pd.read_csv(run / "predictions.csv", dtype=str, keep_default_na=False)
+        frame.loc[frame["group"] == "p2", "split"] = ["cal"] + ["test"] * (int((frame["group"] == "p2").sum()) - 1)
+        frame.to_csv(run / "predictions.csv", index=False)
+    with pytest.raises(CompareInputError, match="group 'p2' has images in split 'cal' and outside it"):
+        compare(runs, tmp_path / "o", calibrate="cal", n_boot=10)
+    assert not (tmp_path / "o").exists()
