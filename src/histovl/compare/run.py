@@ -73,12 +73,13 @@ def _calibrate_value(value: float | str | None) -> float | str | None:
     if value is None:
         return None
     if isinstance(value, str):
+        name = value.strip()
         try:
-            value = float(value)
+            value = float(name)
         except ValueError:
-            if not value.strip():
+            if not name:
                 raise ValueError("calibrate: give a fraction such as 0.3 or a split name") from None
-            return value.strip()
+            return name
     if not 0.0 < float(value) < 1.0:
         raise ValueError(f"calibrate must be a fraction between 0 and 1 (exclusive) or a split name, got {value}")
     return float(value)
@@ -169,7 +170,7 @@ def _calibration_split(
     if isinstance(cfg.calibrate, str):
         splits, source = resolve_splits(runs, cfg.groups)
         cal, evaluate = named_calibration_split(splits, groups, cfg.calibrate, source)
-        how = {"split": cfg.calibrate, "split_source": source, "fraction": None}
+        how: dict[str, Any] = {"split": cfg.calibrate, "split_source": source, "fraction": None}
     else:
         cal, evaluate = calibration_split(runs[0].paths, runs[0].labels, groups, float(cfg.calibrate or 0), seed)
         how = {"split": None, "split_source": None, "fraction": cfg.calibrate}
