@@ -23,8 +23,10 @@ TESTS_TEXT = (
     "it reflects the paired design. An interval that excludes 0 means the data do not support "
     "'no difference' for that metric. McNemar's exact test (accuracy row) asks whether the images "
     "only run a gets right outnumber those only run b gets right by more than chance; DeLong's test "
-    "(auroc_macro row, binary tasks only) compares the two correlated AUROCs. With more than two "
-    "runs p_holm is Holm's adjustment across all pairs, per test. See docs/compare.md."
+    "compares the two correlated AUROCs: on the auroc_macro row for binary tasks, one vs rest per "
+    "class (auroc_ovr:<class> rows, with DeLong's normal 95% interval) for more than two classes. "
+    "With more than two runs p_holm is Holm's adjustment across all pairs, per test; the one-vs-rest "
+    "tests are one family over every pair and class. See docs/compare.md."
 )
 
 

@@ -2,8 +2,11 @@
 
 For runs r1..rk the pairs are (ri, rj) with i < j, in input order; "difference" is always
 ``ri - rj``. McNemar's exact test is on accuracy (the items each run gets right); DeLong's test is
-on AUROC and only for binary tasks (scores of the second class). With more than two runs each
-test's p-values are Holm-adjusted across the pairs (``p_holm``), one family per test.
+on AUROC: for binary tasks on the second class's scores (the ``auroc_macro`` row), for more than
+two classes one vs rest per class (rows ``auroc_ovr:<class>``; the macro AUROC keeps its paired
+bootstrap interval). With more than two runs each test's p-values are Holm-adjusted across the
+pairs (``p_holm``), one family per test; the one-vs-rest tests are one family over every pair and
+class, adjusted also for two runs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pandas as pd
 from histovl.compare.runs import LoadedRun
 from histovl.compare.stats import (
     PairedDifference,
+    delong_one_vs_rest,
     delong_test,
     discordant_counts,
     holm,
@@ -42,6 +46,8 @@ class PairResult:
     differences: dict[str, PairedDifference]
     mcnemar: dict[str, Any]
     delong: dict[str, Any] | None
+    #: more than two classes: DeLong one vs rest per class (`delong_classes`), else None
+    delong_classes: list[dict[str, Any]] | None = None
 
 
 def compare_pairs(
@@ -58,7 +64,7 @@ def compare_pairs(
         correct_a, correct_b = ra.probs.argmax(axis=1) == y, rb.probs.argmax(axis=1) == y
         n_ab, n_ba = discordant_counts(correct_a, correct_b)
         mcnemar = {"a_right_b_wrong": n_ab, "a_wrong_b_right": n_ba, "p": mcnemar_exact(correct_a, correct_b)}
-        pairs.append(PairResult(ra.name, rb.name, diffs, mcnemar, _delong(y, ra, rb)))
+        pairs.append(PairResult(ra.name, rb.name, diffs, mcnemar, _delong(y, ra, rb), delong_classes(y, ra, rb)))
     _adjust(pairs, len(runs))
     return pairs
 
@@ -71,14 +77,32 @@ def _delong(y: np.ndarray, ra: LoadedRun, rb: LoadedRun) -> dict[str, Any] | Non
     return {"positive_class": ra.class_names[1], "auroc_difference": diff, "p": p}
 
 
+def delong_classes(y: np.ndarray, ra: LoadedRun, rb: LoadedRun) -> list[dict[str, Any]] | None:
+    """More than two classes: DeLong's test for each class one vs rest (its score against the
+    rest; the per-class AUROCs ``auroc_macro`` averages), with a normal-theory 95% CI of the
+    difference. Classes absent from the labels (or holding every image) have no test."""
+    if ra.probs.shape[1] <= 2:
+        return None
+    tests = []
+    for name, res in zip(ra.class_names, delong_one_vs_rest(y, ra.probs, rb.probs), strict=True):
+        if res is None:
+            continue
+        lo, hi = res.ci95()
+        tests.append({"class": name, "auroc_a": res.auroc_a, "auroc_b": res.auroc_b,
+                      "auroc_difference": res.difference, "se": res.se, "ci95": [lo, hi], "p": res.p})
+    return tests
+
+
 def _adjust(pairs: list[PairResult], n_runs: int) -> None:
-    """``p_holm`` per test across pairs (equal to ``p`` with two runs: a family of one)."""
+    """``p_holm`` per test across pairs (equal to ``p`` with two runs: a family of one). The
+    one-vs-rest DeLong tests form one family over every (pair, class), adjusted also for two runs."""
     families = [[p.mcnemar for p in pairs], [p.delong for p in pairs if p.delong is not None]]
-    for family in families:
+    per_class = [t for p in pairs for t in (p.delong_classes or [])]
+    for family, always in ((families[0], False), (families[1], False), (per_class, True)):
         if not family:
             continue
         raw = np.array([np.nan if t["p"] is None else t["p"] for t in family], dtype=np.float64)
-        adjusted = holm(raw) if n_runs > 2 else raw
+        adjusted = holm(raw) if (n_runs > 2 or always) else raw
         for test, value in zip(family, adjusted, strict=True):
             test["p_holm"] = None if not np.isfinite(value) else float(value)
 
@@ -95,6 +119,14 @@ def comparison_frame(pairs: Sequence[PairResult]) -> pd.DataFrame:
                 "value_a": _num(d.a), "value_b": _num(d.b), "difference": _num(d.difference),
                 "ci_low": _num(d.low), "ci_high": _num(d.high),
                 "test": test, "statistic": statistic, "p_value": p, "p_holm": p_holm,
+            })
+        for t in pair.delong_classes or []:
+            rows.append({
+                "run_a": pair.a, "run_b": pair.b, "metric": f"auroc_ovr:{t['class']}",
+                "value_a": _num(t["auroc_a"]), "value_b": _num(t["auroc_b"]),
+                "difference": _num(t["auroc_difference"]), "ci_low": _num(t["ci95"][0]), "ci_high": _num(t["ci95"][1]),
+                "test": "delong_ovr", "statistic": f"{t['class']} vs rest", "p_value": _num(t["p"]),
+                "p_holm": _num(t.get("p_holm")),
             })
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
@@ -135,6 +167,9 @@ def pairs_json(pairs: Sequence[PairResult]) -> list[dict[str, Any]]:
             },
             "mcnemar": {k: _num(v) if isinstance(v, float) else v for k, v in p.mcnemar.items()},
             "delong": None if p.delong is None else {k: _num(v) if isinstance(v, float) else v for k, v in p.delong.items()},
+            "delong_one_vs_rest": None if p.delong_classes is None else [
+                {k: _num(v) if isinstance(v, float) else ([_num(x) for x in v] if isinstance(v, list) else v)
+                 for k, v in t.items()} for t in p.delong_classes],
         }
         for p in pairs
     ]

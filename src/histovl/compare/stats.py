@@ -13,8 +13,10 @@ Pure functions on arrays:
 * `mcnemar_exact`: McNemar's exact test on the discordant pairs (a right / b wrong and the
   reverse): two-sided binomial p with success probability 1/2, as
   ``statsmodels.stats.contingency_tables.mcnemar(table, exact=True)``.
-* `delong_test`: DeLong, DeLong and Clarke-Pearson (1988) for two correlated AUROCs on one set of
-  binary labels, in the midrank form of Sun and Xu (2014): O(n log n).
+* `delong_test` / `delong`: DeLong, DeLong and Clarke-Pearson (1988) for two correlated AUROCs on
+  one set of binary labels, in the midrank form of Sun and Xu (2014): O(n log n);
+  `delong_one_vs_rest` runs it per class (class c against the rest, on the score of class c) for
+  more than two classes.
 * `holm`: Holm's step-down adjustment of a family of p-values (as statsmodels'
   ``multipletests(method="holm")``).
 """
@@ -241,19 +243,25 @@ def mcnemar_exact(correct_a: ArrayLike, correct_b: ArrayLike) -> float:
     return float(min(1.0, 2.0 * stats.binom.cdf(min(n_ab, n_ba), n, 0.5)))
 
 
-def delong_test(y_true_binary: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike) -> tuple[float, float]:
-    """``(AUROC(a) - AUROC(b), two-sided p)`` by DeLong's test for correlated ROC curves.
+@dataclass(frozen=True)
+class DeLong:
+    """DeLong's test of two correlated AUROCs: both AUROCs, their difference, its standard error
+    and the two-sided p (NaN when the variance is zero but the AUROCs differ)."""
 
-    With m positives X and n negatives Y, each run's structural components are
-    ``V10(X_i) = mean_j psi(X_i, Y_j)`` and ``V01(Y_j) = mean_i psi(X_i, Y_j)``
-    (psi = 1 above, 1/2 tied, 0 below), computed from midranks; the covariance of the two AUROCs is
-    ``S10 / m + S01 / n`` (sample covariances of the components) and
-    ``z = (A_a - A_b) / sqrt(var_a + var_b - 2 cov_ab)``. A zero variance (identical scores, or
-    two perfect separations) gives p = 1 when the AUROCs are equal and NaN otherwise.
+    auroc_a: float
+    auroc_b: float
+    difference: float
+    se: float
+    p: float
 
-    Raises:
-        ValueError: labels not 0/1, only one class present, or lengths that disagree.
-    """
+    def ci95(self) -> tuple[float, float]:
+        """The normal-theory 95% interval of the difference (both ends = the difference when se = 0)."""
+        half = 1.959963984540054 * self.se
+        return self.difference - half, self.difference + half
+
+
+def delong(y_true_binary: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike) -> DeLong:
+    """DeLong's test for correlated ROC curves (see `delong_test`), with both AUROCs and the SE."""
     y = np.asarray(y_true_binary)
     if y.ndim != 1 or not np.isin(y, (0, 1)).all():
         raise ValueError("y_true_binary must be a 1-D array of 0/1 labels")
@@ -276,8 +284,41 @@ def delong_test(y_true_binary: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLi
     var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
     diff = float(auc[0] - auc[1])
     if var <= 1e-15:
-        return diff, 1.0 if abs(diff) < 1e-12 else float("nan")
-    return diff, float(2.0 * stats.norm.sf(abs(diff) / np.sqrt(var)))
+        return DeLong(float(auc[0]), float(auc[1]), diff, 0.0, 1.0 if abs(diff) < 1e-12 else float("nan"))
+    se = float(np.sqrt(var))
+    return DeLong(float(auc[0]), float(auc[1]), diff, se, float(2.0 * stats.norm.sf(abs(diff) / se)))
+
+
+def delong_test(y_true_binary: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike) -> tuple[float, float]:
+    """``(AUROC(a) - AUROC(b), two-sided p)`` by DeLong's test for correlated ROC curves.
+
+    With m positives X and n negatives Y, each run's structural components are
+    ``V10(X_i) = mean_j psi(X_i, Y_j)`` and ``V01(Y_j) = mean_i psi(X_i, Y_j)``
+    (psi = 1 above, 1/2 tied, 0 below), computed from midranks; the covariance of the two AUROCs is
+    ``S10 / m + S01 / n`` (sample covariances of the components) and
+    ``z = (A_a - A_b) / sqrt(var_a + var_b - 2 cov_ab)``. A zero variance (identical scores, or
+    two perfect separations) gives p = 1 when the AUROCs are equal and NaN otherwise.
+
+    Raises:
+        ValueError: labels not 0/1, only one class present, or lengths that disagree.
+    """
+    result = delong(y_true_binary, scores_a, scores_b)
+    return result.difference, result.p
+
+
+def delong_one_vs_rest(y_true: ArrayLike, probs_a: ArrayLike, probs_b: ArrayLike) -> list[DeLong | None]:
+    """DeLong's test per class, one vs rest: class c's AUROC is ``roc_auc_score(y == c, p[:, c])``
+    (the per-class AUROCs whose mean is ``auroc_macro``). None for a class that is absent or is
+    every item (its AUROC is undefined)."""
+    y = np.asarray(y_true)
+    pa, pb = np.asarray(probs_a, dtype=np.float64), np.asarray(probs_b, dtype=np.float64)
+    if pa.shape != pb.shape or pa.ndim != 2 or pa.shape[0] != len(y):
+        raise ValueError(f"probabilities must both be [{len(y)}, k], got {pa.shape} and {pb.shape}")
+    out: list[DeLong | None] = []
+    for c in range(pa.shape[1]):
+        positive = (y == c).astype(np.int64)
+        out.append(delong(positive, pa[:, c], pb[:, c]) if 0 < positive.sum() < len(y) else None)
+    return out
 
 
 def holm(pvalues: ArrayLike) -> FloatArray:

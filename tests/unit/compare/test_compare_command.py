@@ -64,7 +64,7 @@ def test_zero_shot_runs_with_two_prompt_sets_compare_end_to_end(tiny_clip, class
     assert res.exit_code == 0, res.output
     assert "plain − sentence  accuracy" in res.output
     table = pd.read_csv(out / "comparison.csv")
-    assert tuple(table.columns) == COMPARISON_COLUMNS and len(table) == len(CompareConfig().metrics)
+    assert tuple(table.columns) == COMPARISON_COLUMNS and len(table) == len(CompareConfig().metrics) + 3  # + 3 one-vs-rest DeLong rows
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 12 and [r["prompt_set"] for r in metrics["runs"]] == ["plain", "sentence"]
     assert metrics["runs"][0]["calibration"]["n_bins"] == 15
@@ -85,7 +85,12 @@ def test_three_runs_get_holm_and_groups_from_the_predictions(tmp_path):
     acc = res.table[res.table["metric"] == "accuracy"]
     assert len(acc) == 3 and (acc["test"] == "mcnemar_exact").all()
     assert (acc["p_holm"] >= acc["p_value"] - 1e-15).all()
-    assert res.table[res.table["metric"] == "auroc_macro"]["test"].isna().all()  # 3 classes: no DeLong
+    assert res.table[res.table["metric"] == "auroc_macro"]["test"].isna().all()  # 3 classes: bootstrap only
+    ovr = res.table[res.table["test"] == "delong_ovr"]
+    assert len(ovr) == 3 * 3 and set(ovr["metric"]) == {f"auroc_ovr:{c}" for c in CLASSES}
+    assert (ovr["p_holm"] >= ovr["p_value"] - 1e-15).all() and (ovr["ci_low"] <= ovr["difference"]).all()
+    first = res.metrics["pairs"][0]["delong_one_vs_rest"]
+    assert [t["class"] for t in first] == CLASSES and all(len(t["ci95"]) == 2 for t in first)
 
 
 def test_two_runs_are_not_adjusted_and_binary_runs_get_delong(tmp_path):

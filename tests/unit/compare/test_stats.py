@@ -9,6 +9,8 @@ from sklearn.metrics import roc_auc_score
 
 from histovl.compare.stats import (
     PAIRED_METRICS,
+    delong,
+    delong_one_vs_rest,
     delong_test,
     holm,
     mcnemar_exact,
@@ -125,6 +127,36 @@ def test_delong_of_identical_scores_is_no_difference():
     assert delong_test(y, s, s) == (0.0, 1.0)
     with pytest.raises(ValueError, match="positive and negative"):
         delong_test(np.zeros(4, dtype=int), s[:4], s[:4])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_delong_one_vs_rest_is_the_naive_test_per_class_and_averages_to_the_macro_auroc(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, 200)
+    pa, pb = _probs(rng, y, 4, 1.5), np.round(_probs(rng, y, 4, 1.0), 2)
+    pb /= pb.sum(axis=1, keepdims=True)
+    tests = delong_one_vs_rest(y, pa, pb)
+    for c, t in enumerate(tests):
+        assert t is not None
+        ref_diff, ref_p = _delong_naive((y == c).astype(int), pa[:, c], pb[:, c])
+        assert t.difference == pytest.approx(ref_diff, abs=1e-12) and t.p == pytest.approx(ref_p, rel=1e-9)
+        assert t.auroc_a == pytest.approx(roc_auc_score(y == c, pa[:, c]), abs=1e-12)
+        lo, hi = t.ci95()
+        assert lo < t.difference < hi and (t.p < 0.05) == (lo > 0 or hi < 0)  # the CI and the test agree
+    macro = roc_auc_score(y, pa, multi_class="ovr") - roc_auc_score(y, pb, multi_class="ovr")
+    assert np.mean([t.difference for t in tests if t is not None]) == pytest.approx(macro, abs=1e-12)
+    assert delong_one_vs_rest(np.zeros(5, dtype=int), pa[:5], pb[:5]) == [None] * 4  # one class only
+
+
+def test_delong_holds_its_level_under_the_null():
+    """Two exchangeable scorers of the same signal: p < 0.05 in about 5% of the data sets."""
+    rng = np.random.default_rng(11)
+    p = []
+    for _ in range(400):
+        y = rng.integers(0, 2, 80)
+        shared = y * 1.0 + rng.normal(size=80)
+        p.append(delong(y, shared + rng.normal(size=80), shared + rng.normal(size=80)).p)
+    assert 0.025 <= np.mean(np.array(p) < 0.05) <= 0.085
 
 
 def test_holm_matches_statsmodels():
