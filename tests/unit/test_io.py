@@ -56,5 +56,5 @@ def test_cache_store_is_group_readable(tmp_path, umask_022):
     ns = EmbeddingCache(tmp_path).namespace(weights_id="w", preprocessing="p")
     ns.put(["k"], np.ones((1, 4), np.float32))
     ns.flush()
-    assert _mode(ns.directory / "store.sqlite") == 0o644
+    assert _mode(ns.directory / "index.sqlite") == 0o644
     assert _mode(ns.directory / "meta.json") == 0o644

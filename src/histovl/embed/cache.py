@@ -4,10 +4,11 @@ Layout (store format 2)::
 
     <root>/<namespace>/meta.json          what produced these embeddings (weights id, preprocessing,
                                           transform, model, store format)
-    <root>/<namespace>/store.sqlite       key -> float32 vector + CRC-32 (`histovl.embed.store`);
-                                          SQLite's store.sqlite-wal / -shm beside it while in use
+    <root>/<namespace>/index.sqlite       key -> (segment, row, CRC-32) (`histovl.embed.store`);
+                                          SQLite's index.sqlite-wal / -shm beside it while in use
+    <root>/<namespace>/seg-<id>.f32       float32 rows, append-only, one writing process each
     <root>/<namespace>/last-used          touched whenever the namespace is opened (`histovl cache info`)
-    <root>/<namespace>/quarantine/        damaged files moved aside (store files, v1 shards)
+    <root>/<namespace>/quarantine/        damaged files moved aside (segments, an index, v1 shards)
 
 The namespace hashes everything that changes an embedding except the image itself: the cache
 key version, the weights identity, the preprocessing, and the image transform (corruption and
@@ -44,7 +45,7 @@ from histovl.options import RunOptions, default_cache_dir  # noqa: F401  (defaul
 
 #: Enters every namespace key; bump it only when the meaning of a key changes (not the storage).
 CACHE_FORMAT_VERSION = 1
-#: How a namespace folder is laid out: 1 = shard-*.npz (migrated on open), 2 = store.sqlite.
+#: How a namespace folder is laid out: 1 = shard-*.npz (migrated on open), 2 = index.sqlite + seg-*.f32.
 STORE_FORMAT_VERSION = 2
 META_FILE = "meta.json"
 LAST_USED_FILE = "last-used"
@@ -140,7 +141,7 @@ class CacheNamespace:
         """Nothing pending: `put` has already committed (kept so callers need not change)."""
 
     def compact(self) -> None:
-        """Fold SQLite's write-ahead log into the store and reclaim free pages (under a lock)."""
+        """Merge segments and drop dead rows (under a lock, so concurrent compactions are safe)."""
         with FileLock(str(self.directory / ".compact.lock")):
             self.store.compact()
 

@@ -2,7 +2,7 @@
 
 * `cache_info`: one row per namespace: size on disk, entries, the model (weights id, name),
   preprocessing and transform it belongs to, its store format and when it was last used;
-* `cache_verify`: SQLite's structure check plus every record's CRC-32; damaged files and
+* `cache_verify`: SQLite's structure check plus every row's CRC-32; damaged files and
   records are named (the CLI exits 2 listing them); ``repair=True`` quarantines bad records;
 * `cache_prune`: remove whole namespaces by model (a glob on the weights id or model name) and/or
   by age (not used for longer than ``older_than``, e.g. ``"30d"``); ``dry_run`` lists only;
@@ -30,7 +30,7 @@ from typing import Any
 
 from histovl.embed.cache import LAST_USED_FILE, META_FILE, CacheNamespace, default_cache_dir
 from histovl.embed.cache_v1 import SHARD_GLOB
-from histovl.embed.store import QUARANTINE_DIR, STORE_FILE, RecordStore
+from histovl.embed.store import INDEX_FILE, QUARANTINE_DIR, RecordStore
 from histovl.errors import HistovlError
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -94,7 +94,7 @@ def namespace_info(directory: Path) -> NamespaceInfo:
     size = sum(p.stat().st_size for p in files)
     v1 = any(directory.glob(SHARD_GLOB))
     entries = quarantined = dim = None
-    if (directory / STORE_FILE).exists():
+    if (directory / INDEX_FILE).exists():
         store = RecordStore(directory)
         try:
             entries, quarantined, dim = store.count(), store.count_quarantined(), store.dim()
@@ -135,7 +135,7 @@ def cache_verify(cache: str | os.PathLike[str] | None = None, *, repair: bool = 
                 report.n_records += len(keys)
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
                 report.bad_files[str(shard)] = f"unreadable format-1 shard: {err}"
-        if not (directory / STORE_FILE).exists():
+        if not (directory / INDEX_FILE).exists():
             continue
         store = RecordStore(directory)
         try:
@@ -143,11 +143,8 @@ def cache_verify(cache: str | os.PathLike[str] | None = None, *, repair: bool = 
         finally:
             store.close()
         report.n_records += res.n_checked
-        if res.error is not None:
-            report.bad_files[str(directory / STORE_FILE)] = f"damaged store ({res.error}); moved to {QUARANTINE_DIR}/"
-        elif res.bad_keys:
-            done = "moved to its quarantine table" if repair else "run `histovl cache verify --repair` to quarantine them"
-            report.bad_files[str(directory / STORE_FILE)] = f"{len(res.bad_keys)} record(s) fail their CRC-32; {done}"
+        done = " (quarantined)" if repair else " (`histovl cache verify --repair` quarantines it)"
+        report.bad_files.update({path: reason + done for path, reason in res.bad_files.items()})
     return report
 
 

@@ -1,7 +1,7 @@
 """Format-1 namespaces (``shard-*.npz`` files) are migrated into the store on first open.
 
 Under a file lock, each shard is read (one at a time: memory stays bounded by one shard) and its
-entries committed to ``store.sqlite`` (`histovl.embed.store`); a shard that cannot be read (torn,
+entries committed to the store (`histovl.embed.store`); a shard that cannot be read (torn,
 bit-flipped: ``zipfile.BadZipFile``, "Bad CRC-32") is reported once with its name and moved to
 ``quarantine/`` (its keys are then misses and are encoded again). Only when every shard is in the
 store are the shard files removed: a migration killed half-way leaves them in place, and the next

@@ -1,64 +1,83 @@
-"""The on-disk record store behind one embedding-cache namespace: SQLite (stdlib) in WAL mode.
+"""The on-disk record store behind one embedding-cache namespace: a SQLite index (stdlib, WAL)
+and append-only float32 segment files.
 
-One file, ``store.sqlite`` (plus SQLite's ``-wal`` and ``-shm`` while it is open), holds a table
-``entries(key TEXT PRIMARY KEY, crc INTEGER, vec BLOB, added REAL)``: the float32 bytes of each
-embedding and the CRC-32 of those bytes. A lookup reads only the B-tree pages of the keys asked
-for, so opening a namespace costs the same at 10^3 and 10^7 entries (docs/performance.md,
-"embedding store"); why SQLite and not LMDB or memory-mapped segments: docs/architecture.md.
+Files in the namespace folder::
+
+    index.sqlite          entries(key -> segment, row, CRC-32 of the row's bytes, time added),
+                          segments(id, dim, writer, state), quarantine(records moved aside)
+    seg-<id>.f32          raw float32 rows, appended by exactly one process, never rewritten
+
+A lookup reads the index B-tree pages of the keys asked for and then each row with one
+``pread``, so opening a namespace and looking up 1,000 keys costs the same at 10^5 and 5*10^6
+entries (docs/performance.md, "embedding store"). Why this design and not vectors inside SQLite
+or LMDB: docs/architecture.md, "embedding store".
 
 Guarantees (docs/reliability.md, "embedding cache"):
 
-* every `put` is one transaction, committed before it returns: a process killed at any point
-  loses at most the batch it was writing, and SQLite's write-ahead log never leaves a
-  half-written entry visible (``synchronous=NORMAL``: a power cut may also drop the last
-  commits, never the file's consistency);
-* any number of processes may read and write one store at once (SQLite's locks; writers wait
-  up to `BUSY_TIMEOUT_S` for each other); duplicate keys are ignored (same key, same vector);
-* a record whose bytes no longer match their CRC-32 is moved to the ``quarantine`` table and
-  reads as a miss (so it is encoded again); a file SQLite reports as corrupt or not a database
-  is moved to ``quarantine/`` beside it and a fresh store starts. Each is reported once per
-  process with the file's name (a warning on the ``histovl`` logger).
+* `put` writes the rows to the writer's own segment, then commits their index rows in one
+  transaction before it returns: a process killed at any point loses at most the batch it was
+  writing (rows written but not indexed are dead bytes that `compact` drops); SQLite's
+  write-ahead log never shows a half-committed batch (``synchronous=NORMAL``: a power cut may
+  also drop the last commits, and rows the OS had not written are caught by their CRC-32);
+* any number of processes may read and write one namespace at once: each writer appends to a
+  segment of its own, SQLite serialises the index commits (writers wait up to `BUSY_TIMEOUT_S`),
+  and a key indexed twice keeps its first row (same key, same vector);
+* a row whose bytes fail their CRC-32 is moved to the ``quarantine`` table; a segment shorter
+  than its index says (torn) has its rows dropped from the index and the file moved to
+  ``quarantine/``; an index SQLite reports as corrupt is moved to ``quarantine/`` with every
+  segment and a fresh store starts. Each is reported once per process, naming the file (a
+  warning on the ``histovl`` logger), and the keys read as misses, so they are encoded again.
 
-SQLite needs a local file system for WAL (not NFS): docs/reliability.md says so.
+SQLite's WAL needs a local file system (not NFS): docs/reliability.md says so.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-STORE_FILE = "store.sqlite"
+INDEX_FILE = "index.sqlite"
 QUARANTINE_DIR = "quarantine"
 BUSY_TIMEOUT_S = 120.0
+#: A writer starts a new segment once its current one reaches this size.
+SEGMENT_BYTES = 1 << 30
 #: Keys per ``IN (...)`` query (well under SQLite's bound-variable limit).
 CHUNK = 900
 #: SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
 _CORRUPT_CODES = {11, 26}
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS entries(key TEXT PRIMARY KEY, crc INTEGER NOT NULL, vec BLOB NOT NULL, added REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS quarantine(key TEXT, crc INTEGER, vec BLOB, reason TEXT, at REAL)",
+    "CREATE TABLE IF NOT EXISTS entries(key TEXT PRIMARY KEY, seg INTEGER NOT NULL, row INTEGER NOT NULL, "
+    "crc INTEGER NOT NULL, added REAL NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS segments(id INTEGER PRIMARY KEY AUTOINCREMENT, dim INTEGER NOT NULL, "
+    "writer TEXT NOT NULL, created REAL NOT NULL, state TEXT NOT NULL DEFAULT 'live')",
+    "CREATE TABLE IF NOT EXISTS quarantine(key TEXT, seg INTEGER, row INTEGER, crc INTEGER, reason TEXT, at REAL)",
 )
 #: Connections inherited through fork are kept referenced, never closed in the child (closing
 #: them there could checkpoint or unlock the parent's file).
 _INHERITED: list[sqlite3.Connection] = []
-_REPORTED: set[str] = set()
+_REPORTED: set[tuple[str, str]] = set()
 
 
-def checksum(vec: bytes) -> int:
-    """CRC-32 of a record's vector bytes (what `get` and `verify` check)."""
-    return zlib.crc32(vec)
+def checksum(data: bytes) -> int:
+    """CRC-32 of a row's float32 bytes (what `get` and `verify` check)."""
+    return zlib.crc32(data)
+
+
+def segment_name(seg: int) -> str:
+    return f"seg-{seg:08d}.f32"
 
 
 def is_corruption(err: BaseException) -> bool:
@@ -72,38 +91,68 @@ def is_corruption(err: BaseException) -> bool:
 
 def report_once(path: Path, message: str) -> None:
     """Warn once per process about a damaged file, naming it."""
-    if str(path) + message in _REPORTED:
+    if (str(path), message) in _REPORTED:
         return
-    _REPORTED.add(str(path) + message)
+    _REPORTED.add((str(path), message))
     log.warning("embedding cache: %s: %s", path, message)
 
 
+def writer_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def writer_alive(writer: str) -> bool:
+    """Whether the process that owns a segment may still append to it (unknown host: yes)."""
+    host, _, pid = writer.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class StoreCorrupt(Exception):
-    """Raised inside the store when SQLite reports the file as damaged (handled by quarantine)."""
+    """Raised inside the store when SQLite reports the index as damaged (after quarantine)."""
 
 
 @dataclass
 class VerifyResult:
-    """What `RecordStore.verify` found: records checked, keys whose CRC failed, a file-level error."""
+    """What `RecordStore.verify` found: rows checked, keys whose CRC failed, damaged files."""
 
-    n_checked: int
-    bad_keys: list[str]
-    error: str | None = None
+    n_checked: int = 0
+    bad_keys: list[str] = field(default_factory=list)
+    bad_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not self.bad_keys and self.error is None
+        return not self.bad_keys and not self.bad_files
+
+
+@dataclass
+class _Writer:
+    seg: int
+    dim: int
+    fd: int
+    rows: int
+    pid: int
 
 
 class RecordStore:
-    """key -> float32 vector in one SQLite file; see the module docstring for the guarantees."""
+    """key -> float32 vector: a SQLite index and append-only segments (module docstring)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.path = directory / STORE_FILE
+        self.path = directory / INDEX_FILE
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
+        self._writer: _Writer | None = None
+        self._readers: dict[int, int] = {}
+        self._dims: dict[int, int] = {}
 
     # ---- connection ----------------------------------------------------------------------------
 
@@ -112,9 +161,11 @@ class RecordStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA cache_size=-16000")  # 16 MB page cache per connection
-            for statement in _SCHEMA:
-                conn.execute(statement)
+            conn.execute("PRAGMA wal_autocheckpoint=10000")  # fewer checkpoints: 1.5x the append rate
+            conn.execute("PRAGMA journal_size_limit=67108864")  # the WAL shrinks back to 64 MB
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='quarantine'").fetchone():
+                for statement in _SCHEMA:
+                    conn.execute(statement)
         except sqlite3.DatabaseError:
             conn.close()
             raise
@@ -126,115 +177,241 @@ class RecordStore:
             return self._conn
         if self._conn is not None:
             _INHERITED.append(self._conn)
-        self._conn = None
+        self._conn, self._writer, self._readers = None, None, {}
         try:
             self._conn = self._connect()
         except sqlite3.DatabaseError as err:
             if not is_corruption(err):
                 raise
-            self.quarantine_file(str(err))
+            self.quarantine_index(str(err))
             self._conn = self._connect()
         self._pid = os.getpid()
         return self._conn
 
     def close(self) -> None:
+        """Close the index connection and segment files (this process's only)."""
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
+            mine = self._pid == os.getpid()
+            if mine:
+                self.end_segment()
+                for fd in self._readers.values():
+                    os.close(fd)
+                if self._conn is not None:
+                    self._conn.close()
+            self._conn, self._writer, self._readers = None, None, {}
 
     @contextmanager
     def _guard(self) -> Iterator[sqlite3.Connection]:
-        """Run one operation; a damaged file becomes `StoreCorrupt` after it is quarantined."""
+        """Run one operation; a damaged index becomes `StoreCorrupt` after it is quarantined."""
         with self._lock:
             try:
                 yield self.conn()
             except sqlite3.DatabaseError as err:
                 if not is_corruption(err):
                     raise
-                self.quarantine_file(str(err))
+                self.quarantine_index(str(err))
                 raise StoreCorrupt(str(err)) from err
 
-    def quarantine_file(self, reason: str) -> None:
-        """Move a damaged store file (and its WAL) to ``quarantine/`` and start a fresh one."""
-        from filelock import FileLock
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._guard() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
-        if self._conn is not None and self._pid == os.getpid():
-            self._conn.close()
-        self._conn = None
-        with FileLock(str(self.directory / ".quarantine.lock")):
-            if not self.path.exists():
-                return
-            target = self.directory / QUARANTINE_DIR
-            target.mkdir(exist_ok=True)
-            stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(str(self.path) + suffix)
-                if src.exists():
-                    os.replace(src, target / f"{STORE_FILE}.{stamp}{suffix}")
-        report_once(self.path, f"damaged ({reason}); moved to {target}/{STORE_FILE}.{stamp}, "
-                               "its entries will be encoded again")
+    # ---- writing -------------------------------------------------------------------------------
 
-    # ---- records -------------------------------------------------------------------------------
+    def _segment_for(self, dim: int) -> _Writer:
+        """This process's open segment for rows of `dim` (a new one when needed)."""
+        w = self._writer
+        if w is not None and w.pid == os.getpid() and w.dim == dim and w.rows * 4 * dim < SEGMENT_BYTES:
+            return w
+        self.end_segment()
+        with self._transaction() as conn:
+            cur = conn.execute("INSERT INTO segments(dim, writer, created) VALUES (?,?,?)", (dim, writer_id(), time.time()))
+            seg = int(cur.lastrowid or 0)
+        fd = os.open(self.directory / segment_name(seg), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self._writer = _Writer(seg, dim, fd, 0, os.getpid())
+        self._dims[seg] = dim
+        return self._writer
 
-    def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        """The intact records of `keys` (a damaged record is quarantined and left out)."""
-        found: dict[str, np.ndarray] = {}
-        bad: list[str] = []
-        unique = list(dict.fromkeys(keys))
-        try:
-            with self._guard() as conn:
-                for start in range(0, len(unique), CHUNK):
-                    part = unique[start : start + CHUNK]
-                    sql = f"SELECT key, crc, vec FROM entries WHERE key IN ({','.join('?' * len(part))})"
-                    for key, crc, vec in conn.execute(sql, part):
-                        if checksum(vec) != crc or len(vec) % 4:
-                            bad.append(key)
-                        else:
-                            found[key] = np.frombuffer(vec, dtype=np.float32)
-        except StoreCorrupt:
-            return {}
-        if bad:
-            self.quarantine_records(bad, "checksum mismatch")
-        return found
+    def end_segment(self) -> None:
+        """Stop appending to the current segment (the next put starts a new one)."""
+        w, self._writer = self._writer, None
+        if w is not None and w.pid == os.getpid():
+            os.close(w.fd)
 
     def put(self, keys: Sequence[str], embeddings: np.ndarray) -> None:
-        """Add records in one committed transaction (existing keys are left as they are)."""
+        """Append rows to this process's segment, then commit their index rows (one transaction);
+        keys already present keep their first row."""
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        now = time.time()
-        rows = [(k, checksum(v := row.tobytes()), v, now) for k, row in zip(keys, emb, strict=True)]
+        if emb.ndim != 2 or len(keys) != len(emb):
+            raise ValueError(f"{len(keys)} keys but embeddings of shape {emb.shape}")
         for attempt in (0, 1):
             try:
-                with self._guard() as conn:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        conn.executemany("INSERT OR IGNORE INTO entries(key, crc, vec, added) VALUES (?,?,?,?)", rows)
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        raise
+                with self._lock:
+                    self.conn()
+                    self._append(list(keys), emb)
                 return
             except StoreCorrupt:
                 if attempt:
                     raise
 
-    def quarantine_records(self, keys: Sequence[str], reason: str) -> None:
-        """Move damaged records to the ``quarantine`` table (they then read as misses)."""
+    def _append(self, keys: list[str], emb: np.ndarray) -> None:
+        w = self._segment_for(emb.shape[1])
+        data = emb.tobytes()
+        row_bytes = 4 * emb.shape[1]
+        start = w.rows
         try:
+            written = 0
+            while written < len(data):
+                written += os.pwrite(w.fd, data[written:], start * row_bytes + written)
+        except BaseException:
+            os.ftruncate(w.fd, start * row_bytes)  # nothing indexed points past `start`
+            raise
+        w.rows += len(keys)
+        now = time.time()
+        rows = [(k, w.seg, start + i, checksum(data[i * row_bytes : (i + 1) * row_bytes]), now) for i, k in enumerate(keys)]
+        with self._transaction() as conn:
+            conn.executemany("INSERT OR IGNORE INTO entries(key, seg, row, crc, added) VALUES (?,?,?,?,?)", rows)
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def _index_rows(self, keys: Sequence[str]) -> list[tuple[str, int, int, int]]:
+        found: list[tuple[str, int, int, int]] = []
+        with self._guard() as conn:
+            for start in range(0, len(keys), CHUNK):
+                part = list(keys[start : start + CHUNK])
+                sql = f"SELECT key, seg, row, crc FROM entries WHERE key IN ({','.join('?' * len(part))})"
+                found.extend(conn.execute(sql, part))
+        return sorted(found, key=lambda r: (r[1], r[2]))
+
+    def _dim(self, seg: int) -> int:
+        if seg not in self._dims:
             with self._guard() as conn:
-                conn.execute("BEGIN IMMEDIATE")
+                row = conn.execute("SELECT dim FROM segments WHERE id=?", (seg,)).fetchone()
+            self._dims[seg] = int(row[0]) if row else 0
+        return self._dims[seg]
+
+    def _reader(self, seg: int) -> int:
+        if seg not in self._readers:
+            self._readers[seg] = os.open(self.directory / segment_name(seg), os.O_RDONLY)
+        return self._readers[seg]
+
+    def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The intact rows of `keys` (damaged rows and segments are quarantined and left out)."""
+        unique = list(dict.fromkeys(keys))
+        with self._lock:
+            try:
+                found, bad, torn = self._read(self._index_rows(unique))
+                if torn and self._retired(torn):  # compacted under us: the rows moved, look again
+                    found, bad, torn = self._read(self._index_rows(unique))
+            except StoreCorrupt:
+                return {}
+            if bad:
+                self.quarantine_records(bad, "checksum mismatch")
+            for seg, reason in torn.items():
+                self.quarantine_segment(seg, reason)
+        return found
+
+    def _read(self, rows: list[tuple[str, int, int, int]]) -> tuple[dict[str, np.ndarray], list[str], dict[int, str]]:
+        found: dict[str, np.ndarray] = {}
+        bad: list[str] = []
+        torn: dict[int, str] = {}
+        for key, seg, row, crc in rows:
+            if seg in torn:
+                continue
+            dim = self._dim(seg)
+            try:
+                data = os.pread(self._reader(seg), 4 * dim, row * 4 * dim)
+            except FileNotFoundError:
+                torn[seg] = "segment file missing"
+                continue
+            if len(data) < 4 * dim or dim == 0:
+                torn[seg] = f"truncated: row {row} is past its end"
+            elif checksum(data) != crc:
+                bad.append(key)
+            else:
+                found[key] = np.frombuffer(data, dtype=np.float32)
+        if torn:  # a torn segment is quarantined whole: none of its rows is served
+            found = {k: v for k, v in found.items() if k not in {r[0] for r in rows if r[1] in torn}}
+        return found, bad, torn
+
+    def _retired(self, segs: dict[int, str]) -> bool:
+        with self._guard() as conn:
+            marks = ",".join("?" * len(segs))
+            return bool(conn.execute(f"SELECT 1 FROM segments WHERE state='retired' AND id IN ({marks})", list(segs)).fetchone())
+
+    # ---- damage ----------------------------------------------------------------------------------
+
+    def quarantine_records(self, keys: Sequence[str], reason: str) -> None:
+        """Move damaged rows' index entries to the ``quarantine`` table (they then read as misses)."""
+        segs: set[str] = set()
+        try:
+            with self._transaction() as conn:
                 for start in range(0, len(keys), CHUNK):
                     part = list(keys[start : start + CHUNK])
                     marks = ",".join("?" * len(part))
-                    conn.execute(f"INSERT INTO quarantine SELECT key, crc, vec, ?, ? FROM entries WHERE key IN ({marks})",
+                    segs.update(segment_name(s) for (s,) in conn.execute(f"SELECT DISTINCT seg FROM entries WHERE key IN ({marks})", part))
+                    conn.execute(f"INSERT INTO quarantine SELECT key, seg, row, crc, ?, ? FROM entries WHERE key IN ({marks})",
                                  [reason, time.time(), *part])
                     conn.execute(f"DELETE FROM entries WHERE key IN ({marks})", part)
-                conn.execute("COMMIT")
         except (StoreCorrupt, sqlite3.OperationalError):
-            pass  # read-only or busy: the records still read as misses in this process
-        report_once(self.path, f"{len(keys)} record(s) failed their CRC-32 ({reason}); moved to its quarantine "
-                               "table, they will be encoded again")
+            pass  # read-only or busy: the rows still read as misses in this process
+        where = ", ".join(sorted(segs)) or INDEX_FILE
+        report_once(self.directory / where, f"{len(keys)} row(s) failed their CRC-32 ({reason}); moved to the "
+                                            f"quarantine table of {INDEX_FILE}, they will be encoded again")
+
+    def quarantine_segment(self, seg: int, reason: str) -> None:
+        """Drop a torn segment's rows from the index and move the file to ``quarantine/``."""
+        path = self.directory / segment_name(seg)
+        try:
+            with self._transaction() as conn:
+                n = conn.execute("DELETE FROM entries WHERE seg=?", (seg,)).rowcount
+                conn.execute("UPDATE segments SET state='quarantined' WHERE id=?", (seg,))
+        except (StoreCorrupt, sqlite3.OperationalError):
+            n = -1
+        if seg in self._readers:
+            os.close(self._readers.pop(seg))
+        if self._writer is not None and self._writer.seg == seg:
+            self.end_segment()
+        (self.directory / QUARANTINE_DIR).mkdir(exist_ok=True)
+        try:
+            os.replace(path, self.directory / QUARANTINE_DIR / path.name)
+        except FileNotFoundError:
+            pass
+        report_once(path, f"damaged segment ({reason}); moved to {QUARANTINE_DIR}/, its {max(n, 0)} entries "
+                          "will be encoded again")
+
+    def quarantine_index(self, reason: str) -> None:
+        """Move a damaged index (and its WAL, and every segment, useless without it) to
+        ``quarantine/<time>/``; the next use starts an empty store."""
+        from filelock import FileLock
+
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+        self.end_segment()
+        for fd in self._readers.values():
+            os.close(fd)
+        self._readers, self._dims = {}, {}
+        stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        target = self.directory / QUARANTINE_DIR / stamp
+        with FileLock(str(self.directory / ".quarantine.lock")):
+            if not self.path.exists():
+                return
+            target.mkdir(parents=True, exist_ok=True)
+            for src in [*self.directory.glob(INDEX_FILE + "*"), *self.directory.glob("seg-*.f32")]:
+                os.replace(src, target / src.name)
+        report_once(self.path, f"damaged index ({reason}); moved with its segments to {target}, "
+                               "its entries will be encoded again")
+
+    # ---- administration ---------------------------------------------------------------------------
 
     def count(self) -> int:
         try:
@@ -248,43 +425,116 @@ class RecordStore:
             return int(conn.execute("SELECT count(*) FROM quarantine").fetchone()[0])
 
     def dim(self) -> int | None:
-        """Embedding width (from one record), None when empty."""
+        """Embedding width (from the segments in use), None when empty."""
         with self._guard() as conn:
-            row = conn.execute("SELECT length(vec) FROM entries LIMIT 1").fetchone()
-        return None if row is None else int(row[0]) // 4
-
-    def last_added(self) -> float | None:
-        with self._guard() as conn:
-            row = conn.execute("SELECT max(added) FROM entries").fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+            row = conn.execute("SELECT dim FROM segments WHERE state='live' ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else int(row[0])
 
     def verify(self, *, repair: bool = False) -> VerifyResult:
-        """Check SQLite's own structure and every record's CRC-32 (streamed, bounded memory).
-
-        With `repair`, bad records are quarantined (a damaged file always is, when found)."""
-        bad: list[str] = []
-        n = 0
+        """SQLite's structure check, then every indexed row read and its CRC-32 checked (segment
+        by segment, bounded memory). With `repair`, bad rows and torn segments are quarantined
+        (a damaged index always is, when found)."""
+        res = VerifyResult()
         try:
             with self._guard() as conn:
                 problems = [r[0] for r in conn.execute("PRAGMA quick_check")]
                 if problems != ["ok"]:
-                    return VerifyResult(n, bad, "; ".join(problems[:3]))
-                for key, crc, vec in conn.execute("SELECT key, crc, vec FROM entries"):
-                    n += 1
-                    if checksum(vec) != crc:
-                        bad.append(key)
+                    res.bad_files[str(self.path)] = "; ".join(problems[:3])
+                    return res
+                rows = conn.execute("SELECT key, seg, row, crc FROM entries ORDER BY seg, row")
+                while batch := rows.fetchmany(4096):
+                    _, bad, torn = self._read(batch)
+                    res.n_checked += len(batch)
+                    res.bad_keys += bad
+                    for seg, reason in torn.items():
+                        res.bad_files[str(self.directory / segment_name(seg))] = reason
         except StoreCorrupt as err:
-            return VerifyResult(n, bad, str(err))
-        if bad and repair:
-            self.quarantine_records(bad, "found by verify")
-        return VerifyResult(n, bad)
+            res.bad_files[str(self.path)] = f"damaged index ({err}); moved to {QUARANTINE_DIR}/"
+            return res
+        if res.bad_keys:
+            res.bad_files.setdefault(str(self.path), f"{len(res.bad_keys)} row(s) fail their CRC-32")
+        if repair:
+            if res.bad_keys:
+                self.quarantine_records(res.bad_keys, "found by verify")
+            for name in [f for f in res.bad_files if f.endswith(".f32")]:
+                self.quarantine_segment(int(Path(name).stem.split("-")[1]), res.bad_files[name])
+        return res
 
-    def compact(self) -> None:
-        """Fold the write-ahead log into the file and rebuild it without free pages (VACUUM)."""
+    def compact(self) -> int:
+        """Rewrite segments with dead rows, and small ones, into new segments; delete emptied
+        and retired segment files; fold the WAL in. Segments a live process may still append to
+        are left alone. Returns the number of segment files removed. Callers hold a file lock
+        (`histovl.embed.cache.CacheNamespace.compact`), so two compactions never overlap."""
+        with self._lock:
+            self.end_segment()
+            with self._guard() as conn:
+                segs = conn.execute("SELECT id, dim, writer, state FROM segments").fetchall()
+                live = dict(conn.execute("SELECT seg, count(*) FROM entries GROUP BY seg").fetchall())
+            chosen = []
+            for seg, dim, writer, state in segs:
+                path = self.directory / segment_name(seg)
+                if state != "live" or (writer != writer_id() and writer_alive(writer)):
+                    continue
+                rows = path.stat().st_size // (4 * dim) if path.exists() else 0
+                if live.get(seg, 0) < rows or rows * 4 * dim < SEGMENT_BYTES // 2:
+                    chosen.append((seg, dim))
+            if len(chosen) == 1 and live.get(chosen[0][0], 0) == self._file_rows(*chosen[0]):
+                chosen = []  # one small segment without dead rows: nothing to gain
+            for seg, dim in chosen:
+                self._move_rows(seg, dim)
+            self.end_segment()
+            removed = self._remove_retired()
+            with self._guard() as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return removed
+
+    def _file_rows(self, seg: int, dim: int) -> int:
+        path = self.directory / segment_name(seg)
+        return path.stat().st_size // (4 * dim) if path.exists() else 0
+
+    def _move_rows(self, seg: int, dim: int) -> None:
+        """Copy a segment's intact indexed rows to this process's segment, re-point the index, retire it."""
         with self._guard() as conn:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            rows = conn.execute("SELECT key, seg, row, crc FROM entries WHERE seg=? ORDER BY row", (seg,)).fetchall()
+        for start in range(0, len(rows), 4096):
+            part = rows[start : start + 4096]
+            found, bad, torn = self._read(part)
+            if torn:
+                self.quarantine_segment(seg, torn[seg])
+                return
+            if bad:
+                self.quarantine_records(bad, "checksum mismatch")
+            keys = [r[0] for r in part if r[0] in found]
+            if not keys:
+                continue
+            w = self._segment_for(dim)
+            first = w.rows
+            data = np.stack([found[k] for k in keys]).tobytes()
+            written = 0
+            while written < len(data):
+                written += os.pwrite(w.fd, data[written:], first * 4 * dim + written)
+            w.rows += len(keys)
+            with self._transaction() as conn:
+                conn.executemany("UPDATE entries SET seg=?, row=? WHERE key=? AND seg=?",
+                                 [(w.seg, first + i, k, seg) for i, k in enumerate(keys)])
+        with self._transaction() as conn:
+            conn.execute("UPDATE segments SET state='retired' WHERE id=?", (seg,))
+
+    def _remove_retired(self) -> int:
+        with self._guard() as conn:
+            retired = [int(s) for (s,) in conn.execute("SELECT id FROM segments WHERE state='retired'")]
+            in_use = {int(s) for (s,) in conn.execute("SELECT DISTINCT seg FROM entries")}
+        removed = 0
+        for seg in retired:
+            if seg in in_use:
+                continue
+            if seg in self._readers:
+                os.close(self._readers.pop(seg))
+            path = self.directory / segment_name(seg)
+            if path.exists():
+                path.unlink()
+                removed += 1
+        return removed
 
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.directory.glob(STORE_FILE + "*") if p.is_file())
+        return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())

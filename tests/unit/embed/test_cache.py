@@ -62,7 +62,7 @@ def test_two_processes_writing_one_namespace(tmp_path: Path):
     assert hit.all()
     np.testing.assert_array_equal(rows[:, 0], np.arange(75, dtype=np.float32))
     ns.compact()
-    assert not list(ns.directory.glob("shard-*.npz")) and (ns.directory / "store.sqlite").is_file()
+    assert not list(ns.directory.glob("shard-*.npz")) and (ns.directory / "index.sqlite").is_file()
     assert len(EmbeddingCache(tmp_path).namespace(weights_id="w", preprocessing="p")) == 75
 
 

@@ -19,7 +19,7 @@ def test_cli_embed_fills_the_default_cache_without_cache_option(class_folder, tm
     r = CliRunner().invoke(app, args, env={"HISTOVL_CACHE": str(default), "COLUMNS": "400"})
     assert r.exit_code == 0, r.output
     assert "12 encoded" in r.output and str(default) in r.output
-    assert any(default.rglob("store.sqlite"))
+    assert any(default.rglob("index.sqlite"))
     again = CliRunner().invoke(app, args, env={"HISTOVL_CACHE": str(default), "COLUMNS": "400"})
     assert again.exit_code == 0 and "12 from cache, 0 encoded" in again.output
 
