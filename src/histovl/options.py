@@ -17,7 +17,7 @@ import dataclasses
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -27,6 +27,10 @@ PathArg = str | os.PathLike[str]
 #: What a command does with an input it cannot read: stop with a clear error, or record and go on.
 OnError = Literal["raise", "skip"]
 ON_ERROR_CHOICES: tuple[OnError, ...] = ("raise", "skip")
+
+#: Which engine runs the encoder's forward pass (docs/runtime.md).
+Runtime = Literal["torch", "onnx", "onnx-int8"]
+RUNTIME_CHOICES: tuple[Runtime, ...] = ("torch", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,12 @@ class RunOptions:
     """Seeds Python, NumPy, torch and the data-loader workers."""
     progress: bool = True
     """Progress bars on stderr (``--quiet`` turns them off)."""
+    runtime: Runtime = "torch"
+    """``onnx`` / ``onnx-int8`` encode with ONNX Runtime behind a parity gate (docs/runtime.md)."""
+    allow_approximate: bool = False
+    """Use an ONNX runtime even where its parity gate fails (the failure is recorded in run.json)."""
+    runtime_parity: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Filled while the run encodes: model name -> the runtime's parity record (for run.json)."""
 
     def __post_init__(self) -> None:
         if self.cache is not None and not isinstance(self.cache, Path):
@@ -72,6 +82,8 @@ class RunOptions:
             raise ValueError(f"workers must be 0 or more, not {self.workers}")
         if self.n_boot < 0:
             raise ValueError(f"n_boot must be 0 or more, not {self.n_boot}")
+        if self.runtime not in RUNTIME_CHOICES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIME_CHOICES)}, not {self.runtime!r}")
 
     def replace(self, **changes: Any) -> RunOptions:
         """A copy with some fields changed (the value itself is frozen)."""
@@ -93,6 +105,9 @@ class RunOptions:
             "allow_absolute_paths": self.allow_absolute_paths,
             "n_boot": self.n_boot,
             "seed": self.seed,
+            "runtime": self.runtime,
+            "allow_approximate": self.allow_approximate,
+            "runtime_parity": dict(self.runtime_parity) or None,
         }
 
 

@@ -9,6 +9,7 @@ import typer
 
 from histovl._compat import StrEnum
 from histovl.cli.common import (
+    RUNTIME_OPTIONS,
     AllowMissingOpt,
     DataOpt,
     OneModelOpt,
@@ -33,7 +34,7 @@ class TokenChoice(StrEnum):
 #: The run options of both commands: the forward batch defaults to 32 (`CMM_OPTIONS`); decoding
 #: runs in the main process and no progress bars are drawn.
 cmm_run_options = with_run_options(
-    exclude=("workers", "progress"), batch_size=32,
+    exclude=("workers", "progress", *RUNTIME_OPTIONS), batch_size=32,
     help_overrides={"batch_size": "Images per forward pass of the image tower."},
 )
 

@@ -30,6 +30,12 @@ class OnErrorChoice(StrEnum):
     skip = "skip"
 
 
+class RuntimeChoice(StrEnum):
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
 ModelOpt = Annotated[list[str], typer.Option("--model", "-m", help="Model spec; repeat for several (see `histovl models`).")]
 OneModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec (see `histovl models`).")]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Class folder or CSV manifest.")]
@@ -52,7 +58,11 @@ RUN_OPTION_SPECS: dict[str, tuple[str, Any, Any]] = {
     "n_boot": ("n_boot", Annotated[int, typer.Option("--n-boot", min=0, help="Bootstrap resamples for 95% CIs.")], 1000),
     "seed": ("seed", Annotated[int, typer.Option("--seed", help="Seeds Python, NumPy, torch and data-loader workers.")], 0),
     "progress": ("quiet", Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")], False),
+    "runtime": ("runtime", Annotated[RuntimeChoice, typer.Option("--runtime", help="Encoder engine: torch, onnx or onnx-int8 (ONNX Runtime behind a parity gate; docs/runtime.md).")], RuntimeChoice.torch),
+    "allow_approximate": ("allow_approximate", Annotated[bool, typer.Option("--allow-approximate", help="Use an ONNX runtime even where its parity gate against torch fails.")], False),
 }
+#: The options only commands that encode images with a model take.
+RUNTIME_OPTIONS = ("runtime", "allow_approximate")
 ALL_RUN_OPTIONS = tuple(RUN_OPTION_SPECS)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -109,6 +119,8 @@ def with_run_options(
                 values["progress"] = not values["progress"]
             if "on_error" in values:
                 values["on_error"] = OnErrorChoice(values["on_error"]).value
+            if "runtime" in values:
+                values["runtime"] = RuntimeChoice(values["runtime"]).value
             for field, value in defaults.items():  # excluded fields with a command default
                 values.setdefault(field, value)
             return fn(*args, options=RunOptions(**values), **kwargs)

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from histovl.cli.common import OutOpt, with_run_options
+from histovl.cli.common import RUNTIME_OPTIONS, OutOpt, with_run_options
 from histovl.options import RunOptions
 
 #: RunOptions compare has no use for: it reads finished runs, it encodes nothing.
 _NOT_USED = ("cache", "use_cache", "batch_size", "workers", "on_error", "device", "trust_checkpoint",
-             "allow_absolute_paths", "progress")
+             "allow_absolute_paths", "progress", *RUNTIME_OPTIONS)
 
 
 @with_run_options(exclude=_NOT_USED, help_overrides={"seed": "Seeds the paired bootstrap and the calibration split."})

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from histovl._compat import StrEnum
-from histovl.cli.common import DataOpt, OutOpt, with_run_options
+from histovl.cli.common import RUNTIME_OPTIONS, DataOpt, OutOpt, with_run_options
 from histovl.options import RunOptions
 
 
@@ -25,7 +25,7 @@ class TrainChoice(StrEnum):
 
 
 @with_run_options(
-    exclude=("cache", "use_cache", "batch_size", "n_boot"),
+    exclude=("cache", "use_cache", "batch_size", "n_boot", *RUNTIME_OPTIONS),
     help_overrides={"workers": "Image decode workers (default: 0, decode in the main process).",
                     "progress": "No per-epoch lines."},
 )

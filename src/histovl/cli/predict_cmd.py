@@ -9,7 +9,14 @@ import typer
 from rich.console import Console
 
 from histovl._compat import StrEnum
-from histovl.cli.common import OneModelOpt, OutOpt, print_metrics, print_skipped, with_run_options
+from histovl.cli.common import (
+    RUNTIME_OPTIONS,
+    OneModelOpt,
+    OutOpt,
+    print_metrics,
+    print_skipped,
+    with_run_options,
+)
 from histovl.cli.slides_cmd import BadOpt, MagOpt, MppOpt, SizeOpt, SlideMppOpt, TissueOpt
 from histovl.cli.zeroshot_cmd import CLASSIFICATION_KEYS, AggregateChoice
 from histovl.options import RunOptions
@@ -33,7 +40,7 @@ class GeojsonObjectChoice(StrEnum):
 PredictDataOpt = Annotated[Path, typer.Option("--data", "-d", help="Folder of images (flat, nested, or class sub-folders), CSV manifest (path, optional label), or a slide file.")]
 
 
-@with_run_options()
+@with_run_options(exclude=RUNTIME_OPTIONS)
 def predict_command(
     model: OneModelOpt,
     data: PredictDataOpt,

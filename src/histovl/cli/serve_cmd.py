@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from histovl.cli.common import with_run_options
+from histovl.cli.common import RUNTIME_OPTIONS, with_run_options
 from histovl.options import RunOptions
 
 
 @with_run_options(exclude=("cache", "use_cache", "batch_size", "workers", "on_error", "allow_absolute_paths",
-                           "n_boot", "seed", "progress"),
+                           "n_boot", "seed", "progress", *RUNTIME_OPTIONS),
                   help_overrides={"device": "Device of the model that encodes search queries (cpu, cuda, ...)."})
 def serve_command(
     options: RunOptions,

@@ -10,7 +10,13 @@ import typer
 from rich.console import Console
 
 from histovl._compat import StrEnum
-from histovl.cli.common import OutOpt, deprecated_alias, print_metrics, with_run_options
+from histovl.cli.common import (
+    RUNTIME_OPTIONS,
+    OutOpt,
+    deprecated_alias,
+    print_metrics,
+    with_run_options,
+)
 from histovl.options import RunOptions
 
 
@@ -27,7 +33,7 @@ STAINALIGN_KEYS = ("f1_weighted", "f1_macro", "accuracy", "auroc")
 
 #: `--batch-size` is the training batch of paired slides (fit) and tile decoding stays in the
 #: main process without progress bars, so those run options are not offered.
-stainalign_run_options = with_run_options(exclude=("batch_size", "workers", "progress"))
+stainalign_run_options = with_run_options(exclude=("batch_size", "workers", "progress", *RUNTIME_OPTIONS))
 
 
 def _print_summary(metrics: dict[str, Any], out: Path, console: Console) -> None:

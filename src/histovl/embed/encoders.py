@@ -6,7 +6,9 @@ identity recorded the first time the spec was loaded (`histovl.models.identity`)
 returns a `LazyEncoder` that loads nothing until an image or prompt misses the cache, so a fully
 cached run neither loads the model nor imports torch. Otherwise it loads the model (once per
 process), records its identity for next time, and wraps it the same way. Either way the encoder
-carries the run's cache for its prompt embeddings (`histovl.embed.text`).
+carries the run's cache for its prompt embeddings (`histovl.embed.text`). Under
+``options.runtime`` ``onnx`` / ``onnx-int8`` the encoder is then wrapped by
+`histovl.models.runtime.apply_runtime` (ONNX Runtime behind a parity gate; docs/runtime.md).
 
 Example:
     >>> enc = open_encoder("histovl-lite", RunOptions())  # doctest: +SKIP
@@ -27,6 +29,7 @@ from histovl.models.identity import (
     write_identity,
 )
 from histovl.models.lazy import LazyEncoder, loaded_model
+from histovl.models.runtime import apply_runtime
 from histovl.options import RunOptions
 
 if TYPE_CHECKING:
@@ -34,7 +37,13 @@ if TYPE_CHECKING:
 
 
 def open_encoder(model: str | os.PathLike[str] | Any, options: RunOptions) -> Encoder:
-    """The encoder for `model` (a spec, or an already loaded encoder) as a command uses it."""
+    """The encoder for `model` (a spec, or an already loaded encoder) as a command uses it, run
+    by ``options.runtime``."""
+    return cast("Encoder", apply_runtime(_open_torch(model, options), options))
+
+
+def _open_torch(model: str | os.PathLike[str] | Any, options: RunOptions) -> Encoder:
+    """The torch encoder for `model`: lazy where its identity is known, with its prompt cache."""
     cache = cache_for(options)
     if not isinstance(model, str | os.PathLike):  # an Encoder (or a LazyEncoder) already
         if getattr(model, "is_lazy_encoder", False) or cache is None:

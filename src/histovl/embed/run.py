@@ -114,6 +114,10 @@ def _encode(model: Any, paths: Sequence[str | os.PathLike[str]], store: Embeddin
     the model lazily (`open_encoder`: a fully cached run loads nothing); Ray actors need it."""
     if cfg.engine == "ray":
         from histovl.embed.ray_engine import encode_images_ray
+        from histovl.errors import HistovlError
+
+        if opts.runtime != "torch":
+            raise HistovlError(f"--runtime {opts.runtime} runs with --engine local only; use --runtime torch with --engine ray")
         from histovl.models import load_model
 
         encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)

@@ -132,11 +132,21 @@ class LiteEncoder(Encoder):
 
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         """Mean-pooled, L2-normalised MiniLM sentence embeddings [N, 384] (as sentence-transformers)."""
+        batch = self.tokenize(texts)
+        return self.text_features_from_tokens(batch["input_ids"], batch["attention_mask"])
+
+    def tokenize(self, texts: Sequence[str], padding: str | bool = True) -> dict[str, torch.Tensor]:
+        """MiniLM token ids and attention mask, padded to the longest text (``padding="max_length"``:
+        to the full context)."""
         batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.card.context_length, return_tensors="pt"
+            list(texts), padding=padding, truncation=True, max_length=self.card.context_length, return_tensors="pt"
         ).to(self.device)
-        hidden = self.text_backbone(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def text_features_from_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """`text_features` after tokenisation (what an exported text tower computes)."""
+        hidden = self.text_backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
         return nn.functional.normalize(pooled, dim=-1)
 

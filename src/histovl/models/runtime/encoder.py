@@ -1,0 +1,243 @@
+"""`RuntimeEncoder`: the `Encoder` interface with the towers run by ONNX Runtime.
+
+It stands in for a torch encoder (an `Encoder` or a `LazyEncoder`): the same card, preprocessing,
+logit scale and prompt cache, a `weights_id` that names the runtime (so the embedding cache never
+mixes its embeddings with torch's), and `encode_image` / `encode_text` answered by ONNX Runtime
+sessions over towers exported once into the cache folder (`histovl.models.runtime.export`). The
+torch model is loaded only when something has to be encoded: to export, to tokenise and to
+measure the parity gate on the first images and prompts (`histovl.models.runtime.gate`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histovl.models._weights_id import files_weights_id
+from histovl.models.runtime import export as ex
+from histovl.models.runtime import gate
+from histovl.models.runtime._ort import open_session, versions
+from histovl.models.runtime.towers import ImageTower, has_text_tower, text_tower
+
+
+class RuntimeEncoder:
+    """An encoder whose forward passes run in ONNX Runtime (``onnx`` or ``onnx-int8``).
+
+    Attributes:
+        base: the torch encoder it was made from (parity reference, tokeniser, exporter input).
+        runtime: ``onnx`` or ``onnx-int8``.
+        folder: the export folder (meta.json, towers, calibration embeddings).
+    """
+
+    is_lazy_encoder = True  # stands in for an Encoder: load_model and open_encoder pass it through
+
+    def __init__(self, base: Any, runtime: str, *, export_root: Path, allow_approximate: bool = False,
+                 sink: dict[str, Any] | None = None) -> None:
+        self.base = base
+        self.runtime = runtime
+        self.allow_approximate = allow_approximate
+        self.sink = sink if sink is not None else {}
+        self.folder = ex.export_dir(export_root, base.weights_id, runtime)
+        self._sessions: dict[str, Any] = {}
+        self._meta_base = {
+            "format": ex.EXPORT_FORMAT, "model": base.card.name, "weights_id": base.weights_id,
+            "runtime": runtime, "opset": ex.OPSET, **versions(), "torch": _torch_version(),
+        }
+        self._meta = ex.read_meta(self.folder)
+        self.publish()  # a parity measured by an earlier run is checked (and recorded) now
+
+    # ---- the Encoder interface ---------------------------------------------------------------------
+    @property
+    def card(self) -> Any:
+        return self.base.card
+
+    @property
+    def weights_id(self) -> str:
+        return f"{self.base.weights_id}|runtime={self.runtime}"
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.base.logit_scale)
+
+    @property
+    def preprocess(self) -> Any:
+        return self.base.preprocess
+
+    @property
+    def text_cache(self) -> Any:
+        return getattr(self.base, "text_cache", None)
+
+    @property
+    def device(self) -> Any:
+        import torch
+
+        return torch.device("cpu")
+
+    def encode_image(self, pixels: Any, normalize: bool = True) -> Any:
+        import torch
+
+        pixels = pixels.detach().to("cpu", torch.float32)
+        session = self._session("image", pixels)
+        if not self._measured("image"):
+            self._measure_image(session, pixels[: gate.CALIBRATION_N])
+        feats = torch.from_numpy(_run(session, {"pixels": pixels.numpy()}))
+        return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> Any:
+        import torch
+
+        texts = list(texts)
+        if not has_text_tower(self.card.family):  # this family's prompts stay in torch
+            return self.base.encode_text(texts, normalize)
+        session = self._session("text", texts)
+        if not self._measured("text"):
+            self._measure_text(session, texts[: gate.CALIBRATION_TEXTS])
+        tower = text_tower(self._torch())
+        assert tower is not None
+        feats = torch.from_numpy(_run(session, tower.tokenize(texts)))
+        return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
+
+    def __call__(self, pixels: Any) -> Any:
+        return self.encode_image(pixels)
+
+    def __repr__(self) -> str:
+        return f"RuntimeEncoder({self.card.name!r}, runtime={self.runtime!r}, {self.folder})"
+
+    # ---- export and sessions --------------------------------------------------------------------------
+    def _torch(self) -> Any:
+        """The torch encoder (loaded now if the base is lazy)."""
+        return self.base.model() if getattr(self.base, "is_lazy_encoder", False) else self.base
+
+    def _session(self, kind: str, example: Any) -> Any:
+        if kind not in self._sessions:
+            path = self.folder / f"{kind}.onnx"
+            if not path.is_file() or kind not in self._meta.get("towers", {}):
+                with ex.locked(self.folder):
+                    self._meta = ex.read_meta(self.folder)
+                    if not path.is_file() or kind not in self._meta.get("towers", {}):
+                        self._export(kind, example, path)
+            self._sessions[kind] = open_session(path)
+        return self._sessions[kind]
+
+    def _export(self, kind: str, example: Any, path: Path) -> None:
+        """Export one tower (then quantise it under onnx-int8) and record it in meta.json."""
+        import torch
+
+        started = time.perf_counter()
+        model = self._torch()
+        fp32 = path.with_name(f"{kind}.fp32.onnx") if self.runtime == "onnx-int8" else path
+        if kind == "image":
+            dynamic = {"pixels": {0: "n"}}
+            exporter = ex.export_module(ImageTower(model), (example[:2],), ("pixels",), fp32, dynamic)
+        else:
+            tower = text_tower(model)
+            assert tower is not None
+            tokens = tower.tokenize(example[:2])
+            inputs = tuple(torch.from_numpy(tokens[n]) for n in tower.input_names)
+            dynamic = {n: {0: "n"} for n in tower.input_names}
+            exporter = ex.export_module(tower.module, inputs, tower.input_names, fp32, dynamic)
+        quant = "none (fp32)"
+        if self.runtime == "onnx-int8":
+            quant = self._quantize(kind, fp32, path, example)
+            fp32.unlink(missing_ok=True)
+        entry = ex.tower_entry(path.name, exporter, quant, started)
+        self._meta = ex.update_meta(self.folder, self._meta_base, "towers", kind, entry)
+
+    def _quantize(self, kind: str, fp32: Path, target: Path, example: Any) -> str:
+        """Dynamic int8 for transformer towers; static int8 calibrated on the run's first images
+        for convolutional ones (dynamic int8 convolutions are slower than fp32 on CPUs)."""
+        if kind == "image" and ex.conv_count(fp32) > 2:
+            calibration = np.ascontiguousarray(example[: gate.CALIBRATION_N].numpy(), dtype=np.float32)
+            return ex.quantize_static_int8(fp32, target, "pixels", calibration)
+        return ex.quantize_dynamic_int8(fp32, target)
+
+    # ---- the parity gate ------------------------------------------------------------------------------
+    def _measured(self, kind: str) -> bool:
+        """Whether the gate was measured on the tower file as it is now (an edited file is re-measured)."""
+        record = self._meta.get("parity", {}).get(kind)
+        return isinstance(record, dict) and record.get("sha256") == self._sha(kind)
+
+    def _sha(self, kind: str) -> str:
+        return files_weights_id([self.folder / f"{kind}.onnx"])
+
+    def _measure_image(self, session: Any, pixels: Any) -> None:
+        import torch
+
+        with torch.inference_mode():
+            reference = self._torch().encode_image(pixels).float().numpy()
+        candidate = _run(session, {"pixels": pixels.numpy()})
+        self._record("image", reference, candidate)
+
+    def _measure_text(self, session: Any, texts: list[str]) -> None:
+        import torch
+
+        model = self._torch()
+        tower = text_tower(model)
+        assert tower is not None
+        with torch.inference_mode():
+            reference = model.encode_text(texts).float().numpy()
+        self._record("text", reference, _run(session, tower.tokenize(texts)))
+
+    def _record(self, kind: str, reference: np.ndarray, candidate: np.ndarray) -> None:
+        """Store one tower's parity (and, once both towers are measured, the argmax agreement),
+        then apply the gate."""
+        stats = {**gate.tower_parity(reference, candidate), "sha256": self._sha(kind), "measured_in": "this run"}
+        arrays = _save_calibration(self.folder, kind, reference, candidate)
+        self._meta = ex.update_meta(self.folder, self._meta_base, "parity", kind, stats)
+        if {"image_torch", "text_torch"} <= set(arrays):
+            agreement = gate.argmax_agreement(arrays["image_torch"], arrays["text_torch"], arrays["image_runtime"], arrays["text_runtime"])
+            self._meta = ex.update_meta(self.folder, self._meta_base, "parity", "argmax_agreement", agreement)
+        self.publish(measured=kind)
+
+    def publish(self, measured: str | None = None) -> dict[str, Any]:
+        """The parity record as run.json shows it (into the run's options), after the gate."""
+        parity = {k: v for k, v in self._meta.get("parity", {}).items()}
+        for kind in ("image", "text"):
+            if isinstance(parity.get(kind), dict) and (self.folder / f"{kind}.onnx").is_file() and not self._measured(kind):
+                parity.pop(kind)  # the tower file changed since: measured again on first use
+        bad = gate.failed_towers(parity, self.runtime)
+        record = {
+            "runtime": self.runtime, "export": str(self.folder), "threshold": gate.THRESHOLDS[self.runtime],
+            "image": parity.get("image"), "argmax_agreement": parity.get("argmax_agreement"),
+            "text": parity.get("text") if has_text_tower(self.card.family) else "torch (no exported text tower for this family)",
+            "passed": None if not any(isinstance(parity.get(k), dict) for k in ("image", "text")) else not bad,
+            "accepted_approximate": bool(bad) and self.allow_approximate,
+            "towers": self._meta.get("towers", {}), "measured_in_this_run": measured is not None or None,
+        }
+        self.sink[self.card.name] = record
+        gate.check(parity, model=self.card.name, runtime=self.runtime, allow_approximate=self.allow_approximate,
+                   where=str(self.folder / ex.META_FILE))
+        return record
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
+def _run(session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    names = [i.name for i in session.get_inputs()]
+    return np.asarray(session.run(None, {n: np.ascontiguousarray(feeds[n]) for n in names})[0], dtype=np.float32)
+
+
+def _save_calibration(folder: Path, kind: str, reference: np.ndarray, candidate: np.ndarray) -> dict[str, np.ndarray]:
+    """Keep the gate's embeddings, so the argmax agreement can be computed once both towers are."""
+    from histovl._io import atomic_path
+
+    path = folder / "calibration.npz"
+    with ex.locked(folder):
+        arrays: dict[str, np.ndarray] = {}
+        if path.is_file():
+            with np.load(path) as old:
+                arrays = {k: old[k] for k in old.files}
+        arrays[f"{kind}_torch"], arrays[f"{kind}_runtime"] = reference, candidate
+        with atomic_path(path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
+    return arrays
+

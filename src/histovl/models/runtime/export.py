@@ -1,0 +1,152 @@
+"""Exported towers on disk: one folder per (weights id, runtime, opset, ONNX Runtime version).
+
+Layout::
+
+    <cache>/onnx/<key>/meta.json          what was exported, how, and the parity measured
+    <cache>/onnx/<key>/image.onnx         the image tower (int8 under onnx-int8)
+    <cache>/onnx/<key>/text.onnx          the text tower, where the family has one
+    <cache>/onnx/<key>/calibration.npz    the gate's embeddings (torch and runtime)
+
+Every file is written to a temporary name and renamed, and exports run under a file lock, so two
+processes never see half a model; a later run reuses the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histovl._io import atomic_path, atomic_write_json
+from histovl.models.runtime._ort import versions
+
+EXPORT_FORMAT = 1
+OPSET = 17
+META_FILE = "meta.json"
+#: Batch size used by the static-quantisation calibration reader.
+_CALIBRATION_CHUNK = 8
+
+
+def export_dir(root: Path, weights_id: str, runtime: str) -> Path:
+    """The folder of `weights_id`'s towers under `runtime` (the key includes the opset and the
+    onnxruntime version, so an upgrade exports afresh)."""
+    v = versions()
+    payload = json.dumps([EXPORT_FORMAT, weights_id, runtime, OPSET, v["onnxruntime"]])
+    return Path(root) / hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+_LOCKS: dict[str, Any] = {}
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold the folder's lock (exports and meta.json updates); re-entrant within a process (one
+    `FileLock` instance per folder), so an export can update meta.json while holding it."""
+    from filelock import FileLock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = str(folder / ".lock")
+    with _LOCKS.setdefault(key, FileLock(key)):
+        yield
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """The folder's meta.json ({} when absent or unreadable: the towers are then re-checked)."""
+    try:
+        data = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def update_meta(folder: Path, base: dict[str, Any], section: str, key: str, value: Any) -> dict[str, Any]:
+    """Set ``meta[section][key] = value`` (re-reading the file under the lock) and return it."""
+    with locked(folder):
+        meta = {**base, **read_meta(folder)}
+        meta.setdefault(section, {})[key] = value
+        atomic_write_json(folder / META_FILE, meta)
+    return meta
+
+
+def export_module(module: Any, example: Sequence[Any], input_names: Sequence[str], target: Path, dynamic: dict[str, dict[int, str]]) -> str:
+    """Export `module` at `example` to `target` atomically; returns the exporter used.
+
+    The TorchScript exporter is tried first (seconds); the dynamo exporter is the fallback.
+    """
+    import torch
+
+    kwargs: dict[str, Any] = {"input_names": list(input_names), "output_names": ["features"], "opset_version": OPSET}
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # the fused attention kernel eval mode picks has no ONNX form: trace the plain one
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with atomic_path(target, suffix=".onnx") as tmp, torch.inference_mode(False), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            args = tuple(x.clone() for x in example)
+            try:
+                torch.onnx.export(module.eval(), args, str(tmp), dynamic_axes={**dynamic, "features": {0: "n"}}, dynamo=False, **kwargs)
+                return "torchscript"
+            except Exception:  # noqa: BLE001 - any tracing failure: let the dynamo exporter try
+                shapes = tuple({axis: torch.export.Dim.AUTO for axis in dynamic[name]} for name in input_names)
+                torch.onnx.export(module.eval(), args, str(tmp), dynamic_shapes=shapes, dynamo=True, **kwargs)
+                return "dynamo"
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def conv_count(path: Path) -> int:
+    """Conv nodes in an ONNX graph (a ViT has one, the patch embedding; a CNN has dozens)."""
+    import onnx
+
+    return sum(node.op_type == "Conv" for node in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def quantize_dynamic_int8(source: Path, target: Path) -> str:
+    """Dynamic int8 quantisation of the MatMul/Gemm weights (activations quantised on the fly)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with atomic_path(target, suffix=".onnx") as tmp:
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    return "dynamic int8 (MatMul, Gemm weights)"
+
+
+def quantize_static_int8(source: Path, target: Path, input_name: str, calibration: np.ndarray) -> str:
+    """Static int8 quantisation (QDQ, per-channel weights) with activation ranges calibrated on
+    `calibration` (the run's own first images)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.chunks = iter(range(0, len(calibration), _CALIBRATION_CHUNK))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            start = next(self.chunks, None)
+            return None if start is None else {input_name: calibration[start : start + _CALIBRATION_CHUNK]}
+
+    with atomic_path(target, suffix=".onnx") as tmp:
+        quantize_static(
+            str(source), str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+        )
+    return f"static int8 (QDQ, per-channel; activations calibrated on {len(calibration)} images of the run)"
+
+
+def tower_entry(file: str, exporter: str, quantisation: str, started: float) -> dict[str, Any]:
+    """The meta.json entry of one exported tower."""
+    return {
+        "file": file, "exporter": exporter, "quantisation": quantisation,
+        "exported_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "export_seconds": round(time.perf_counter() - started, 2),
+    }
