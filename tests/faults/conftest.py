@@ -19,23 +19,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from histovl.outputs_guard import MANIFEST_FILE, lock_path
+from tests.helpers.synthetic import LUNG_CLASSES, lung_prompts_yaml, lung_tiles
 
 REPO = Path(__file__).resolve().parents[2]
-CLASSES = ("lung_aca", "lung_n", "lung_scc")
-PROMPTS_YAML = """\
-name: faults
-version: 1
-classes:
-  lung_aca: [red tissue, reddish glands]
-  lung_n: [green tissue]
-  lung_scc: [blue tissue, bluish sheets]
-templates: ["an image of {}.", "a tile showing {}."]
-"""
+CLASSES = LUNG_CLASSES
+PROMPTS_YAML = lung_prompts_yaml("faults")
 
 _INJECTED: collections.Counter[str] = collections.Counter()
 _SURVIVED: collections.Counter[str] = collections.Counter()
@@ -92,21 +84,6 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
 # ---- the fixture data: a tiny model folder, tiles, a manifest, prompts, a slide ------------------
 
 
-def make_tiles(root: Path, per_class: int = 8, seed: int = 1234) -> Path:
-    rng = np.random.default_rng(seed)
-    lines = ["path,label,group"]
-    for ci, cls in enumerate(CLASSES):
-        (root / "tiles" / cls).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            base = np.zeros((40, 48, 3), dtype=np.int16)
-            base[..., ci] = 150 + 10 * (i % 3)
-            arr = np.clip(base + rng.integers(0, 90, size=base.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / "tiles" / cls / f"{cls}_{i}.png")
-            lines.append(f"tiles/{cls}/{cls}_{i}.png,{cls},p{(ci * per_class + i) % 5}")
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-    return root / "manifest.csv"
-
-
 @pytest.fixture(scope="session")
 def fx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny model folder (a `load_model` spec a subprocess can read), tiles, manifest, prompts, slide."""
@@ -116,7 +93,7 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("faults-fixture")
     model = save_model_dir(tiny_encoder(7), root / "model")
-    manifest = make_tiles(root)
+    manifest = lung_tiles(root, per_class=8)
     (root / "prompts.yaml").write_text(PROMPTS_YAML)
     Image.fromarray(synthetic_tissue(768, 512)).save(root / "slide.png")
     return {"root": root, "model": model, "manifest": manifest, "prompts": root / "prompts.yaml",
@@ -175,11 +152,17 @@ def digest(folder: Path, names: list[str] | None = None) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def assert_whole(out: Path) -> None:
-    """`out` is absent or one complete run: its manifest lists exactly its entries, with run.json."""
+def assert_whole(out: Path, *, in_place: tuple[str, ...] = (), last: str = "run.json") -> None:
+    """`out` is absent or one complete run: its manifest lists exactly its entries, with `last`.
+
+    `in_place` names folders a command resumes in place rather than stages (a slide tiling):
+    they may be there without being listed, or be there alone (a first run stopped while tiling).
+    """
     if not out.exists():
         return
+    present = {p.name for p in out.iterdir()} - {MANIFEST_FILE} - set(in_place)
+    if not (out / MANIFEST_FILE).exists() and not present:
+        return  # only the tiling of a first run that did not finish
     listed = set((out / MANIFEST_FILE).read_text().split())
-    present = {p.name for p in out.iterdir()} - {MANIFEST_FILE}
     assert listed == present, f"{out} mixes runs or is incomplete: {sorted(listed ^ present)}"
-    assert (out / "run.json").is_file()
+    assert (out / last).is_file()

@@ -18,22 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from tests.helpers.synthetic import LUNG_CLASSES, lung_prompts_yaml, lung_tiles
 from tests.helpers.tiny import register_tiny_open_clip_arch, save_safetensors, tiny_open_clip_model
 
 EXPECTED = Path(__file__).parent / "expected"
 COMPARED = ("metrics.json", "predictions.csv")
-CLASSES = ("lung_aca", "lung_n", "lung_scc")
-PROMPTS_YAML = """\
-name: golden
-version: 1
-classes:
-  lung_aca: [red tissue, reddish glands]
-  lung_n: [green tissue]
-  lung_scc: [blue tissue, bluish sheets]
-templates: ["an image of {}.", "a tile showing {}."]
-"""
+CLASSES = LUNG_CLASSES
+PROMPTS_YAML = lung_prompts_yaml("golden")
 MULTILABEL_YAML = """\
 name: golden-ml
 version: 1
@@ -48,20 +40,7 @@ negative: "an image with nothing in it."
 
 def build_fixture(root: Path) -> dict[str, str]:
     """Images, manifests, prompt sets and the tiny model's weights under `root`; returns paths."""
-    rng = np.random.default_rng(1234)
-    tiles = root / "tiles"
-    for ci, cls in enumerate(CLASSES):
-        (tiles / cls).mkdir(parents=True, exist_ok=True)
-        for i in range(6):
-            base = np.zeros((40, 48, 3), dtype=np.int16)
-            base[..., ci] = 150 + 10 * (i % 3)
-            arr = np.clip(base + rng.integers(0, 90, size=base.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(tiles / cls / f"{cls}_{i}.png")
-    manifest = ["path,label,group"]
-    for ci, cls in enumerate(CLASSES):
-        for i in range(6):
-            manifest.append(f"tiles/{cls}/{cls}_{i}.png,{cls},p{(ci * 6 + i) % 5}")
-    (root / "manifest.csv").write_text("\n".join(manifest) + "\n")
+    lung_tiles(root, per_class=6)
     ml = ["path,labels"]
     names = ("tumor", "stroma", "necrosis")
     for ci, cls in enumerate(CLASSES):

@@ -53,6 +53,55 @@ def tile_folder(path: Path, colour: tuple[int, int, int], n: int = 4) -> None:
         Image.fromarray(arr).save(path / f"tile_x{32 * (i % 2)}_y{32 * (i // 2)}.png")
 
 
+def stainalign_pairs(root: Path, n: int = 8) -> Path:
+    """A stainalign pairs CSV under `root`: `n` H&E/IHC pairs of 4-tile folders, labels
+    alternating neg/pos (colours differ by label), marker Ki67, two pairs per group."""
+    import pandas as pd
+
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 else "neg"
+        tile_folder(root / "he" / f"s{i}", (200, 90, 160) if label == "pos" else (230, 170, 210))
+        tile_folder(root / "ihc" / f"s{i}", (120, 70, 30) if label == "pos" else (140, 150, 200))
+        rows.append({"he_slide": f"he/s{i}", "ihc_slide": f"ihc/s{i}", "label": label, "marker": "Ki67", "group": f"p{i // 2}"})
+    pd.DataFrame(rows).to_csv(root / "pairs.csv", index=False)
+    return root / "pairs.csv"
+
+
+#: The three-class lung set of the golden and fault-injection fixtures (one colour channel each).
+LUNG_CLASSES = ("lung_aca", "lung_n", "lung_scc")
+
+
+def lung_prompts_yaml(name: str) -> str:
+    """The prompt set of `lung_tiles` (colour words), named `name`."""
+    return f"""\
+name: {name}
+version: 1
+classes:
+  lung_aca: [red tissue, reddish glands]
+  lung_n: [green tissue]
+  lung_scc: [blue tissue, bluish sheets]
+templates: ["an image of {{}}.", "a tile showing {{}}."]
+"""
+
+
+def lung_tiles(root: Path, per_class: int, seed: int = 1234) -> Path:
+    """`per_class` seeded 48x40 PNG tiles per `LUNG_CLASSES` class under ``root/tiles/<class>``
+    and ``root/manifest.csv`` (path, label, group: five groups ``p0``..``p4``); returns the manifest."""
+    rng = np.random.default_rng(seed)
+    lines = ["path,label,group"]
+    for ci, cls in enumerate(LUNG_CLASSES):
+        (root / "tiles" / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.zeros((40, 48, 3), dtype=np.int16)
+            base[..., ci] = 150 + 10 * (i % 3)
+            arr = np.clip(base + rng.integers(0, 90, size=base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / "tiles" / cls / f"{cls}_{i}.png")
+            lines.append(f"tiles/{cls}/{cls}_{i}.png,{cls},p{(ci * per_class + i) % 5}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root / "manifest.csv"
+
+
 def multilabel_set(root: Path, n: int = 11) -> tuple[Path, Path]:
     """A multi-label manifest of `n` 32x32 tiles (classes aca/normal/scc as colour channels) and
     its prompt-set YAML; returns (manifest, prompts)."""

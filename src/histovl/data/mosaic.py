@@ -13,7 +13,9 @@ manifest, otherwise augmented copies of one original can still fall on both side
 Outputs (never inside a git working tree unless allowed): ``images/*.png``, ``mosaics.csv``
 (all), ``train.csv`` and ``test.csv``. Columns: ``path``, ``labels`` (``;``-separated, prompt
 order of the source classes), ``group`` (the mosaic id, for the bootstrap), ``split`` and, per
-cell i (row-major), ``cell<i>_label``, ``cell<i>_source`` and ``cell<i>_group``.
+cell i (row-major), ``cell<i>_label``, ``cell<i>_source`` and ``cell<i>_group``. They are
+written into a staged folder that replaces the previous one as a whole (docs/reliability.md,
+"run interrupted"): an interrupted run leaves the previous mosaics or none, never a mix.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from histovl.data.multilabel_formats import _csv_text
 from histovl.data.records import ImageSet
 from histovl.errors import HistovlError
 from histovl.options import PathArg, RunOptions, split_overrides
+from histovl.outputs_guard import staged_folder
 
 
 @dataclass(frozen=True)
@@ -169,8 +172,9 @@ def mosaic(
     out_dir = _check_out_dir(Path(out).resolve(), cfg)
     image_set, classes, top = _prepare(data, cfg, opts)
     pools = split_groups(image_set, test_fraction=cfg.test_fraction, seed=opts.seed)
-    rows, groups_used = _write_mosaics(image_set, pools, classes, top, out_dir, cfg, opts.seed)
-    manifests = _write_manifests(out_dir, rows, cfg.cells)
+    with staged_folder(out_dir) as stage:  # images and manifests replace the previous ones as a whole
+        rows, groups_used = _write_mosaics(image_set, pools, classes, top, stage, cfg, opts.seed)
+        manifests = {name: out_dir / path.name for name, path in _write_manifests(stage, rows, cfg.cells).items()}
     return MosaicSummary(
         out=out_dir, manifest=manifests["mosaics"], train_manifest=manifests["train"],
         test_manifest=manifests["test"], n_train=cfg.n_train, n_test=cfg.n_test, classes=classes,

@@ -1,4 +1,5 @@
-"""Writing the `histovl fewshot eval` output folder (every file atomically, through `histovl._io`).
+"""Writing the `histovl fewshot eval` output folder (every file atomically, through `histovl._io`,
+into a staged folder that replaces the previous one as a whole: docs/reliability.md, "run interrupted").
 
 fewshot.csv       one row per method x shots x seed (and the zero-shot row): the five metrics
 metrics.json      per method x shots: mean and std over seeds, bootstrap CI of the seed mean
@@ -22,6 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from histovl._io import atomic_write_json, atomic_write_text
+from histovl.outputs_guard import staged_folder
 from histovl.reports import Report, build_run_record, save_figure
 
 FIGURE_NAME = "fewshot_f1.png"
@@ -42,8 +44,19 @@ def write_fewshot_outputs(
     skipped: list[dict[str, str]],
     seed: int,
 ) -> None:
-    """Write every output of a few-shot evaluation into `out`."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write every output of a few-shot evaluation into `out`, staged: the files replace the
+    previous run's as a whole (`histovl.outputs_guard.staged_folder`)."""
+    with staged_folder(out) as stage:
+        _write_fewshot_files(stage, command=command, table=table, metrics=metrics, supports=supports,
+                             split_table=split_table, encoder=encoder, prompt_set=prompt_set, config=config,
+                             inputs=inputs, skipped=skipped, seed=seed)
+
+
+def _write_fewshot_files(
+    out: Path, *, command: str, table: pd.DataFrame, metrics: dict[str, Any], supports: pd.DataFrame,
+    split_table: pd.DataFrame, encoder: Any, prompt_set: Any, config: dict[str, Any], inputs: Sequence[str],
+    skipped: list[dict[str, str]], seed: int,
+) -> None:
     root = _common_root(inputs)
     csv_table = _with_zero_shot_row(table, metrics)
     atomic_write_text(out / "fewshot.csv", csv_table.to_csv(index=False))

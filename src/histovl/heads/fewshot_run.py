@@ -531,14 +531,16 @@ def fewshot_fit(
 def _write_head(out: Path, head: FewshotHead, encoder: Encoder, prompt_set: Any, image_set: Any, items: _Items,
                 config: dict[str, Any], command: str, seed: int) -> None:
     from histovl._io import atomic_write_json
+    from histovl.outputs_guard import staged_folder
     from histovl.reports import build_run_record
 
-    head.save(out)
     record = build_run_record(
         command=command, config={**config, "data": str(image_set.source)}, models=[encoder.card], prompt_set=prompt_set,
         seed=seed, inputs=[str(p) for p in image_set.paths], skipped=items.skipped,
         extra={"weights_id": encoder.weights_id, "method": head.method, "chosen": head.chosen(),
                "class_counts": head.class_counts_},
     )
-    atomic_write_json(out / "run.json", record)
+    with staged_folder(out) as stage:  # the head replaces the previous one as a whole
+        head.save(stage)
+        atomic_write_json(stage / "run.json", record)
 

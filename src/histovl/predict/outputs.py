@@ -2,8 +2,9 @@
 
 Images: ``predictions.csv``, ``metrics.json``, ``report.html``, ``run.json``. A slide:
 ``predictions.csv`` (one row per tile), ``slide.json``, ``heatmap.png``, ``predictions.geojson``,
-``report.html``, ``run.json``. Every file is written atomically and ``run.json`` last, so its
-presence means the folder is complete.
+``report.html``, ``run.json``. Every file is written atomically and ``run.json`` last, into a
+staged folder that replaces the previous one as a whole (docs/reliability.md, "run
+interrupted"), so an interrupted run leaves the previous results or none.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from histovl._io import atomic_open, atomic_write_json, atomic_write_text
+from histovl.outputs_guard import staged_folder
 from histovl.predict.figures import class_colours, confidence_map_image
 from histovl.predict.geojson import ObjectType, tile_feature_collection
 from histovl.predict.images import ImagePredictions
@@ -71,10 +73,17 @@ def _unlabelled_report(title: str, subtitle: str, res: ImagePredictions, record:
 
 
 def write_slide_outputs(out: Path, res: SlidePredictions, record: dict[str, Any], title: str, object_type: ObjectType) -> None:
-    """predictions.csv, slide.json, heatmap.png, predictions.geojson, report.html, then run.json."""
+    """predictions.csv, slide.json, heatmap.png, predictions.geojson, report.html, then run.json,
+    staged (`histovl.outputs_guard.staged_folder`): they replace the previous run's files as a
+    whole. The tiling (``<out>/tiling`` by default) is resumed in place, not staged: the staged
+    folder carries it over (hard links) because no staged run lists it as its own."""
     find_non_finite(res.slide, "slide")
     find_non_finite(record, "run_record")
-    out.mkdir(parents=True, exist_ok=True)
+    with staged_folder(out) as stage:
+        _write_slide_files(stage, res, record, title, object_type)
+
+
+def _write_slide_files(out: Path, res: SlidePredictions, record: dict[str, Any], title: str, object_type: ObjectType) -> None:
     classes = list(res.slide["probabilities"])
     tiling = res.embedding.tiling
     with atomic_open(out / "predictions.csv", "w", encoding="utf-8", newline="") as fh:

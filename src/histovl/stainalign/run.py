@@ -7,6 +7,10 @@ no-alignment baseline (metrics with CIs) → both models retrained on all pairs 
 eval: a saved model (the *head*) + pairs CSV → H&E bags only → predictions, metrics with CIs,
 heatmaps.
 
+Outputs are staged (`histovl.outputs_guard.staged_folder`): models, heatmaps and reports replace
+the previous run's as a whole, so an interrupted run leaves the previous results or none. The
+slide tilings (``OUT/tiles``) are resumed in place, not staged, and carried over.
+
 Both take (inputs, a typed config, `RunOptions`) and run as named steps: `_pair_bags` (tile,
 embed and apply the skip policy), `cross_validate` and the final fits (fit) or the saved models'
 predictions (eval), `_metrics_block`, and the writers.
@@ -32,6 +36,7 @@ from histovl.embed.cache import EmbeddingCache, cache_for
 from histovl.metrics import classification_metrics
 from histovl.models.encoder import Encoder
 from histovl.options import RunOptions, config_record, resolve_options, split_overrides
+from histovl.outputs_guard import staged_folder
 from histovl.reports import build_classification_report, write_evaluation_outputs
 from histovl.reports.run_record import build_run_record
 from histovl.slides.figures import heatmap_image, save_png
@@ -348,21 +353,21 @@ def _write_fit_outputs(
     }
     saved = {"encoder": model_spec, "weights_id": encoder.weights_id, "tile_spec": asdict(cfg.spec),
              "slide_mpp": cfg.slide_mpp, "marker": metrics["marker"]}
-    for name, folder in (("aligned", out), ("baseline", out / "baseline")):
-        finals[name].save(folder, extra={**saved, "variant": name})
-    write_heatmaps(finals["aligned"], data.bags["he_slide"], out)
-
     frame = _predictions(pairs, Path(pairs_csv).parent, cv.class_names, cv.probabilities, "aligned")
     frame["fold"] = cv.folds
     config = {"pairs": os.fspath(pairs_csv), **cfg.record(), **opts.record(),
               "encoder": model_spec, "weights_id": encoder.weights_id, "marker": metrics["marker"],
               **({"world_size": world_size} if world_size > 1 else {})}
     read = data.skips.pairs
-    _write(out, metrics, frame, aligned_full, title=f"HistoStainAlign ({metrics['marker']}): grouped CV, aligned model",
-           subtitle=f"baseline (no alignment) weighted F1 {baseline['f1_weighted']:.3f}",
-           command="stainalign fit", config=config, encoder=encoder, seed=opts.seed,
-           inputs=list(dict.fromkeys(list(read["he_slide"]) + list(read["ihc_slide"]))), skips=data.skips,
-           extra={"decision": _decision_record(cv, finals)})
+    with staged_folder(out) as stage:  # models, heatmaps and reports replace the previous run's whole
+        for name, folder in (("aligned", stage), ("baseline", stage / "baseline")):
+            finals[name].save(folder, extra={**saved, "variant": name})
+        write_heatmaps(finals["aligned"], data.bags["he_slide"], stage)
+        _write(stage, metrics, frame, aligned_full, title=f"HistoStainAlign ({metrics['marker']}): grouped CV, aligned model",
+               subtitle=f"baseline (no alignment) weighted F1 {baseline['f1_weighted']:.3f}",
+               command="stainalign fit", config=config, encoder=encoder, seed=opts.seed,
+               inputs=list(dict.fromkeys(list(read["he_slide"]) + list(read["ihc_slide"]))), skips=data.skips,
+               extra={"decision": _decision_record(cv, finals)})
     return metrics
 
 
@@ -420,11 +425,12 @@ def stainalign_eval(
     out_dir = Path(out)
     data = _pair_bags(encoder, pairs, out_dir / "tiles", spec, meta.get("slide_mpp"), opts, ("he_slide",))
     metrics, frame, full = _evaluate_saved(head, aligned_model, data, pairs_csv, meta, opts)
-    write_heatmaps(aligned_model, data.bags["he_slide"], out_dir)
-    _write(out_dir, metrics, frame, full, title=f"HistoStainAlign ({meta.get('marker')}): evaluation",
-           command="stainalign eval", encoder=encoder, seed=opts.seed,
-           config={"head": os.fspath(head), "pairs": os.fspath(pairs_csv), **opts.record(), "encoder": meta["encoder"]},
-           inputs=list(data.skips.pairs["he_slide"]), skips=data.skips)
+    with staged_folder(out_dir) as stage:  # heatmaps and reports replace the previous run's whole
+        write_heatmaps(aligned_model, data.bags["he_slide"], stage)
+        _write(stage, metrics, frame, full, title=f"HistoStainAlign ({meta.get('marker')}): evaluation",
+               command="stainalign eval", encoder=encoder, seed=opts.seed,
+               config={"head": os.fspath(head), "pairs": os.fspath(pairs_csv), **opts.record(), "encoder": meta["encoder"]},
+               inputs=list(data.skips.pairs["he_slide"]), skips=data.skips)
     return metrics
 
 

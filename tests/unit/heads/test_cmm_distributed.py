@@ -21,13 +21,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from histovl.heads import CMMHead
 from tests.helpers.synthetic import cmm_tokens as _synthetic
+from tests.helpers.synthetic import multilabel_set
 from tests.helpers.torchrun import audited_env, spawn_gloo_ranks, torchrun
 
 WORLD = 2
@@ -76,28 +75,6 @@ def test_cmm_head_on_two_gloo_ranks_matches_one_process(tmp_path: Path) -> None:
 
 # ---- the command under torchrun ------------------------------------------------------------
 
-def _multilabel_set(root: Path, n: int = 11) -> tuple[Path, Path]:
-    rng = np.random.default_rng(0)
-    classes = ["aca", "normal", "scc"]
-    rows = []
-    (root / "img").mkdir(parents=True)
-    for i in range(n):
-        present = [c for c in classes if rng.random() < 0.5] or [classes[i % 3]]
-        arr = np.zeros((32, 32, 3), np.int16)
-        for c in present:
-            arr[..., classes.index(c)] += 150
-        arr = np.clip(arr + rng.integers(0, 60, size=arr.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(root / "img" / f"m{i}.png")
-        rows.append({"path": f"img/m{i}.png", "labels": ";".join(present)})
-    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
-    prompts = root / "prompts.yaml"
-    prompts.write_text(
-        "name: cmm-test\nclasses:\n  aca: [adenocarcinoma]\n  normal: [benign tissue]\n  scc: [squamous carcinoma]\n"
-        "templates: ['an H&E image of {}.']\n"
-    )
-    return root / "train.csv", prompts
-
-
 @pytest.mark.slow
 def test_cmm_fit_under_torchrun_matches_one_process_and_only_rank0_writes(tmp_path: Path) -> None:
     from histovl.heads.cmm_run import cmm_fit
@@ -105,7 +82,7 @@ def test_cmm_fit_under_torchrun_matches_one_process_and_only_rank0_writes(tmp_pa
     from tests.helpers.tiny import tiny_encoder
 
     model_dir = save_model_dir(tiny_encoder(0), tmp_path / "tiny-model")
-    manifest, prompts = _multilabel_set(tmp_path / "data")
+    manifest, prompts = multilabel_set(tmp_path / "data")
     # 11 images, global batch 4: steps of 4, 4, 3 images (shards 2+2, 2+2, 2+1)
     # the command's defaults for the head's size (8 heads, FFN 1024)
     opts = {"epochs": 3, "warmup_epochs": 1, "lr": 3e-3, "train_batch_size": 4, "dropout": 0.0, "n_boot": 10, "seed": 0}

@@ -8,26 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from histovl.options import RunOptions
 from histovl.stainalign import StainAlignFitConfig, StainAlignParams
-from tests.helpers.synthetic import tile_folder
+from tests.helpers.synthetic import stainalign_pairs
 
 SMALL = StainAlignParams(epochs=2, batch_size=4, hidden_dim=8, attention_dim=4, projection_dim=4)
-
-
-def _pairs(root: Path, n: int = 8) -> Path:
-    rows = []
-    for i in range(n):
-        label = "pos" if i % 2 else "neg"
-        tile_folder(root / "he" / f"s{i}", (200, 90, 160) if label == "pos" else (230, 170, 210))
-        tile_folder(root / "ihc" / f"s{i}", (120, 70, 30) if label == "pos" else (140, 150, 200))
-        rows.append({"he_slide": f"he/s{i}", "ihc_slide": f"ihc/s{i}", "label": label, "marker": "Ki67", "group": f"p{i // 2}"})
-    pd.DataFrame(rows).to_csv(root / "pairs.csv", index=False)
-    return root / "pairs.csv"
 
 
 def test_config_takes_typed_or_partial_params() -> None:
@@ -134,7 +122,7 @@ def test_fit_typed_then_eval_with_new_and_old_spelling_agree(tmp_path: Path, tin
     from histovl.models import save_model_dir
     from histovl.stainalign import stainalign_fit
 
-    pairs = _pairs(tmp_path)
+    pairs = stainalign_pairs(tmp_path)
     encoder = str(save_model_dir(tiny_clip, tmp_path / "encoder"))
     fit = stainalign_fit(pairs, tmp_path / "fit", StainAlignFitConfig(params=SMALL, cv_folds=2),
                          RunOptions(n_boot=0, use_cache=False), model=encoder)

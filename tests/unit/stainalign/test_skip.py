@@ -10,21 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from histovl.errors import ImageReadError
-from tests.helpers.synthetic import tile_folder
+from tests.helpers.synthetic import stainalign_pairs
 
 PARAMS = {"epochs": 2, "batch_size": 4, "hidden_dim": 8, "attention_dim": 4, "projection_dim": 4}
 NOT_AN_IMAGE = b"this is text, not a PNG"
-
-
-def _pairs(root: Path, n: int = 8) -> Path:
-    rows = []
-    for i in range(n):
-        label = "pos" if i % 2 else "neg"
-        tile_folder(root / "he" / f"s{i}", (200, 90, 160) if label == "pos" else (230, 170, 210))
-        tile_folder(root / "ihc" / f"s{i}", (120, 70, 30) if label == "pos" else (140, 150, 200))
-        rows.append({"he_slide": f"he/s{i}", "ihc_slide": f"ihc/s{i}", "label": label, "marker": "Ki67", "group": f"p{i // 2}"})
-    pd.DataFrame(rows).to_csv(root / "pairs.csv", index=False)
-    return root / "pairs.csv"
 
 
 def _break(folder: Path, name: str = "tile_x0_y0.png") -> Path:
@@ -48,7 +37,7 @@ def _run_json(folder: Path) -> dict:
 def test_fit_raise_names_the_unreadable_tile(tmp_path: Path, encoder_dir: str) -> None:
     from histovl.stainalign import stainalign_fit
 
-    pairs = _pairs(tmp_path)
+    pairs = stainalign_pairs(tmp_path)
     bad = _break(tmp_path / "he" / "s3", "tile_x32_y32.png")
     with pytest.raises(ImageReadError, match="tile_x32_y32.png") as info:
         stainalign_fit(pairs, tmp_path / "fit", model=encoder_dir, params=PARAMS, cv_folds=2, n_boot=0)
@@ -60,7 +49,7 @@ def test_fit_skip_keeps_the_rest_records_tiles_and_drops_a_pair_without_readable
 ) -> None:
     from histovl.stainalign import stainalign_fit
 
-    pairs = _pairs(tmp_path)
+    pairs = stainalign_pairs(tmp_path)
     bad_tile = _break(tmp_path / "he" / "s1")  # one of four tiles: the slide stays, with 3 tiles
     for tile in sorted((tmp_path / "ihc" / "s6").iterdir()):  # truncated: headers open, pixels do not
         tile.write_bytes(tile.read_bytes()[:60])  # no readable tile: pair 6 is dropped
@@ -83,7 +72,7 @@ def test_fit_skip_keeps_the_rest_records_tiles_and_drops_a_pair_without_readable
 def test_fit_skip_with_no_readable_pair_is_a_clear_error(tmp_path: Path, encoder_dir: str) -> None:
     from histovl.stainalign import stainalign_fit
 
-    pairs = _pairs(tmp_path, n=2)
+    pairs = stainalign_pairs(tmp_path, n=2)
     for slide in (tmp_path / "he").iterdir():
         for tile in slide.iterdir():
             tile.write_bytes(NOT_AN_IMAGE)
@@ -94,7 +83,7 @@ def test_fit_skip_with_no_readable_pair_is_a_clear_error(tmp_path: Path, encoder
 def test_eval_raise_names_the_file_and_skip_keeps_the_rest(tmp_path: Path, encoder_dir: str) -> None:
     from histovl.stainalign import stainalign_eval, stainalign_fit
 
-    pairs = _pairs(tmp_path)
+    pairs = stainalign_pairs(tmp_path)
     stainalign_fit(pairs, tmp_path / "fit", model=encoder_dir, params=PARAMS, cv_folds=2, n_boot=0)
     bad = _break(tmp_path / "he" / "s2", "tile_x32_y0.png")
     with pytest.raises(ImageReadError, match="tile_x32_y0.png"):
@@ -114,7 +103,7 @@ def test_eval_raise_names_the_file_and_skip_keeps_the_rest(tmp_path: Path, encod
 def test_cli_on_error_skip_is_passed_through(tmp_path: Path, encoder_dir: str) -> None:
     from histovl.cli.app import app
 
-    pairs = _pairs(tmp_path)
+    pairs = stainalign_pairs(tmp_path)
     _break(tmp_path / "he" / "s0")
     args = ["stainalign", "fit", "--pairs", str(pairs), "--out", str(tmp_path / "fit"), "--model", encoder_dir,
             "--epochs", "1", "--batch-size", "4", "--cv-folds", "2", "--n-boot", "0"]
