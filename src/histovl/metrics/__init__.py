@@ -6,6 +6,9 @@ is `bootstrap_ci` (any order-independent metric, optionally resampling whole gro
 See docs/metrics.md for the definitions.
 """
 
+from typing import TYPE_CHECKING
+
+from histovl._lazy import lazy_exports
 from histovl.metrics.bootstrap import (
     ConfidenceInterval,
     bootstrap_ci,
@@ -23,7 +26,13 @@ from histovl.metrics.calibration import (
     reliability_curve,
 )
 from histovl.metrics.classification import CLASSIFICATION_METRICS, classification_metrics
-from histovl.metrics.multilabel import MULTILABEL_METRICS, binary_decisions, multilabel_metrics
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers
+    from histovl.metrics.multilabel import MULTILABEL_METRICS, binary_decisions, multilabel_metrics
+
+# multi-label metrics use sklearn (~2.5 s to import): loaded on first use, so a single-label run
+# never imports it (docs/performance.md)
+_EXPORTS = {name: "histovl.metrics.multilabel" for name in ("MULTILABEL_METRICS", "binary_decisions", "multilabel_metrics")}
 
 __all__ = [
     "CLASSIFICATION_METRICS",
@@ -44,3 +53,5 @@ __all__ = [
     "reliability_curve",
     "resample_counts",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)

@@ -30,8 +30,6 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 
 BinStrategy = Literal["uniform", "quantile"]
 DEFAULT_BINS = 15
@@ -238,6 +236,8 @@ def apply_temperature(logits_or_probs: ArrayLike, temperature: float) -> FloatAr
     """``softmax(z / T)`` for logits z (or ``log p`` for probabilities)."""
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
+    from scipy.special import log_softmax  # only temperature scaling needs scipy (~1 s to import)
+
     return np.exp(log_softmax(_as_logits(logits_or_probs) / temperature, axis=1))
 
 
@@ -256,6 +256,9 @@ def fit_temperature(logits_or_probs: ArrayLike, y: ArrayLike) -> float:
     z = _as_logits(logits_or_probs)
     labels = _labels(y, len(z), z.shape[1])
     rows = np.arange(len(z))
+
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
 
     def loss(log_t: float) -> float:
         return float(-log_softmax(z / np.exp(log_t), axis=1)[rows, labels].mean())

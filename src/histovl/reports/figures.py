@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
 from histovl._io import atomic_path
+
+if TYPE_CHECKING:  # matplotlib is imported by the functions that draw (~1 s): not by a memoised report
+    from matplotlib.figure import Figure
 
 
 def save_figure(fig: Figure, target: str | Path, *, dpi: int = 110) -> Path:
@@ -36,6 +39,8 @@ def confusion_matrix_figure(
         >>> len(fig.axes) >= 2
         True
     """
+    from matplotlib.figure import Figure
+
     cm = np.asarray(matrix, dtype=np.float64)
     n = len(class_names)
     if cm.shape != (n, n):
@@ -88,6 +93,8 @@ def per_class_bar_figure(
 
     ``None`` values (undefined metric) are drawn as an empty slot labelled "n/a".
     """
+    from matplotlib.figure import Figure
+
     labels = list(values)
     vals = np.array([np.nan if values[k] is None else float(values[k]) for k in labels])  # type: ignore[arg-type]
     fig = Figure(figsize=(6.0, max(2.0, 0.35 * len(labels) + 1.0)), layout="constrained")

@@ -24,20 +24,24 @@ import hashlib
 import html
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
-from histovl._io import atomic_path, atomic_write_text
+from histovl._io import atomic_path, atomic_write_bytes, atomic_write_text
 from histovl.reports.figures import save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 THUMBNAIL_PX = 160
 FIGURES_DIR = "figures"
+#: Bump when a figure function draws differently, so memoised PNGs (`Report.figure_cache`) are redrawn.
+FIGURE_STYLE = "1"
 THUMBNAILS_DIR = "thumbnails"
 
 
@@ -71,6 +75,10 @@ class Report:
     title: str
     subtitle: str = ""
     sections: list[_Section] = field(default_factory=list)
+    figure_cache: Path | None = None
+    """A folder of figures already drawn (``<folder>/figures/<sha256>.png``): a figure added with a
+    ``key`` is copied from there when present, and drawn and kept there when not. A re-run on
+    unchanged results then imports no matplotlib and draws nothing (docs/performance.md)."""
 
     def add_text(self, text: str, *, title: str = "") -> None:
         """A paragraph of plain text (escaped; blank lines start new paragraphs)."""
@@ -102,9 +110,17 @@ class Report:
             )
         self.sections.append(_Section("table", title, pd.DataFrame(rows), caption))
 
-    def add_figure(self, name: str, figure: Figure, *, title: str = "", caption: str = "") -> None:
-        """A matplotlib figure, saved as ``figures/<name>.png`` when the report is written."""
-        self.sections.append(_Section("figure", title, (_safe_name(name), figure), caption))
+    def add_figure(
+        self, name: str, figure: Figure | Callable[[], Figure], *, title: str = "", caption: str = "",
+        key: str | None = None,
+    ) -> None:
+        """A matplotlib figure, saved as ``figures/<name>.png`` when the report is written.
+
+        `figure` may be a function that draws it, called only when the PNG is not memoised: with a
+        `key` (every input of the drawing, as text) and `figure_cache` set, the PNG is looked up
+        by the key's hash first.
+        """
+        self.sections.append(_Section("figure", title, (_safe_name(name), figure, key), caption))
 
     def add_table(
         self, table: pd.DataFrame, *, title: str = "", caption: str = "", index: bool = False
@@ -145,9 +161,9 @@ class Report:
         elif section.kind in ("table", "table_index"):
             parts.append(_table_html(section.payload, index=section.kind == "table_index"))
         elif section.kind == "figure":
-            name, figure = section.payload
+            name, figure, key = section.payload
             rel = f"{FIGURES_DIR}/{name}.png"
-            save_figure(figure, out / rel)
+            self._save_figure(figure, key, out / rel)
             parts.append(
                 f'<figure><img src="{_e(rel)}" alt="{_e(section.title or name)}"></figure>'
             )
@@ -159,6 +175,26 @@ class Report:
             parts.append(f'<p class="caption">{_e(section.caption)}</p>')
         parts.append("</section>")
         return "\n".join(parts)
+
+
+    def _save_figure(self, figure: Figure | Callable[[], Figure], key: str | None, target: Path) -> None:
+        """Draw `figure` to `target`, or copy the PNG memoised under `key` (`figure_cache`)."""
+        memo = None
+        if key is not None and self.figure_cache is not None:
+            from importlib.metadata import version
+
+            digest = hashlib.sha256(f"{FIGURE_STYLE}|{version('matplotlib')}|{key}".encode()).hexdigest()
+            memo = self.figure_cache / FIGURES_DIR / f"{digest}.png"
+            if memo.is_file():
+                atomic_write_bytes(target, memo.read_bytes())
+                return
+        save_figure(figure if not callable(figure) else figure(), target)
+        if memo is not None:
+            try:
+                memo.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(memo, target.read_bytes())
+            except OSError:  # a read-only or full cache only costs the next run a redraw
+                pass
 
 
 def _table_html(table: pd.DataFrame, *, index: bool) -> str:

@@ -10,6 +10,8 @@ results or none, never a new figure beside an old ``metrics.json`` (docs/reliabi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -163,14 +165,16 @@ def build_classification_report(
     image_root: str | Path | None = None,
     n_examples: int = 8,
     subtitle: str = "",
+    figure_cache: str | Path | None = None,
 ) -> Report:
     """The standard single-label report: summary with CIs, confusion matrices, per-class table and
     F1 chart, the most confident right and wrong images, and provenance.
 
     ``predictions`` is a `predictions_frame`; its ``path`` column is resolved against
-    ``image_root`` for the thumbnails.
+    ``image_root`` for the thumbnails. With `figure_cache` (the run's cache folder) figures drawn
+    from the same numbers before are copied, not drawn again (`Report.figure_cache`).
     """
-    report = Report(title, subtitle=subtitle)
+    report = Report(title, subtitle=subtitle, figure_cache=Path(figure_cache) if figure_cache is not None else None)
     report.add_metrics(
         metrics,
         names=[m for m in SUMMARY_METRICS if m in metrics] + ["n"],
@@ -178,10 +182,12 @@ def build_classification_report(
         caption=_ci_caption(metrics),
     )
     names = list(metrics["class_names"])
+    matrix = metrics["confusion_matrix"]
     report.add_figure(
         "confusion_matrix",
-        confusion_matrix_figure(metrics["confusion_matrix"], names),
+        lambda: confusion_matrix_figure(matrix, names),
         title="Confusion matrix",
+        key=_figure_key("confusion_matrix_figure", matrix, names),
     )
     _add_reliability(report, metrics, predictions, names)
     per_class = metrics.get("per_class") or {}
@@ -197,13 +203,13 @@ def build_classification_report(
             ]
         )
         report.add_table(table, title="Per class")
+        f1 = {k: v.get("f1") for k, v in per_class.items()}
+        intervals = {k: v.get("f1_ci95") or [None, None] for k, v in per_class.items()}
         report.add_figure(
             "f1_per_class",
-            per_class_bar_figure(
-                {k: v.get("f1") for k, v in per_class.items()},
-                intervals={k: v.get("f1_ci95") or [None, None] for k, v in per_class.items()},
-            ),
+            lambda: per_class_bar_figure(f1, intervals=intervals),
             title="F1 per class",
+            key=_figure_key("per_class_bar_figure", f1, intervals),
         )
     right, wrong = select_confident_examples(predictions, k=n_examples)
     for frame, heading, correct in (
@@ -236,17 +242,26 @@ def _add_reliability(report: Report, metrics: Mapping[str, Any], predictions: pd
         return
     bins = int(metrics.get("ece_bins") or DEFAULT_BINS)
     y = np.asarray(labels, dtype=np.int64)
-    figure = reliability_figure(
-        {"": reliability_curve(y, probs, bins, "uniform")}, {"": reliability_curve(y, probs, bins, "quantile")},
-        title="Reliability diagram",
-    )
+
+    def figure() -> Any:
+        return reliability_figure(
+            {"": reliability_curve(y, probs, bins, "uniform")}, {"": reliability_curve(y, probs, bins, "quantile")},
+            title="Reliability diagram",
+        )
+
     numbers = ", ".join(f"{k} = {metrics[k]:.4f}" for k in ("ece", "brier", "nll") if metrics.get(k) is not None)
     report.add_figure(
         "reliability", figure, title="Calibration",
         caption=f"{numbers} (ECE: top-label, {bins} equal-width bins). Bars: accuracy per confidence bin; "
                 "red ticks: mean confidence in the bin; orange: equal-mass bins; dashed: perfect calibration. "
                 "See docs/compare.md.",
+        key=_figure_key("reliability_figure", bins, hashlib.sha256(y.tobytes() + probs.tobytes()).hexdigest()),
     )
+
+
+def _figure_key(function: str, *inputs: Any) -> str:
+    """The memo key of a figure (`Report.add_figure`): the drawing function and its inputs, exactly."""
+    return json.dumps([function, *inputs], sort_keys=True, default=repr)
 
 
 def _ci_caption(metrics: Mapping[str, Any]) -> str:

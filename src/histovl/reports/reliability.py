@@ -9,12 +9,15 @@ equal-mass curve drawn over them; below, how many images fall in each bin. The c
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from histovl.metrics.calibration import ReliabilityCurve
+
+if TYPE_CHECKING:  # imported where a figure is drawn (histovl.reports.figures says why)
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def reliability_figure(
@@ -32,6 +35,8 @@ def reliability_figure(
         >>> len(reliability_figure({"run": c}).axes)
         2
     """
+    from matplotlib.figure import Figure
+
     names = list(uniform)
     if not names:
         raise ValueError("reliability_figure needs at least one curve")

@@ -65,6 +65,7 @@ def write_zeroshot_outputs(
         record,
         image_root=image_set.root,
         subtitle=f"prompt set {getattr(prompt_set, 'name', '?')} · data {image_set.source} · n = {metrics['n']}",
+        figure_cache=config.get("cache"),  # the run's cache folder (None with --no-cache)
     )
     extra = None
     if sensitivity is not None:
