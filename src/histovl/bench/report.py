@@ -27,9 +27,10 @@ def leaderboard_report(board: pd.DataFrame, cells: pd.DataFrame, suite: Suite, o
         report.add_text("No cell has finished yet.")
     for (dataset, task), block in board.groupby(["dataset", "task"], sort=False):
         report.add_table(_display(block), title=f"{dataset} · {task}", caption=MARK_TEXT)
-    report.add_table(cells, title="Cells (cells.csv)",
-                     caption="computed = run now; reused = finished earlier (its run.json exists) and not "
-                             "recomputed, with the times of the run that computed it. seconds = total; "
+    finished = cells["status"].map(lambda s: "not done" if s == "not done" else "finished")
+    report.add_table(cells.assign(status=finished), title="Cells",
+                     caption="finished = its run.json exists (cells.csv says whether the last run computed "
+                             "or reused it); times are those of the run that computed it. seconds = total; "
                              "read_decode_s = hashing the images and waiting for decoded batches (decoding "
                              "runs in worker processes, overlapped with the model); model_s = image and "
                              "text forward passes; other_s = the rest (model_load_s included).")

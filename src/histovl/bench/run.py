@@ -13,25 +13,31 @@ docs/bench.md describes the suite format, the outputs and the resume semantics.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import hashlib
+import io
+import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Literal
 
 from histovl._io import atomic_write_text
 from histovl.bench.cells import TIMING_KEYS, Cell, cell_timing, is_done, plan_cells, run_cell
-from histovl.bench.leaderboard import leaderboard_frame
 from histovl.bench.suite import Suite, load_suite
 from histovl.errors import HistovlError
 from histovl.options import PathArg, RunOptions, split_overrides
 from histovl.outputs_guard import check_output_folder, output_lock
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 Engine = Literal["local", "ray"]
 ENGINES: tuple[Engine, ...] = ("local", "ray")
+#: Digest of the inputs of the current leaderboard files (`_leaderboard_key`).
+LEADERBOARD_KEY = ".leaderboard-key"
 CELL_COLUMNS = ["dataset", "task", "model", "cell", "status", "seconds", "read_decode_s", "model_s", "other_s",
                 "model_load_s"]
 
@@ -60,11 +66,33 @@ class BenchConfig:
 
 @dataclass
 class BenchResult:
-    """What a bench run produced (also written to `out`)."""
+    """What a bench run produced (also written to `out`). The tables are pandas frames built on
+    first access, so a re-run of a finished grid need not import pandas."""
 
-    leaderboard: pd.DataFrame
-    cells: pd.DataFrame
     out: Path
+    cell_rows: list[dict[str, Any]]
+    _leaderboard: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def cells(self) -> pd.DataFrame:
+        """cells.csv: one row per cell, its status in this run and its timing."""
+        import pandas as pd
+
+        return pd.DataFrame(self.cell_rows, columns=CELL_COLUMNS)
+
+    @property
+    def leaderboard(self) -> pd.DataFrame:
+        """leaderboard.csv (read from `out` when this run did not recompute it)."""
+        if self._leaderboard is None:
+            import pandas as pd
+
+            self._leaderboard = pd.read_csv(self.out / "leaderboard.csv")
+        return self._leaderboard
+
+    def counts(self) -> dict[str, int]:
+        """How many cells were computed, reused or are not done."""
+        statuses = [row["status"] for row in self.cell_rows]
+        return {s: statuses.count(s) for s in ("computed", "reused", "not done")}
 
 
 def bench(
@@ -96,7 +124,7 @@ def bench(
         cell, err = failure
         raise BenchError(f"cell {cell.relative} ({cell.model}) failed: {err}; "
                          f"fix it and re-run the same command: finished cells are kept") from err
-    return BenchResult(board, table, out_dir)
+    return BenchResult(out_dir, table, board)
 
 
 def _prepare(suite: str | os.PathLike[str] | Suite, out: str | os.PathLike[str]) -> tuple[Suite, Path]:
@@ -148,7 +176,7 @@ def _run_ray(pending: Sequence[Cell], cfg: BenchConfig) -> tuple[dict[str, dict[
     return times, failure
 
 
-def _cells_table(cells: Sequence[Cell], computed: set[str]) -> pd.DataFrame:
+def _cells_table(cells: Sequence[Cell], computed: set[str]) -> list[dict[str, Any]]:
     """One row per cell: its status and the timing its run.json records (a reused cell keeps the
     timing of the run that computed it)."""
     rows = []
@@ -160,15 +188,58 @@ def _cells_table(cells: Sequence[Cell], computed: set[str]) -> pd.DataFrame:
         rows.append({"dataset": cell.dataset, "task": cell.task, "model": cell.model, "cell": key,
                      "status": status, "seconds": timing["total_s"],
                      **{k: timing[k] for k in TIMING_KEYS if k != "total_s"}})
-    return pd.DataFrame(rows, columns=CELL_COLUMNS)
+    return rows
 
 
-def _write_outputs(cells: Sequence[Cell], table: pd.DataFrame, out_dir: Path, suite: Suite,
-                   opts: RunOptions) -> pd.DataFrame:
+def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """rows as CSV without pandas (None as an empty field, floats as repr: what pandas writes)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_outputs(cells: Sequence[Cell], table: list[dict[str, Any]], out_dir: Path, suite: Suite,
+                   opts: RunOptions) -> pd.DataFrame | None:
+    """cells.csv every time; leaderboard.csv and .html only when what they are computed from
+    changed (`_leaderboard_key`): a re-run of a finished grid imports none of the statistics
+    (scipy) or the report code, and leaves both files as they were."""
+    atomic_write_text(out_dir / "cells.csv", _csv_text(table, CELL_COLUMNS))
+    key = _leaderboard_key(cells, suite, opts)
+    key_file = out_dir / LEADERBOARD_KEY
+    if (key_file.is_file() and key_file.read_text(encoding="utf-8") == key
+            and (out_dir / "leaderboard.csv").is_file() and (out_dir / "leaderboard.html").is_file()):
+        return None
+    import pandas as pd
+
+    from histovl.bench.leaderboard import leaderboard_frame
     from histovl.bench.report import leaderboard_report
 
     board = leaderboard_frame(cells, out_dir, n_boot=opts.n_boot, seed=opts.seed)
-    atomic_write_text(out_dir / "cells.csv", table.to_csv(index=False))
     atomic_write_text(out_dir / "leaderboard.csv", board.to_csv(index=False))
-    leaderboard_report(board, table, suite, opts).write(out_dir, filename="leaderboard.html")
+    cells_frame = pd.DataFrame(table, columns=CELL_COLUMNS)
+    leaderboard_report(board, cells_frame, suite, opts).write(out_dir, filename="leaderboard.html")
+    atomic_write_text(key_file, key)  # last: a kill before it only costs a recomputation
     return board
+
+
+def _leaderboard_key(cells: Sequence[Cell], suite: Suite, opts: RunOptions) -> str:
+    """A digest of everything the leaderboard files are computed from: the suite file, the
+    bootstrap settings, and the size and mtime of each finished cell's run.json, metrics.json
+    and predictions.csv (cells are only ever written whole, so these change when a cell does)."""
+    try:
+        suite_digest = hashlib.sha256(suite.source.read_bytes()).hexdigest()
+    except OSError:
+        suite_digest = str(suite.source)
+    parts: list[Any] = [suite_digest, opts.n_boot, opts.seed]
+    for cell in cells:
+        stats: list[list[Any]] = []
+        for name in ("run.json", "metrics.json", "predictions.csv"):
+            try:
+                st = (cell.folder / name).stat()
+                stats.append([name, st.st_size, st.st_mtime_ns])
+            except OSError:
+                stats.append([name, None, None])
+        parts.append([cell.relative, stats])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()

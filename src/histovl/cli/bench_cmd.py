@@ -22,6 +22,6 @@ def bench_command(
     from histovl.bench import BenchConfig, bench
 
     res = bench(suite, out, BenchConfig(engine=engine), options)  # type: ignore[arg-type]
-    counts = res.cells["status"].value_counts().to_dict()
-    typer.echo(f"cells: {counts.get('computed', 0)} computed, {counts.get('reused', 0)} reused; "
+    counts = res.counts()
+    typer.echo(f"cells: {counts['computed']} computed, {counts['reused']} reused; "
                f"leaderboard: {out / 'leaderboard.html'}")

@@ -20,7 +20,7 @@ def compare_command(
     runs: Annotated[list[Path], typer.Argument(help="Two or more run folders (each with predictions.csv and run.json), all over the same images.")],
     out: OutOpt,
     options: RunOptions,
-    calibrate: Annotated[float | None, typer.Option("--calibrate", min=0.0, max=1.0, help="Fit temperature scaling on this share of the images (whole groups) and report calibration before/after on the rest.")] = None,
+    calibrate: Annotated[str | None, typer.Option("--calibrate", help="Fit temperature scaling on a calibration split and report calibration before/after on the rest: a fraction (0.3: that share of the images, whole groups) or a split name (the images whose `split` column is that name; docs/compare.md).")] = None,
     groups: Annotated[Path | None, typer.Option("--groups", help="CSV with path,group columns (default: the runs' group column or their data manifest).")] = None,
     n_bins: Annotated[int, typer.Option("--bins", min=1, help="Bins of the ECE and the reliability diagrams.")] = 15,
 ) -> None:

@@ -197,3 +197,26 @@ def test_each_cell_records_its_time_split(fixture: dict[str, str], tmp_path: Pat
         assert row.seconds == timing["total_s"] and row.model_s == timing["model_s"]
     html = (out / "leaderboard.html").read_text()
     assert "read/decode" in html and "model_s" in html
+
+
+def test_rerun_of_a_finished_grid_leaves_the_leaderboard_files_and_imports_no_statistics(
+        fixture: dict[str, str], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    suite = write_suite(tmp_path, fixture, tasks="  - task: zeroshot\n")
+    out = tmp_path / "out"
+    bench(suite, out, options=opts(fixture))
+    files = {n: ((out / n).read_bytes(), (out / n).stat().st_mtime_ns) for n in ("leaderboard.csv", "leaderboard.html")}
+    code = ("import sys; from histovl.bench import bench; from histovl.options import RunOptions; "
+            f"r = bench({str(suite)!r}, {str(out)!r}, options=RunOptions(cache={fixture['root'] + '/cache'!r}, "
+            "n_boot=50, seed=3, progress=False, workers=0)); "
+            "print(r.counts()['reused'], *sorted(m for m in ('pandas', 'scipy', 'sklearn', 'torch', 'histovl.compare', "
+            "'histovl.reports') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["2"]  # both cells reused; none of the heavy modules imported
+    assert {n: ((out / n).read_bytes(), (out / n).stat().st_mtime_ns) for n in files} == files
+    (out / "leaderboard.html").unlink()  # a missing output is written again
+    again = bench(suite, out, options=opts(fixture))
+    assert (out / "leaderboard.html").is_file() and (out / "leaderboard.csv").read_bytes() == files["leaderboard.csv"][0]
+    assert list(again.leaderboard["model"]) == list(again.leaderboard.sort_values("rank")["model"])

@@ -227,3 +227,13 @@ def test_named_calibration_split_errors(tmp_path):
     with pytest.raises(CompareInputError, match="group 'p2' has images in split 'cal' and outside it"):
         compare(runs, tmp_path / "o", calibrate="cal", n_boot=10)
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_calibrate_takes_a_split_name_or_a_fraction(tmp_path):
+    runs = _synthetic_runs(tmp_path, n_runs=2, n=60)
+    _with_split(runs, {f"p{i}": "cal" for i in range(0, 15, 3)})
+    code, err = _invoke(["compare", *map(str, runs), "--out", str(tmp_path / "o"), "--calibrate", "cal", "--n-boot", "10"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["temperature_scaling"]["split"] == "cal"
+    code, err = _invoke(["compare", *map(str, runs), "--out", str(tmp_path / "o2"), "--calibrate", "1.5"])
+    assert code == 2 and "calibrate" in err and not (tmp_path / "o2").exists()
