@@ -40,6 +40,7 @@ import numpy as np
 from filelock import FileLock
 
 from histovl._io import atomic_write_json
+from histovl.embed.cache_v1 import has_v1_shards, migrate_v1
 from histovl.embed.store import RecordStore
 from histovl.options import RunOptions, default_cache_dir  # noqa: F401  (default_cache_dir re-exported)
 
@@ -97,8 +98,6 @@ class CacheNamespace:
     """
 
     def __init__(self, directory: Path, meta: dict[str, Any], flush_every: int = 512) -> None:
-        from histovl.embed.cache_v1 import has_v1_shards, migrate_v1
-
         self.directory = directory
         self.meta = meta
         self.flush_every = flush_every

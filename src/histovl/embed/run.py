@@ -130,17 +130,31 @@ def _encode(model: Any, paths: Sequence[str | os.PathLike[str]], store: Embeddin
     return encode_with_options(open_encoder(model, opts), paths, opts)  # use_cache is True: the same folder
 
 
-def export_parquet(target: Path, paths: list[str], embeddings: np.ndarray) -> None:
-    """Write `path` and `embedding` (list<float32>, L2-normalised) columns atomically."""
+#: Rows per Parquet row group (and per Arrow conversion) when exporting: bounded extra memory.
+EXPORT_CHUNK = 65536
+
+
+def export_parquet(target: Path, paths: list[str], embeddings: np.ndarray, *, chunk: int = EXPORT_CHUNK) -> None:
+    """Write `path` and `embedding` (list<float32>, L2-normalised) columns atomically, streamed
+    `chunk` rows at a time (`pyarrow.parquet.ParquetWriter`: one row group per chunk), so the
+    extra memory is one chunk's Arrow copy, not the whole table's."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-    dim = emb.shape[1] if emb.ndim == 2 else 0
-    values = pa.array(emb.reshape(-1), type=pa.float32())
-    col = pa.FixedSizeListArray.from_arrays(values, dim) if dim else pa.array([], pa.list_(pa.float32()))
-    table = pa.table({"path": pa.array(paths, pa.string()), "embedding": col.cast(pa.list_(pa.float32()))})
-    atomic_write_with(target, lambda tmp: pq.write_table(table, tmp))
+    schema = pa.schema([("path", pa.string()), ("embedding", pa.list_(pa.float32()))])
+    dim = embeddings.shape[1] if embeddings.ndim == 2 else 0
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for start in range(0, max(len(paths), 1), chunk):
+                emb = np.ascontiguousarray(embeddings[start : start + chunk], dtype=np.float32)
+                values = pa.array(emb.reshape(-1), type=pa.float32())
+                col = pa.FixedSizeListArray.from_arrays(values, dim) if dim else pa.array([[]] * len(emb), pa.list_(pa.float32()))
+                part = paths[start : start + chunk]
+                writer.write_table(pa.table({"path": pa.array(part, pa.string()), "embedding": col.cast(pa.list_(pa.float32()))},
+                                            schema=schema))
+
+    atomic_write_with(target, write)
 
 
 def skipped_list_path(export: Path) -> Path:

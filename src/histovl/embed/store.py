@@ -3,12 +3,14 @@ and append-only float32 segment files.
 
 Files in the namespace folder::
 
-    index.sqlite          entries(key -> segment, row, CRC-32 of the row's bytes, time added),
-                          segments(id, dim, writer, state), quarantine(records moved aside)
+    index.sqlite          entries(16-byte BLAKE2b digest of the key -> segment, row, CRC-32 of
+                          the row's bytes), segments(id, dim, writer, state), quarantine(rows
+                          moved aside)
     seg-<id>.f32          raw float32 rows, appended by exactly one process, never rewritten
 
 A lookup reads the index B-tree pages of the keys asked for and then each row with one
-``pread``, so opening a namespace and looking up 1,000 keys costs the same at 10^5 and 5*10^6
+``pread``; the index holds ~35 bytes per entry (a digest, not the 64-character key), so it stays
+small enough to live in the page cache at millions of entries, so opening a namespace and looking up 1,000 keys costs the same at 10^5 and 5*10^6
 entries (docs/performance.md, "embedding store"). Why this design and not vectors inside SQLite
 or LMDB: docs/architecture.md, "embedding store".
 
@@ -33,6 +35,7 @@ SQLite's WAL needs a local file system (not NFS): docs/reliability.md says so.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -59,11 +62,11 @@ CHUNK = 900
 #: SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
 _CORRUPT_CODES = {11, 26}
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS entries(key TEXT PRIMARY KEY, seg INTEGER NOT NULL, row INTEGER NOT NULL, "
-    "crc INTEGER NOT NULL, added REAL NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS entries(key BLOB PRIMARY KEY, seg INTEGER NOT NULL, row INTEGER NOT NULL, "
+    "crc INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS segments(id INTEGER PRIMARY KEY AUTOINCREMENT, dim INTEGER NOT NULL, "
     "writer TEXT NOT NULL, created REAL NOT NULL, state TEXT NOT NULL DEFAULT 'live')",
-    "CREATE TABLE IF NOT EXISTS quarantine(key TEXT, seg INTEGER, row INTEGER, crc INTEGER, reason TEXT, at REAL)",
+    "CREATE TABLE IF NOT EXISTS quarantine(key BLOB, seg INTEGER, row INTEGER, crc INTEGER, reason TEXT, at REAL)",
 )
 #: Connections inherited through fork are kept referenced, never closed in the child (closing
 #: them there could checkpoint or unlock the parent's file).
@@ -74,6 +77,11 @@ _REPORTED: set[tuple[str, str]] = set()
 def checksum(data: bytes) -> int:
     """CRC-32 of a row's float32 bytes (what `get` and `verify` check)."""
     return zlib.crc32(data)
+
+
+def digest(key: str) -> bytes:
+    """The index key of a cache key: 128-bit BLAKE2b (a collision is ~10^-20 at 10^9 keys)."""
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
 
 
 def segment_name(seg: int) -> str:
@@ -115,6 +123,12 @@ def writer_alive(writer: str) -> bool:
     return True
 
 
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, data[written:], offset + written)
+
+
 class StoreCorrupt(Exception):
     """Raised inside the store when SQLite reports the index as damaged (after quarantine)."""
 
@@ -124,7 +138,7 @@ class VerifyResult:
     """What `RecordStore.verify` found: rows checked, keys whose CRC failed, damaged files."""
 
     n_checked: int = 0
-    bad_keys: list[str] = field(default_factory=list)
+    bad_keys: list[bytes] = field(default_factory=list)
     bad_files: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -161,6 +175,7 @@ class RecordStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA cache_size=-65536")  # up to 64 MB of index pages (touched pages only)
             conn.execute("PRAGMA wal_autocheckpoint=10000")  # fewer checkpoints: 1.5x the append rate
             conn.execute("PRAGMA journal_size_limit=67108864")  # the WAL shrinks back to 64 MB
             if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='quarantine'").fetchone():
@@ -268,25 +283,24 @@ class RecordStore:
         row_bytes = 4 * emb.shape[1]
         start = w.rows
         try:
-            written = 0
-            while written < len(data):
-                written += os.pwrite(w.fd, data[written:], start * row_bytes + written)
+            _pwrite_all(w.fd, data, start * row_bytes)
         except BaseException:
             os.ftruncate(w.fd, start * row_bytes)  # nothing indexed points past `start`
             raise
         w.rows += len(keys)
-        now = time.time()
-        rows = [(k, w.seg, start + i, checksum(data[i * row_bytes : (i + 1) * row_bytes]), now) for i, k in enumerate(keys)]
+        rows = [(digest(k), w.seg, start + i, checksum(data[i * row_bytes : (i + 1) * row_bytes])) for i, k in enumerate(keys)]
         with self._transaction() as conn:
-            conn.executemany("INSERT OR IGNORE INTO entries(key, seg, row, crc, added) VALUES (?,?,?,?,?)", rows)
+            conn.executemany("INSERT OR IGNORE INTO entries(key, seg, row, crc) VALUES (?,?,?,?)", rows)
 
     # ---- reading -------------------------------------------------------------------------------
 
-    def _index_rows(self, keys: Sequence[str]) -> list[tuple[str, int, int, int]]:
-        found: list[tuple[str, int, int, int]] = []
+    def _index_rows(self, keys: Sequence[str]) -> list[tuple[bytes, int, int, int]]:
+        """(digest, segment, row, crc) of the keys present, in file order."""
+        found: list[tuple[bytes, int, int, int]] = []
+        digests = [digest(k) for k in keys]
         with self._guard() as conn:
-            for start in range(0, len(keys), CHUNK):
-                part = list(keys[start : start + CHUNK])
+            for start in range(0, len(digests), CHUNK):
+                part = digests[start : start + CHUNK]
                 sql = f"SELECT key, seg, row, crc FROM entries WHERE key IN ({','.join('?' * len(part))})"
                 found.extend(conn.execute(sql, part))
         return sorted(found, key=lambda r: (r[1], r[2]))
@@ -317,11 +331,12 @@ class RecordStore:
                 self.quarantine_records(bad, "checksum mismatch")
             for seg, reason in torn.items():
                 self.quarantine_segment(seg, reason)
-        return found
+        return {k: found[d] for k in unique if (d := digest(k)) in found}
 
-    def _read(self, rows: list[tuple[str, int, int, int]]) -> tuple[dict[str, np.ndarray], list[str], dict[int, str]]:
-        found: dict[str, np.ndarray] = {}
-        bad: list[str] = []
+    def _read(self, rows: list[tuple[bytes, int, int, int]]) -> tuple[dict[bytes, np.ndarray], list[bytes], dict[int, str]]:
+        """Read and check rows: (digest -> vector, digests failing their CRC, torn segment -> why)."""
+        found: dict[bytes, np.ndarray] = {}
+        bad: list[bytes] = []
         torn: dict[int, str] = {}
         for key, seg, row, crc in rows:
             if seg in torn:
@@ -349,7 +364,7 @@ class RecordStore:
 
     # ---- damage ----------------------------------------------------------------------------------
 
-    def quarantine_records(self, keys: Sequence[str], reason: str) -> None:
+    def quarantine_records(self, keys: Sequence[bytes], reason: str) -> None:
         """Move damaged rows' index entries to the ``quarantine`` table (they then read as misses)."""
         segs: set[str] = set()
         try:
@@ -509,10 +524,7 @@ class RecordStore:
                 continue
             w = self._segment_for(dim)
             first = w.rows
-            data = np.stack([found[k] for k in keys]).tobytes()
-            written = 0
-            while written < len(data):
-                written += os.pwrite(w.fd, data[written:], first * 4 * dim + written)
+            _pwrite_all(w.fd, np.stack([found[k] for k in keys]).tobytes(), first * 4 * dim)
             w.rows += len(keys)
             with self._transaction() as conn:
                 conn.executemany("UPDATE entries SET seg=?, row=? WHERE key=? AND seg=?",
