@@ -4,8 +4,8 @@ The local engine (`histovl.embed.engine`), the in-memory corruption path
 (`histovl.embed.in_memory`) and the Ray engine (`histovl.embed.ray_engine`) differ only in how
 they turn files into features. What they share is here, written once: the cache namespace for an
 encoder and transform, the lookup of every content key before any decoding, the bookkeeping of
-unreadable inputs, storing each encoded batch (checked for NaN/Inf, written to the cache as it
-arrives), and stacking the rows into an `EmbeddingResult` in input order.
+unreadable inputs, storing each encoded batch (checked for NaN/Inf, committed to the cache before
+the next batch starts), and stacking the rows into an `EmbeddingResult` in input order.
 
 Example:
     >>> fill = CacheFill(paths, content_keys(paths), cache_namespace(enc, EmbeddingCache("c"), None))  # doctest: +SKIP
@@ -161,7 +161,8 @@ class CacheFill:
         self.failures[i] = reason
 
     def store(self, indices: Sequence[int], embeddings: np.ndarray) -> None:
-        """Keep the embeddings of inputs `indices` (after a NaN/Inf check) and add them to the cache."""
+        """Keep the embeddings of inputs `indices` (after a NaN/Inf check) and add them to the cache
+        (committed before this returns: a run killed later keeps this batch)."""
         check_finite(embeddings, [self.paths[i] for i in indices])
         for row, i in zip(embeddings, indices, strict=True):
             self.rows[i] = row
@@ -172,8 +173,9 @@ class CacheFill:
 
     @contextmanager
     def flushing(self) -> Iterator[None]:
-        """Write pending cache entries when the block ends: whatever finished is kept, also on an
-        error or Ctrl-C, and the next run resumes from there."""
+        """Close the block with the cache flushed: every batch is already committed by `store`, so
+        whatever finished is kept, also on an error, Ctrl-C, SIGTERM or SIGKILL, and the next run
+        resumes from there."""
         try:
             yield
         finally:
