@@ -14,7 +14,14 @@ from typing import Any
 
 import typer
 
-from histovl.cli.guard import exit_now, guarded, install_signal_handlers, run_cli, stopped_by_signal
+from histovl.cli.guard import (
+    exit_now,
+    guarded,
+    install_signal_handlers,
+    install_warning_format,
+    run_cli,
+    stopped_by_signal,
+)
 from histovl.errors import HistovlError
 
 app = typer.Typer(
@@ -158,6 +165,7 @@ def main() -> None:
     errors print one line and exit 2, SIGTERM/SIGINT stop cleanly (exit 143/130), bugs print the
     traceback plus one line and exit 1."""
     install_signal_handlers()
+    install_warning_format()
 
     def body() -> None:
         check_torchrun_command(sys.argv[1:], int(os.environ.get("WORLD_SIZE", "1") or 1))

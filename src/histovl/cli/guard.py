@@ -5,9 +5,11 @@ signals turned into a quick, clean stop, and exceptions turned into one line and
   command can forget it: before the command body runs, its ``--out`` (a folder, or a file where
   `FILE_OUTPUTS` says so), ``--export`` and ``--cache`` are checked
   (`histovl.outputs_guard`) and ``--device`` too; the outputs stay locked until it returns.
+  The command is one run for `histovl._prompt_cuts` (prompts cut to the context: one warning).
 * `install_signal_handlers` makes SIGTERM behave like Ctrl-C: a ``KeyboardInterrupt`` in the
   main thread, so every ``finally`` runs (cache shards flushed, staging folders removed, locks
   released) and finished work stays on disk.
+* `install_warning_format` prints each warning as one line (``warning: ...``).
 * `run_cli` is the error boundary (docs/reliability.md, "error boundary"): an error the user can
   cause prints ``error: <one line>`` and exits 2; a stop by signal prints one line and exits
   128 + the signal number; anything else prints the traceback plus a one-line summary and exits 1.
@@ -23,6 +25,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,7 +68,9 @@ def guarded(words: str, fn: _F) -> _F:
 
     @functools.wraps(fn)
     def command(*args: Any, **kwargs: Any) -> Any:
-        with checked_outputs(kwargs, files):
+        from histovl._prompt_cuts import collecting
+
+        with collecting(), checked_outputs(kwargs, files):  # one run: prompts cut are warned about once
             return fn(*args, **kwargs)
 
     command.__signature__ = sig  # type: ignore[attr-defined]
@@ -129,6 +134,22 @@ def _interrupt(signum: int, frame: Any) -> None:
     _received.setdefault("signal", signum)
     signal.signal(signum, signal.SIG_DFL)
     raise KeyboardInterrupt
+
+
+# ---- warnings -------------------------------------------------------------------------------------
+
+
+def install_warning_format() -> None:
+    """Warnings print as one line: ``warning: <message>`` for histovl's own, with the category and
+    the place for other libraries' (Python's default adds the source line that warned)."""
+    warnings.formatwarning = _one_line_warning
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    if category.__module__.startswith("histovl") or f"{os.sep}histovl{os.sep}" in filename:
+        return f"warning: {message}\n"
+    return f"warning: {category.__name__}: {message} ({filename}:{lineno})\n"
 
 
 # ---- the error boundary ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import numpy as np
 
 from histovl._stopwatch import phase
 from histovl.embed.cache import CacheNamespace, EmbeddingCache
+from histovl.embed.prompt_tokens import note_long_prompts
 from histovl.errors import NonFiniteError
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ def encode_texts(
     if cache is ...:
         cache = getattr(encoder, "text_cache", None)
     unique = list(dict.fromkeys(texts))
+    note_long_prompts(encoder, unique, cache if isinstance(cache, EmbeddingCache) else None, prompt_key)  # warns once per run
     rows: dict[str, np.ndarray] = {}
     ns = text_namespace(encoder, cache) if isinstance(cache, EmbeddingCache) else None
     if ns is not None and unique:

@@ -69,6 +69,13 @@ class Encoder(nn.Module, abc.ABC):
         feats = self._encode_text(list(texts)).float()
         return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
 
+    def text_token_counts(self, texts: Sequence[str]) -> tuple[list[int], int] | None:
+        """(tokens of each text before the tokenizer cuts it, the most the text tower reads), or
+        None when this encoder's tokenizer is not one `histovl.models._tokens` knows."""
+        from histovl.models._tokens import token_counts
+
+        return token_counts(getattr(self, "tokenizer", None), texts, self.card.context_length)
+
     @property
     def logit_scale(self) -> float:
         """The model's learned inverse temperature (exp of the stored log value)."""

@@ -2,7 +2,9 @@
 
 A record holds the command and its configuration, package versions, platform, UTC time, the git
 commit (and dirty flag) of the histovl source checkout and of the current directory's repository,
-the seed, the model cards, the full prompt set, a hash of the input list, and the skipped inputs.
+the seed, the model cards, the prompt set (in full up to 64 KiB of JSON, capped beyond, with the
+full set's sha256), the prompts cut to a text tower's context (``prompts_cut``), a hash of the
+input list, and the skipped inputs.
 Two runs with equal records (minus time) on the same inputs must give the same numbers.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -22,6 +25,7 @@ from typing import Any
 
 import histovl
 from histovl._compat import UTC
+from histovl._prompt_cuts import cuts_record
 
 #: run.json key -> distribution names to try (first installed wins).
 PACKAGE_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
@@ -36,6 +40,12 @@ PACKAGE_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
 }
 
 RUN_RECORD_VERSION = 1
+#: A prompt set larger than this (bytes of JSON) is recorded capped (`capped_prompt_set`).
+PROMPT_SET_RECORD_BYTES = 64 * 1024
+PROMPT_RECORD_CHARS = 300
+PROMPT_RECORD_ITEMS = 50
+#: Fields of ``extra`` holding prompt texts (capped like the prompt set when as large).
+PROMPT_FIELDS_IN_EXTRA = ("prompts_used",)
 
 
 def build_run_record(
@@ -55,7 +65,8 @@ def build_run_record(
         command: the command name (``"zeroshot"``).
         config: the command's resolved options (paths become strings).
         models: model cards (`ModelCard`, anything with ``to_dict()``, a dataclass or a dict).
-        prompt_set: the prompt set (pydantic model or dict), recorded in full, or None.
+        prompt_set: the prompt set (pydantic model or dict), recorded in full (capped past
+            `PROMPT_SET_RECORD_BYTES`, with its sha256), or None.
         seed: the run's seed.
         inputs: every input file the run considered (before skips).
         skipped: ``{"path": ..., "reason": ...}`` per input that was skipped.
@@ -77,7 +88,8 @@ def build_run_record(
         "seed": int(seed),
         "config": _jsonable(dict(config)),
         "models": [_card_dict(m) for m in models],
-        "prompt_set": None if prompt_set is None else _prompt_set_dict(prompt_set),
+        **_prompt_set_fields(prompt_set),
+        "prompts_cut": cuts_record(),
         "versions": package_versions(),
         "platform": platform_info(),
         "histovl_git": git_info(Path(histovl.__file__).resolve().parent),
@@ -88,7 +100,7 @@ def build_run_record(
         "input_bytes": total_bytes,
         "n_skipped": len(skipped_list),
         "skipped": skipped_list,
-        "extra": _jsonable(dict(extra or {})),
+        "extra": _capped_extra(_jsonable(dict(extra or {}))),
     }
 
 
@@ -184,6 +196,64 @@ def _card_dict(model: Any) -> dict[str, Any]:
     raise TypeError(
         f"cannot record model card of type {type(model).__name__}; pass a ModelCard or a dict"
     )
+
+
+def _prompt_set_fields(prompt_set: Any) -> dict[str, Any]:
+    """``prompt_set`` (in full up to `PROMPT_SET_RECORD_BYTES` of JSON, else capped: see
+    `capped_prompt_set`) and ``prompt_set_sha256``, the hash of the full set's canonical JSON."""
+    if prompt_set is None:
+        return {"prompt_set": None, "prompt_set_sha256": None}
+    full = _prompt_set_dict(prompt_set)
+    text = json.dumps(full, sort_keys=True, ensure_ascii=False, default=str)
+    size = len(text.encode("utf-8"))
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    recorded = full if size <= PROMPT_SET_RECORD_BYTES else capped_prompt_set(full, size)
+    return {"prompt_set": recorded, "prompt_set_sha256": digest}
+
+
+def _capped_extra(extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` with its prompt lists (`PROMPT_FIELDS_IN_EXTRA`) capped like a large prompt set
+    (``<field>_sha256`` then holds the full list's hash)."""
+    for key in PROMPT_FIELDS_IN_EXTRA:
+        if key not in extra:
+            continue
+        text = json.dumps(extra[key], sort_keys=True, ensure_ascii=False, default=str)
+        size = len(text.encode("utf-8"))
+        if size > PROMPT_SET_RECORD_BYTES:
+            extra[key] = _cap_json(extra[key])[0]
+            extra[f"{key}_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return extra
+
+
+def _cap_json(obj: Any) -> tuple[Any, int, int]:
+    """`obj` with strings cut to `PROMPT_RECORD_CHARS` characters and lists to `PROMPT_RECORD_ITEMS`
+    items, or tighter (40, 3) when that is still over `PROMPT_SET_RECORD_BYTES`; mapping keys are
+    kept whole. Returns (capped, characters, items)."""
+
+    def cap(o: Any, chars: int, items: int) -> Any:
+        if isinstance(o, str):
+            return o if len(o) <= chars else f"{o[:chars]}… [{len(o)} characters]"
+        if isinstance(o, list):
+            return [cap(v, chars, items) for v in o[:items]] + ([f"… [{len(o)} items]"] if len(o) > items else [])
+        if isinstance(o, dict):
+            return {k: cap(v, chars, items) for k, v in o.items()}
+        return o
+
+    capped = cap(obj, PROMPT_RECORD_CHARS, PROMPT_RECORD_ITEMS)
+    if len(json.dumps(capped, ensure_ascii=False, default=str)) <= PROMPT_SET_RECORD_BYTES:
+        return capped, PROMPT_RECORD_CHARS, PROMPT_RECORD_ITEMS
+    return cap(obj, 40, 3), 40, 3
+
+
+def capped_prompt_set(full: dict[str, Any], size: int) -> dict[str, Any]:
+    """A prompt set too large to copy into run.json: every string cut to `PROMPT_RECORD_CHARS`
+    characters and every list to `PROMPT_RECORD_ITEMS` items (class names are kept whole), with
+    ``_capped`` saying so; its sha256 is recorded beside it (``prompt_set_sha256``)."""
+    capped, chars, items = _cap_json(full)
+    capped["_capped"] = (f"the full prompt set ({size} bytes of JSON) is larger than the {PROMPT_SET_RECORD_BYTES} bytes "
+                         f"copied into run.json: strings cut to {chars} characters, lists to {items} items; "
+                         "prompt_set_sha256 identifies the full set")
+    return capped
 
 
 def _prompt_set_dict(prompt_set: Any) -> dict[str, Any]:
