@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -106,11 +105,15 @@ def report_once(path: Path, message: str) -> None:
 
 
 def writer_id() -> str:
+    import socket  # here, not at import: `import histovl.embed.cache` stays light
+
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def writer_alive(writer: str) -> bool:
     """Whether the process that owns a segment may still append to it (unknown host: yes)."""
+    import socket
+
     host, _, pid = writer.rpartition(":")
     if host != socket.gethostname():
         return True
