@@ -129,7 +129,7 @@ class RuntimeEncoder:
 
         started = time.perf_counter()
         model = self._torch()
-        fp32 = path.with_name(f"{kind}.fp32.onnx") if self.runtime == "onnx-int8" else path
+        fp32 = path.with_name(f"{kind}.fp32.onnx") if self.runtime == "onnx-int8" and kind == "image" else path
         if kind == "image":
             dynamic = {"pixels": {0: "n"}}
             exporter = ex.export_module(ImageTower(model), (example[:2],), ("pixels",), fp32, dynamic)
@@ -138,10 +138,12 @@ class RuntimeEncoder:
             assert tower is not None
             tokens = tower.tokenize(example[:2])
             inputs = tuple(torch.from_numpy(tokens[n]) for n in tower.input_names)
-            dynamic = {n: {0: "n"} for n in tower.input_names}
-            exporter = ex.export_module(tower.module, inputs, tower.input_names, fp32, dynamic)
+            dynamic = {n: {0: "n", 1: "length"} for n in tower.input_names}
+            exporter = ex.export_module(tower.module, inputs, tower.input_names, fp32, dynamic, dynamo_only=True)
         quant = "none (fp32)"
-        if self.runtime == "onnx-int8":
+        if self.runtime == "onnx-int8" and kind == "text":  # prompts are few and cached: keep them exact
+            quant = "none (fp32: text towers are not quantised)"
+        elif self.runtime == "onnx-int8":
             quant = self._quantize(kind, fp32, path, example)
             fp32.unlink(missing_ok=True)
         entry = ex.tower_entry(path.name, exporter, quant, started)

@@ -28,7 +28,7 @@ from histovl._io import atomic_path, atomic_write_json
 from histovl.models.runtime._ort import versions
 
 EXPORT_FORMAT = 1
-OPSET = 17
+OPSET = 18
 META_FILE = "meta.json"
 #: Batch size used by the static-quantisation calibration reader.
 _CALIBRATION_CHUNK = 8
@@ -75,10 +75,14 @@ def update_meta(folder: Path, base: dict[str, Any], section: str, key: str, valu
     return meta
 
 
-def export_module(module: Any, example: Sequence[Any], input_names: Sequence[str], target: Path, dynamic: dict[str, dict[int, str]]) -> str:
+def export_module(
+    module: Any, example: Sequence[Any], input_names: Sequence[str], target: Path, dynamic: dict[str, dict[int, str]],
+    *, dynamo_only: bool = False,
+) -> str:
     """Export `module` at `example` to `target` atomically; returns the exporter used.
 
-    The TorchScript exporter is tried first (seconds); the dynamo exporter is the fallback.
+    The TorchScript exporter is tried first (seconds); the dynamo exporter is the fallback, and
+    the only one for text towers (`dynamo_only`): TorchScript fixes their sequence length.
     """
     import torch
 
@@ -90,13 +94,15 @@ def export_module(module: Any, example: Sequence[Any], input_names: Sequence[str
         with atomic_path(target, suffix=".onnx") as tmp, torch.inference_mode(False), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             args = tuple(x.clone() for x in example)
-            try:
-                torch.onnx.export(module.eval(), args, str(tmp), dynamic_axes={**dynamic, "features": {0: "n"}}, dynamo=False, **kwargs)
-                return "torchscript"
-            except Exception:  # noqa: BLE001 - any tracing failure: let the dynamo exporter try
-                shapes = tuple({axis: torch.export.Dim.AUTO for axis in dynamic[name]} for name in input_names)
-                torch.onnx.export(module.eval(), args, str(tmp), dynamic_shapes=shapes, dynamo=True, **kwargs)
-                return "dynamo"
+            if not dynamo_only:
+                try:
+                    torch.onnx.export(module.eval(), args, str(tmp), dynamic_axes={**dynamic, "features": {0: "n"}}, dynamo=False, **kwargs)
+                    return "torchscript"
+                except Exception:  # noqa: BLE001 - any tracing failure: let the dynamo exporter try
+                    pass
+            shapes = tuple({axis: torch.export.Dim.AUTO for axis in dynamic[name]} for name in input_names)
+            torch.onnx.export(module.eval(), args, str(tmp), dynamic_shapes=shapes, dynamo=True, verbose=False, **kwargs)
+            return "dynamo"
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 

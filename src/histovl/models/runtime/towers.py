@@ -2,8 +2,8 @@
 
 The image tower of every family is its `Encoder._encode_image` (pixels in, unnormalised features
 out). A text tower is exported after tokenisation, so the graph takes token ids (and a mask)
-padded to the card's full context length (the TorchScript exporter fixes sequence lengths; a
-causal tower's end-of-text pooling and the others' attention masks make the padding inert):
+with a dynamic batch and length, padded to the longest prompt as the torch path does (causal
+open_clip towers are cut to the longest prompt, the cut read from the input's shape):
 open_clip towers, transformers CLIP and histovl-lite's MiniLM. Other families (CONCH) keep their text tower in
 torch: prompts are few and cached, so the image tower is where the time goes.
 """
@@ -32,8 +32,8 @@ class ImageTower(nn.Module):
 
 @dataclass(frozen=True)
 class TextTower:
-    """An exportable text tower: the module, its input names (all int64 [N, context length],
-    dynamic batch) and the tokeniser that feeds it."""
+    """An exportable text tower: the module, its input names (all int64 [N, L], dynamic batch
+    and length) and the tokeniser that feeds it."""
 
     module: nn.Module
     input_names: tuple[str, ...]
@@ -46,19 +46,46 @@ class _Forward(nn.Module):
         self.owner = owner  # registers the weights, so export sees them as parameters
         self.fn = fn
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.fn(*inputs)
+    def forward(self, first: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fn(first) if second is None else self.fn(first, second)
 
 
 def _numpy(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().astype(np.int64) for k, v in batch.items()}
 
 
-def _open_clip_tower(encoder: Any) -> TextTower:
-    def tokenize(texts: Sequence[str]) -> dict[str, np.ndarray]:
-        return _numpy({"tokens": encoder.tokenize(texts)})  # open_clip pads to the full context
+def _cut_length(tokens: torch.Tensor) -> int:
+    """The longest prompt's length (padding id is 0), as `OpenClipEncoder` truncates."""
+    return max(1, min(int((tokens != 0).sum(dim=1).max().item()), tokens.shape[1]))
 
-    return TextTower(_Forward(encoder.model.encode_text, encoder), ("tokens",), tokenize)
+
+def _open_clip_cut_forward(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """open_clip's `CLIP.encode_text` over tokens already cut to their length
+    (`OpenClipEncoder._encode_text_truncated` after its cut)."""
+    from open_clip.transformer import text_global_pool
+
+    def forward(text: torch.Tensor) -> torch.Tensor:
+        length = text.shape[1]
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+        x = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+        if model.text_projection is not None:
+            x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+        return x
+
+    return forward
+
+
+def _open_clip_tower(encoder: Any) -> TextTower:
+    cut = bool(encoder.card.text_causal and encoder._supports_truncation())
+
+    def tokenize(texts: Sequence[str]) -> dict[str, np.ndarray]:
+        tokens = encoder.tokenize(texts)
+        return _numpy({"tokens": tokens[:, : _cut_length(tokens)] if cut else tokens})
+
+    forward = _open_clip_cut_forward(encoder.model) if cut else encoder.model.encode_text
+    return TextTower(_Forward(forward, encoder), ("tokens",), tokenize)
 
 
 def _hf_clip_tower(encoder: Any) -> TextTower:
@@ -69,7 +96,7 @@ def _hf_clip_tower(encoder: Any) -> TextTower:
         return model.text_projection(pooled)
 
     return TextTower(_Forward(forward, encoder), ("input_ids", "attention_mask"),
-                     lambda t: _numpy(encoder.tokenize(t, padding="max_length")))
+                     lambda t: _numpy(encoder.tokenize(t)))
 
 
 def _lite_tower(encoder: Any) -> TextTower:
@@ -77,7 +104,7 @@ def _lite_tower(encoder: Any) -> TextTower:
         return encoder.project_text(encoder.text_features_from_tokens(input_ids, attention_mask))
 
     return TextTower(_Forward(forward, encoder), ("input_ids", "attention_mask"),
-                     lambda t: _numpy(encoder.tokenize(t, padding="max_length")))
+                     lambda t: _numpy(encoder.tokenize(t)))
 
 
 _TEXT_TOWERS: dict[str, Callable[[Any], TextTower]] = {
