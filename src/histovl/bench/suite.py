@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from histovl.errors import HistovlError
 from histovl.options import RunOptions
@@ -96,10 +96,27 @@ class TaskSpec(_Strict):
         return self.name or self.task
 
 
+class ModelEntry(_Strict):
+    """A model: a spec (``histovl-lite``), or ``{name: clip-variant, model: SPEC}`` to show a
+    display name in the leaderboard instead of the spec."""
+
+    model: str
+    name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_spec(cls, value: Any) -> Any:
+        return {"model": value} if isinstance(value, str) else value
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+
 class SuiteSpec(_Strict):
     """The whole file."""
 
-    models: list[str] = Field(min_length=1)
+    models: list[ModelEntry] = Field(min_length=1)
     datasets: list[DatasetSpec] = Field(min_length=1)
     tasks: list[TaskSpec] = Field(min_length=1)
 
@@ -157,9 +174,9 @@ def _resolve(spec: SuiteSpec, source: Path, node: yaml.Node | None) -> Suite:
     where = lambda *loc: f"{source}{_line_of(node, loc)}"  # noqa: E731
     base = source.parent
     models = []
-    for i, model in enumerate(spec.models):
+    for i, entry in enumerate(spec.models):
         try:
-            models.append((model, check_model(model, base)))
+            models.append((entry.label, check_model(entry.model, base)))
         except HistovlError as exc:
             raise SuiteError(f"{where('models', i)}: models.{i}: {exc}") from None
     _unique([m for m, _ in models], "model", where)

@@ -220,3 +220,13 @@ def test_rerun_of_a_finished_grid_leaves_the_leaderboard_files_and_imports_no_st
     again = bench(suite, out, options=opts(fixture))
     assert (out / "leaderboard.html").is_file() and (out / "leaderboard.csv").read_bytes() == files["leaderboard.csv"][0]
     assert list(again.leaderboard["model"]) == list(again.leaderboard.sort_values("rank")["model"])
+
+
+def test_a_model_can_carry_a_display_name(fixture: dict[str, str], tmp_path: Path) -> None:
+    models = f'  - "{fixture["model"]}"\n  - {{name: second-tiny, model: "{fixture["model2"]}"}}\n'
+    suite = load_suite(write_suite(tmp_path, fixture, models=models))
+    assert [name for name, _ in suite.models] == [fixture["model"], "second-tiny"]
+    assert suite.models[1][1] == fixture["model2"]
+    bad = write_suite(tmp_path / "bad", fixture, models='  - {name: x, modle: histovl-lite}\n')
+    with pytest.raises(SuiteError, match=r"suite.yaml:2: models.0.model: Field required"):
+        load_suite(bad)
