@@ -143,7 +143,9 @@ def query_index(
         include_self: keep the query image itself in the results when it is in the index.
         out: also write the table as CSV here (atomically).
         options: the run options a query uses: ``device`` and ``trust_checkpoint`` (also as
-            keywords). The query image is encoded without the cache.
+            keywords), and the cache: a query text is looked up in the prompt-embedding cache
+            (`histovl.embed.text`), so a repeated text query loads no model; the query image is
+            encoded without the cache.
 
     Example:
         >>> query_index("runs/lung-index", text="lung adenocarcinoma", k=5)  # doctest: +SKIP
@@ -154,7 +156,9 @@ def query_index(
     idx = index if isinstance(index, VectorIndex) else VectorIndex.open(index)
     encoder = _query_model(idx, model, opts)
     if text is not None:
-        vector, exclude = encoder.encode_text([text]).detach().cpu().numpy().astype(np.float32), -1
+        from histovl.embed.text import encode_texts
+
+        vector, exclude = encode_texts(encoder, [text]), -1  # through the prompt cache
     else:
         vector = encode_images(encoder, [str(image)], cache=None, num_workers=0, progress=False).embeddings
         exclude = -1 if include_self else _position(idx, Path(str(image)))
@@ -189,13 +193,15 @@ def results_table(idx: VectorIndex, result: SearchResult) -> pd.DataFrame:
 
 
 def _query_model(idx: VectorIndex, model: str | Encoder | None, opts: RunOptions) -> Encoder:
-    """The given model, or the one the index records; refused unless it made the index."""
-    from histovl.models import load_model
+    """The given model, or the one the index records; refused unless it made the index. Opened
+    like every command's (`histovl.embed.encoders.open_encoder`): loaded only when a text or
+    image has to be encoded."""
+    from histovl.embed.encoders import open_encoder
 
     if model is None:
         model = idx.model.get("spec")
         if not model:
             raise ValueError("the index does not record its model; pass --model")
-    encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
+    encoder = open_encoder(model, opts)
     check_same_model(idx, encoder)
     return encoder
