@@ -1,14 +1,16 @@
 """`histovl bench`: re-run time of a finished grid, and the bench's overhead over the same cells by hand.
 
-Every figure is the wall time of a fresh process (imports included), measured in one run and
-interleaved per repeat so load drift on a shared machine hits both sides alike:
+Every figure is the wall time and the CPU time (user + system, from getrusage of the child) of a
+fresh process (imports included), measured in one run and interleaved per repeat so load drift on
+a shared machine hits both sides alike; on a loaded machine the CPU ratio is the steadier one:
 
   first    `bench` on an empty cache and an empty --out (every cell computed)
   rerun    the same `bench` again: every cell reused (target: < 10% of first); this child does not
            register the tiny test architecture (torch + open_clip imports), which a finished grid
            never needs, as a standard open_clip architecture would not need it
   hand     the same cells by hand: each command's library function (zeroshot, retrieve, ...)
-           called one after another in one process, empty cache, no leaderboard
+           called directly, one after another in one process, empty cache, no stopwatch, no
+           leaderboard
   bench    `bench` on an empty cache and an empty --out (= first, measured again beside hand)
 
   RATIO rerun / first   = rerun ÷ first      (target < 0.10)
@@ -26,6 +28,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import statistics
 import subprocess
@@ -90,21 +93,32 @@ opts = RunOptions(cache=Path({cache!r}), n_boot={n_boot}, workers=0, progress=Fa
 if {mode!r} == "bench":
     from histovl.bench import bench
     bench({suite!r}, {out!r}, options=opts)
-else:
-    from histovl.bench.cells import plan_cells, run_cell
-    from histovl.bench.suite import load_suite
+else:  # by hand: each cell's command function called directly (no stopwatch, no leaderboard)
+    import importlib
+    from histovl.bench.cells import plan_cells
+    from histovl.bench.suite import TASKS, load_suite
     suite = load_suite(Path({suite!r}))
     for cell in plan_cells(suite, Path({out!r}), opts, suite.build_configs()):
-        run_cell(cell)
+        module, name, _, _ = TASKS[cell.kind]
+        fn = getattr(importlib.import_module(module), name)
+        if cell.kind == "retrieve":
+            fn(cell.spec, cell.data, str(cell.folder), cell.config, cell.options)
+        else:
+            fn(cell.spec, cell.data, cell.prompts, str(cell.folder), cell.config, cell.options)
 """
 
 
-def timed(mode: str, root: Path, suite: Path, out: Path, cache: Path, n_boot: int, register: bool = True) -> float:
+def timed(mode: str, root: Path, suite: Path, out: Path, cache: Path, n_boot: int,
+          register: bool = True) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one fresh child process."""
     code = CHILD.format(repo=str(REPO), root=str(root), cache=str(cache), n_boot=n_boot, mode=mode,
                         suite=str(suite), out=str(out), register=register)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def fresh(*paths: Path) -> None:
@@ -122,7 +136,7 @@ def main() -> None:
         root = Path(tmp)
         suite = build(root, args.n)
         cache, out = root / "cache", root / "out"
-        times: dict[str, list[float]] = {"first": [], "rerun": [], "hand": [], "bench": []}
+        times: dict[str, list[tuple[float, float]]] = {"first": [], "rerun": [], "hand": [], "bench": []}
         for r in range(args.repeats):
             fresh(cache, out)
             times["first"].append(timed("bench", root, suite, out, cache, args.n_boot))
@@ -130,11 +144,15 @@ def main() -> None:
             for mode in (("hand", "bench") if r % 2 == 0 else ("bench", "hand")):
                 fresh(cache, out)
                 times[mode].append(timed(mode, root, suite, out, cache, args.n_boot))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
     for k, v in times.items():
-        print(f"{k:6s} median {med[k]:7.2f} s   runs {', '.join(f'{x:.2f}' for x in v)}")
-    print(f"RATIO rerun / first  = {med['rerun'] / med['first']:.3f} (target < 0.10)")
-    print(f"RATIO bench overhead = {med['bench'] / med['hand'] - 1:+.3f} (target <= 0.05)")
+        print(f"{k:6s} median wall {wall[k]:7.2f} s  cpu {cpu[k]:7.2f} s   runs (wall/cpu) "
+              + ", ".join(f"{w:.2f}/{c:.2f}" for w, c in v))
+    print(f"RATIO rerun / first  = {wall['rerun'] / wall['first']:.3f} wall, "
+          f"{cpu['rerun'] / cpu['first']:.3f} cpu (target < 0.10)")
+    print(f"RATIO bench overhead = {wall['bench'] / wall['hand'] - 1:+.3f} wall, "
+          f"{cpu['bench'] / cpu['hand'] - 1:+.3f} cpu (target <= 0.05)")
 
 
 if __name__ == "__main__":
