@@ -250,10 +250,10 @@ def capped_prompt_set(full: dict[str, Any], size: int) -> dict[str, Any]:
     characters and every list to `PROMPT_RECORD_ITEMS` items (class names are kept whole), with
     ``_capped`` saying so; its sha256 is recorded beside it (``prompt_set_sha256``)."""
     capped, chars, items = _cap_json(full)
-    capped["_capped"] = (f"the full prompt set ({size} bytes of JSON) is larger than the {PROMPT_SET_RECORD_BYTES} bytes "
-                         f"copied into run.json: strings cut to {chars} characters, lists to {items} items; "
-                         "prompt_set_sha256 identifies the full set")
-    return capped
+    note = (f"the full prompt set ({size} bytes of JSON) is larger than the {PROMPT_SET_RECORD_BYTES} bytes "
+            f"copied into run.json: strings cut to {chars} characters, lists to {items} items; "
+            "prompt_set_sha256 identifies the full set")
+    return {"_capped": note, **capped}  # first: the report shows this dict as the prompt set's text
 
 
 def _prompt_set_dict(prompt_set: Any) -> dict[str, Any]:

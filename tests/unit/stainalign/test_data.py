@@ -33,6 +33,12 @@ def test_read_pairs_resolves_checks_and_defaults_group(tmp_path: Path) -> None:
         read_pairs(tmp_path / "c.csv")
 
 
+def test_a_pairs_csv_without_rows_is_empty_data(tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_text("he_slide,ihc_slide,label,marker\n")
+    with pytest.raises(ValueError, match=r"empty\.csv has no rows"):
+        read_pairs(tmp_path / "empty.csv")
+
+
 def test_nucleus_counting_by_centroid() -> None:
     mask = np.zeros((64, 64, 3), np.uint8)
     mask[2:6, 2:6] = (255, 0, 0)  # positive in crop (0, 0)
