@@ -200,19 +200,20 @@ def _probe_main(backend: str, directory: str, n: int, dim: int, seed: int, cold:
     ids = np.random.default_rng(seed).choice(n, size=LOOKUPS, replace=False)
     keys = [key_of(int(i)) for i in ids]
     before = rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     store = BACKENDS[backend](Path(directory), dim)
     found = store.get(keys)
-    ms = (time.perf_counter() - t0) * 1000
+    ms, cpu_ms = (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
     grown = rss_mb() - before
     assert len(found) == LOOKUPS and all(found[k][0] == i for k, i in zip(keys, ids, strict=True)), "wrong rows"
-    print(json.dumps({"ms": ms, "rss_mb": grown}))
+    print(json.dumps({"ms": ms, "cpu_ms": cpu_ms, "rss_mb": grown}))
 
 
 def lookups(backend: str, directory: Path, n: int, dim: int) -> dict[str, float]:
     warm = [probe(backend, directory, n, dim, seed, cold=False) for seed in range(3)]
     cold = [probe(backend, directory, n, dim, seed + 10, cold=True) for seed in range(3)]
     return {"warm_ms": statistics.median(r["ms"] for r in warm), "warm_rss": statistics.median(r["rss_mb"] for r in warm),
+            "warm_cpu": statistics.median(r["cpu_ms"] for r in warm),
             "cold_ms": statistics.median(r["ms"] for r in cold), "cold_rss": statistics.median(r["rss_mb"] for r in cold)}
 
 
@@ -237,7 +238,7 @@ def compare(n: int, dim: int, root: Path) -> None:
 def scale(sizes: list[int], dim: int, dim_largest: int, root: Path, keep: bool) -> None:
     print(f"scale: histovl store; open + {LOOKUPS} random lookups in a fresh process (median of 3); appends in batches of {APPEND_BATCH}")
     print(f"{'N':>10} {'dim':>4} {'GB':>6} {'build/s':>9} {'append/s empty':>15} {'append/s at N':>14} "
-          f"{'warm ms':>8} {'warm RSS':>9} {'cold ms':>8} {'cold RSS':>9}")
+          f"{'warm ms':>8} {'(CPU ms)':>8} {'warm RSS':>9} {'cold ms':>8} {'cold RSS':>9}")
     empty = append_rate("histovl", root / "append-empty", 0, 64 * 1024, dim)
     shutil.rmtree(root / "append-empty", ignore_errors=True)
     for n in sizes:
@@ -248,7 +249,8 @@ def scale(sizes: list[int], dim: int, dim_largest: int, root: Path, keep: bool) 
         r = lookups("histovl", d, n, d_dim)
         at_n = append_rate("histovl", d, n, 16 * 1024, d_dim)
         print(f"{n:>10,} {d_dim:>4} {du_mb(d) / 1e3:>6.1f} {rate:>9,.0f} {empty:>15,.0f} {at_n:>14,.0f} "
-              f"{r['warm_ms']:>8.1f} {r['warm_rss']:>8.1f}M {r['cold_ms']:>8.1f} {r['cold_rss']:>8.1f}M", flush=True)
+              f"{r['warm_ms']:>8.1f} {r['warm_cpu']:>8.1f} {r['warm_rss']:>8.1f}M {r['cold_ms']:>8.1f} {r['cold_rss']:>8.1f}M",
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
         if not keep:
             shutil.rmtree(d, ignore_errors=True)
 
