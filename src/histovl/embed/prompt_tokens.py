@@ -17,21 +17,25 @@ import numpy as np
 from histovl._prompt_cuts import note_cut
 
 if TYPE_CHECKING:
-    from histovl.embed.cache import CacheNamespace, EmbeddingCache
+    from histovl.embed.cache import CacheNamespace
 
 #: The namespace transform of prompt token counts (one row per prompt: [tokens, context]).
 TOKENS_TRANSFORM = "text-tokens"
 _UNKNOWN = -1.0
 
 
-def note_long_prompts(encoder: Any, texts: Sequence[str], cache: EmbeddingCache | None, key: Callable[[str], str]) -> None:
-    """Note the distinct `texts` that `encoder`'s tokenizer cuts to its context (see module doc);
-    `key` is the cache key of a text (`histovl.embed.text.prompt_key`)."""
+def note_long_prompts(encoder: Any, texts: Sequence[str], ns: CacheNamespace | None, key: Callable[[str], str]) -> None:
+    """Note the distinct `texts` that `encoder`'s tokenizer cuts to its context (see module doc).
+
+    Args:
+        ns: the cache namespace of the counts (`histovl.embed.text.text_namespace` with
+            `TOKENS_TRANSFORM`), or None without a cache.
+        key: the cache key of a text (`histovl.embed.text.prompt_key`).
+    """
     unique = list(dict.fromkeys(texts))
     if not unique:
         return
     rows: dict[str, tuple[float, float]] = {}
-    ns = _namespace(encoder, cache)
     if ns is not None:
         hit, found = ns.get([key(t) for t in unique])
         rows.update(zip([t for t, h in zip(unique, hit, strict=True) if h], map(tuple, found.tolist()), strict=True))
@@ -54,17 +58,3 @@ def _count(encoder: Any, texts: list[str]) -> list[tuple[float, float]]:
         return [(_UNKNOWN, _UNKNOWN)] * len(texts)
     counts, context = result
     return [(float(n), float(context)) for n in counts]
-
-
-def _namespace(encoder: Any, cache: EmbeddingCache | None) -> CacheNamespace | None:
-    from histovl.embed.cache import EmbeddingCache
-
-    if not isinstance(cache, EmbeddingCache):
-        return None
-    card = encoder.card
-    return cache.namespace(
-        weights_id=encoder.weights_id,
-        preprocessing=f"tokenizer={card.tokenizer}|context={card.context_length}",
-        transform=TOKENS_TRANSFORM,
-        meta={"model": card.name, "kind": "text-tokens"},
-    )

@@ -25,7 +25,7 @@ import numpy as np
 
 from histovl._stopwatch import phase
 from histovl.embed.cache import CacheNamespace, EmbeddingCache
-from histovl.embed.prompt_tokens import note_long_prompts
+from histovl.embed.prompt_tokens import TOKENS_TRANSFORM, note_long_prompts
 from histovl.errors import NonFiniteError
 
 if TYPE_CHECKING:
@@ -41,14 +41,15 @@ def prompt_key(text: str) -> str:
     return "text:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def text_namespace(encoder: Encoder, cache: EmbeddingCache) -> CacheNamespace:
-    """The namespace of `encoder`'s prompt embeddings: weights id, tokenizer, context length."""
+def text_namespace(encoder: Encoder, cache: EmbeddingCache, transform: str = TEXT_TRANSFORM) -> CacheNamespace:
+    """The namespace of `encoder`'s prompt embeddings (or, with `TOKENS_TRANSFORM`, of their
+    token counts): weights id, tokenizer, context length."""
     card = encoder.card
     return cache.namespace(
         weights_id=encoder.weights_id,
         preprocessing=f"tokenizer={card.tokenizer}|context={card.context_length}",
-        transform=TEXT_TRANSFORM,
-        meta={"model": card.name, "kind": "text"},
+        transform=transform,
+        meta={"model": card.name, "kind": transform},
     )
 
 
@@ -61,7 +62,9 @@ def encode_texts(
     if cache is ...:
         cache = getattr(encoder, "text_cache", None)
     unique = list(dict.fromkeys(texts))
-    note_long_prompts(encoder, unique, cache if isinstance(cache, EmbeddingCache) else None, prompt_key)  # warns once per run
+    if unique:  # prompts cut to the context: one warning per run, counted in run.json
+        tokens_ns = text_namespace(encoder, cache, TOKENS_TRANSFORM) if isinstance(cache, EmbeddingCache) else None
+        note_long_prompts(encoder, unique, tokens_ns, prompt_key)
     rows: dict[str, np.ndarray] = {}
     ns = text_namespace(encoder, cache) if isinstance(cache, EmbeddingCache) else None
     if ns is not None and unique:
