@@ -6,7 +6,8 @@ Files in the namespace folder::
     index.sqlite          entries(16-byte BLAKE2b digest of the key -> segment, row, CRC-32 of
                           the row's bytes), segments(id, dim, writer, state), quarantine(rows
                           moved aside)
-    seg-<id>.f32          raw float32 rows, appended by exactly one process, never rewritten
+    seg-<id>.f32          raw float32 rows, appended by exactly one process (every store of the
+                          namespace in that process shares it), never rewritten
 
 A lookup reads the index B-tree pages of the keys asked for and then each row with one
 ``pread``; the index holds ~35 bytes per entry (a digest, not the 64-character key), so it stays
@@ -70,6 +71,11 @@ _SCHEMA = (
 #: Connections inherited through fork are kept referenced, never closed in the child (closing
 #: them there could checkpoint or unlock the parent's file).
 _INHERITED: list[sqlite3.Connection] = []
+#: This process's open segment per namespace folder: every `RecordStore` of one namespace in a
+#: process appends to the same segment (one segment per writing process, not one per call).
+_WRITERS: dict[str, _Writer] = {}
+#: One lock for every store of the process (SQLite serialises writers anyway; reads are short).
+_PROCESS_LOCK = threading.RLock()
 _REPORTED: set[tuple[str, str]] = set()
 
 
@@ -164,10 +170,9 @@ class RecordStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / INDEX_FILE
-        self._lock = threading.RLock()
+        self._lock = _PROCESS_LOCK
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
-        self._writer: _Writer | None = None
         self._readers: dict[int, int] = {}
         self._dims: dict[int, int] = {}
 
@@ -195,7 +200,7 @@ class RecordStore:
             return self._conn
         if self._conn is not None:
             _INHERITED.append(self._conn)
-        self._conn, self._writer, self._readers = None, None, {}
+        self._conn, self._readers = None, {}
         try:
             self._conn = self._connect()
         except sqlite3.DatabaseError as err:
@@ -206,17 +211,38 @@ class RecordStore:
         self._pid = os.getpid()
         return self._conn
 
+    @property
+    def _writer(self) -> _Writer | None:
+        w = _WRITERS.get(str(self.directory))
+        return w if w is not None and w.pid == os.getpid() else None
+
+    @_writer.setter
+    def _writer(self, w: _Writer | None) -> None:
+        if w is None:
+            _WRITERS.pop(str(self.directory), None)
+        else:
+            _WRITERS[str(self.directory)] = w
+
     def close(self) -> None:
-        """Close the index connection and segment files (this process's only)."""
+        """Close this object's index connection and segment readers (this process's only). The
+        process's open segment stays open for the next store of this namespace."""
         with self._lock:
-            mine = self._pid == os.getpid()
-            if mine:
-                self.end_segment()
-                for fd in self._readers.values():
-                    os.close(fd)
+            if self._pid == os.getpid():
+                self._close_readers()
                 if self._conn is not None:
                     self._conn.close()
-            self._conn, self._writer, self._readers = None, None, {}
+            self._conn, self._readers = None, {}
+
+    def _close_readers(self) -> None:
+        for fd in self._readers.values():
+            os.close(fd)
+        self._readers = {}
+
+    def __del__(self) -> None:  # segment file descriptors are not closed by the GC otherwise
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to do
+            pass
 
     @contextmanager
     def _guard(self) -> Iterator[sqlite3.Connection]:
@@ -356,6 +382,7 @@ class RecordStore:
                 bad.append(key)
             else:
                 found[key] = np.frombuffer(data, dtype=np.float32)
+        self._close_readers()  # one open per segment per call: no descriptor piles up
         if torn:  # a torn segment is quarantined whole: none of its rows is served
             found = {k: v for k, v in found.items() if k not in {r[0] for r in rows if r[1] in torn}}
         return found, bad, torn
@@ -415,9 +442,8 @@ class RecordStore:
             self._conn.close()
         self._conn = None
         self.end_segment()
-        for fd in self._readers.values():
-            os.close(fd)
-        self._readers, self._dims = {}, {}
+        self._close_readers()
+        self._dims = {}
         stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
         target = self.directory / QUARANTINE_DIR / stamp
         with FileLock(str(self.directory / ".quarantine.lock")):

@@ -22,6 +22,7 @@ def _cache(root: Path) -> None:
         for s in range(0, n, 4):
             m = min(4, n - s)
             ns.put([f"{weights}-{i}" for i in range(s, s + m)], np.full((m, 16), s, np.float32))
+        ns.store.end_segment()  # as a process ending: the next call writes a segment of its own
         ns.close()
 
 

@@ -32,6 +32,7 @@ def _fill(root: Path, ids: range, batch: int = 5) -> None:
     for s in range(ids.start, ids.stop, batch):
         part = range(s, min(s + batch, ids.stop))
         ns.put([f"k{i}" for i in part], np.stack([_vec(i) for i in part]))
+    ns.store.end_segment()  # as a process ending: the next fill writes a segment of its own
     ns.close()
 
 
