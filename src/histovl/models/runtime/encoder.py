@@ -10,6 +10,7 @@ measure the parity gate on the first images and prompts (`histovl.models.runtime
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,6 +129,8 @@ class RuntimeEncoder:
         import torch
 
         started = time.perf_counter()
+        if kind == "text" and self._reuse_fp32_text(path):
+            return
         model = self._torch()
         fp32 = path.with_name(f"{kind}.fp32.onnx") if self.runtime == "onnx-int8" and kind == "image" else path
         if kind == "image":
@@ -148,6 +151,23 @@ class RuntimeEncoder:
             fp32.unlink(missing_ok=True)
         entry = ex.tower_entry(path.name, exporter, quant, started)
         self._meta = ex.update_meta(self.folder, self._meta_base, "towers", kind, entry)
+
+    def _reuse_fp32_text(self, path: Path) -> bool:
+        """Under onnx-int8, copy the fp32 text tower the ``onnx`` runtime already exported (text
+        towers are not quantised, and their export is the slow one)."""
+        if self.runtime != "onnx-int8":
+            return False
+        sibling = ex.export_dir(self.folder.parent, self.base.weights_id, "onnx")
+        entry = ex.read_meta(sibling).get("towers", {}).get("text")
+        if not entry or not (sibling / "text.onnx").is_file():
+            return False
+        from histovl._io import atomic_path
+
+        with atomic_path(path, suffix=".onnx") as tmp:
+            shutil.copyfile(sibling / "text.onnx", tmp)
+        entry = {**entry, "copied_from": str(sibling)}
+        self._meta = ex.update_meta(self.folder, self._meta_base, "towers", "text", entry)
+        return True
 
     def _quantize(self, kind: str, fp32: Path, target: Path, example: Any) -> str:
         """Dynamic int8 for transformer towers; static int8 calibrated on the run's first images
@@ -187,7 +207,8 @@ class RuntimeEncoder:
     def _record(self, kind: str, reference: np.ndarray, candidate: np.ndarray) -> None:
         """Store one tower's parity (and, once both towers are measured, the argmax agreement),
         then apply the gate."""
-        stats = {**gate.tower_parity(reference, candidate), "sha256": self._sha(kind), "measured_in": "this run"}
+        stats = {**gate.tower_parity(reference, candidate), "sha256": self._sha(kind),
+                 "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         arrays = _save_calibration(self.folder, kind, reference, candidate)
         self._meta = ex.update_meta(self.folder, self._meta_base, "parity", kind, stats)
         if {"image_torch", "text_torch"} <= set(arrays):

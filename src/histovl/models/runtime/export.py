@@ -101,7 +101,8 @@ def export_module(
                 except Exception:  # noqa: BLE001 - any tracing failure: let the dynamo exporter try
                     pass
             shapes = tuple({axis: torch.export.Dim.AUTO for axis in dynamic[name]} for name in input_names)
-            torch.onnx.export(module.eval(), args, str(tmp), dynamic_shapes=shapes, dynamo=True, verbose=False, **kwargs)
+            torch.onnx.export(module.eval(), args, str(tmp), dynamic_shapes=shapes, dynamo=True, verbose=False,
+                              external_data=False, **kwargs)  # one file: renamed atomically, hashed whole
             return "dynamo"
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
