@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -225,6 +226,9 @@ def compare(n: int, dim: int, root: Path) -> None:
     print(f"compare: N={n:,} dim={dim}; lookups of {LOOKUPS} random keys in a fresh process (median of 3)")
     print(f"{'design':<16} {'build/s':>9} {'append64/s':>11} {'MB':>8} {'warm ms':>8} {'warm RSS':>9} {'cold ms':>8} {'cold RSS':>9}")
     for backend in BACKENDS:
+        if backend == "lmdb" and importlib.util.find_spec("lmdb") is None:
+            print("lmdb: skipped (pip install lmdb to compare it; histovl does not need it)")
+            continue
         d = root / backend
         rate = build(backend, d, n, dim)
         app = append_rate(backend, root / f"{backend}-append", 0, 32 * 1024, dim)
