@@ -7,8 +7,8 @@ signals turned into a quick, clean stop, and exceptions turned into one line and
   (`histovl.outputs_guard`) and ``--device`` too; the outputs stay locked until it returns.
   The command is one run for `histovl._prompt_cuts` (prompts cut to the context: one warning).
 * `install_signal_handlers` makes SIGTERM behave like Ctrl-C: a ``KeyboardInterrupt`` in the
-  main thread, so every ``finally`` runs (cache shards flushed, staging folders removed, locks
-  released) and finished work stays on disk.
+  main thread, so every ``finally`` runs (the open cache segment closed, staging folders removed, locks
+  released; every cached batch is already committed) and finished work stays on disk.
 * `install_warning_format` prints each warning as one line (``warning: ...``).
 * `run_cli` is the error boundary (docs/reliability.md, "error boundary"): an error the user can
   cause prints ``error: <one line>`` and exits 2; a stop by signal prints one line and exits

@@ -290,7 +290,7 @@ def _provenance_html(record: dict[str, Any]) -> str:
     if isinstance(prompt_set, Mapping):
         parts.append(
             _details(
-                "Prompt set (full text)",
+                "Prompt set (capped: see its _capped note)" if "_capped" in prompt_set else "Prompt set (full text)",
                 json.dumps(prompt_set, indent=2, ensure_ascii=False, default=str),
             )
         )
