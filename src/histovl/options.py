@@ -158,7 +158,15 @@ def split_overrides(
             )
     base_config = config if config is not None else config_type()
     new_config = dataclasses.replace(base_config, **to_config) if to_config else base_config  # type: ignore[type-var]
-    return new_config, resolve_options(options, **to_options)
+    opts = resolve_options(options, **to_options)
+    # Only the commands whose config says so encode through the ONNX runtimes; elsewhere a
+    # non-torch runtime would be silently ignored (the CLI does not offer the flag there).
+    if opts.runtime != "torch" and not getattr(config_type, "TAKES_RUNTIME", False):
+        raise ValueError(
+            f"runtime={opts.runtime!r} is not supported by the command configured by {config_type.__name__}: "
+            "it encodes with torch only (docs/runtime.md lists the commands that take --runtime)"
+        )
+    return new_config, opts
 
 
 def config_record(config: Any) -> dict[str, Any]:

@@ -44,6 +44,35 @@ def test_a_misspelt_keyword_is_a_type_error_listing_both_field_sets() -> None:
         split_overrides({"nboot": 0}, None, _Config, None)
 
 
+def test_a_runtime_is_refused_by_a_command_that_encodes_with_torch_only() -> None:
+    with pytest.raises(ValueError, match="runtime='onnx' is not supported by the command configured by _Config"):
+        split_overrides({"runtime": "onnx"}, None, _Config, None)
+    with pytest.raises(ValueError, match="torch only"):
+        split_overrides({}, None, _Config, RunOptions(runtime="onnx-int8"))
+    _, opts = split_overrides({"runtime": "torch"}, None, _Config, None)
+    assert opts.runtime == "torch"
+
+
+def test_the_commands_that_encode_through_open_encoder_take_a_runtime() -> None:
+    from histovl import (
+        EmbedConfig,
+        FewshotConfig,
+        FusionAblationConfig,
+        MultilabelConfig,
+        PredictConfig,
+        RetrieveConfig,
+        RobustnessConfig,
+        ZeroshotConfig,
+    )
+
+    for config_type in (ZeroshotConfig, MultilabelConfig, FusionAblationConfig, RetrieveConfig, RobustnessConfig, EmbedConfig):
+        _, opts = split_overrides({"runtime": "onnx"}, None, config_type, None)
+        assert opts.runtime == "onnx"
+    for config_type in (FewshotConfig, PredictConfig):  # no --runtime yet: refused, never ignored
+        with pytest.raises(ValueError, match="torch only"):
+            split_overrides({"runtime": "onnx"}, None, config_type, None)
+
+
 def test_old_keyword_spelling_warns_and_is_mapped() -> None:
     with pytest.warns(DeprecationWarning, match="num_workers= is deprecated; use workers="):
         _, opts = split_overrides({"num_workers": 3}, None, _Config, None)

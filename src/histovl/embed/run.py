@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -37,6 +37,7 @@ class EmbedConfig:
         ray_actors: Ray encoder actors (one model load each; one GPU each when CUDA exists).
         ray_actor_cpus: CPUs (and torch threads) per Ray encoder actor.
     """
+    TAKES_RUNTIME: ClassVar[bool] = True  # --runtime onnx|onnx-int8 (docs/runtime.md)
 
     engine: Engine = "local"
     export: Path | None = None

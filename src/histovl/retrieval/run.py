@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,7 @@ class RetrieveConfig:
         save_index: also write the index to ``out/index`` (reusable by `histovl index query`).
         n_gallery: queries shown with their results in the report.
     """
+    TAKES_RUNTIME: ClassVar[bool] = True  # --runtime onnx|onnx-int8 (docs/runtime.md)
 
     k: tuple[int, ...] = (5, 10)
     exclude_same_group: bool = True

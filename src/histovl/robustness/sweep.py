@@ -31,7 +31,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -68,6 +68,7 @@ class RobustnessConfig:
         allow_missing_classes: allow prompt-set classes with no images.
         save_predictions: write the per-image predictions.csv rows.
     """
+    TAKES_RUNTIME: ClassVar[bool] = True  # --runtime onnx|onnx-int8 (docs/runtime.md)
 
     corruptions: tuple[str, ...] | None = None
     levels: tuple[int, ...] | Mapping[str, tuple[int, ...]] | None = None

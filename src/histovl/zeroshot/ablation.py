@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,7 @@ class FusionAblationConfig:
         allow_cross_pairs: also score encoder A's images against encoder B's texts.
         allow_missing_classes: allow prompt-set classes with no images.
     """
+    TAKES_RUNTIME: ClassVar[bool] = True  # --runtime onnx|onnx-int8 (docs/runtime.md)
 
     views: tuple[str, ...] = DEFAULT_VIEWS
     aggregator: str = "mean"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -53,6 +53,7 @@ class ZeroshotConfig:
         per_template: also score each template alone and each class description alone, and
             report the spread (prompt_sensitivity.csv; `histovl.zeroshot.sensitivity`).
     """
+    TAKES_RUNTIME: ClassVar[bool] = True  # --runtime onnx|onnx-int8 (docs/runtime.md)
 
     fusion: str | None = None
     fusion_weights: tuple[float, ...] | None = None

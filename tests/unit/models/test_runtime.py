@@ -120,6 +120,14 @@ def test_missing_onnxruntime_is_one_line(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "\n" not in message and INSTALL_HINT in message and "--runtime onnx-int8" in message
 
 
+def test_token_counts_come_from_the_torch_encoder(exports: Path) -> None:
+    """ONNX runs warn about prompts cut to the context like torch runs (docs/reliability.md)."""
+    encoder = tiny_encoder()
+    rt = apply_runtime(encoder, RunOptions(cache=exports, runtime="onnx"))
+    texts = ["short", "word " * 500]
+    assert rt.text_token_counts(texts) == encoder.text_token_counts(texts)
+
+
 def test_runtime_needs_the_cpu() -> None:
     from histovl.errors import HistovlError
 

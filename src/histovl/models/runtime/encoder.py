@@ -102,6 +102,11 @@ class RuntimeEncoder:
         feats = torch.from_numpy(_run(session, tower.tokenize(texts)))
         return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
 
+    def text_token_counts(self, texts: Sequence[str]) -> tuple[list[int], int] | None:
+        """The torch encoder's count (same tokenizer and context), so ONNX runs warn of cut prompts too."""
+        counter = getattr(self.base, "text_token_counts", None)
+        return counter(texts) if callable(counter) else None
+
     def __call__(self, pixels: Any) -> Any:
         return self.encode_image(pixels)
 

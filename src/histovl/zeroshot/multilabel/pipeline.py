@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -65,6 +65,7 @@ class MultilabelConfig:
         force_powerset: allow power-set prompting beyond 16 labels.
         allow_missing_classes: allow prompt-set classes with no images.
     """
+    TAKES_RUNTIME: ClassVar[bool] = True  # --runtime onnx|onnx-int8 (docs/runtime.md)
 
     strategy: Strategy = "baseline"
     force_powerset: bool = False
