@@ -8,7 +8,8 @@ Scale mode (the issue's targets: <= 100 ms and <= 200 MB resident-memory growth 
               then ``os.sync()`` so the measurements below see a store at rest (a bulk build
               leaves gigabytes of dirty pages whose writeback would be timed instead)
   append    = entries/s of `CacheNamespace.put` in batches of 64 (the engine's default batch,
-              each committed before the next), into an empty namespace and into the full one
+              each committed before the next), 65,536 entries into an empty namespace and
+              65,536 into the full one (wall, and per CPU-second of the process)
   lookup    = a fresh process imports histovl.embed.cache, reads its VmRSS, opens the namespace,
               gets 1,000 random present keys (checking every row), reads VmRSS again: wall ms
               of open + get, and the RSS growth; "warm" = the store's pages in the OS page cache
@@ -51,6 +52,9 @@ import numpy as np
 LOOKUPS = 1000
 BUILD_BATCH = 8192
 APPEND_BATCH = 64
+#: Entries appended into the full namespace: long enough to include SQLite's WAL checkpoints
+#: (one per ~40,000 log pages), whose cost a shorter run would leave out.
+APPEND_AT_N = 64 * 1024
 
 
 def key_of(i: int) -> str:
@@ -251,7 +255,7 @@ def scale(sizes: list[int], dim: int, dim_largest: int, root: Path, keep: bool) 
         rate = build("histovl", d, n, d_dim)
         os.sync()  # steady state: the bulk build's dirty pages written back before measuring
         r = lookups("histovl", d, n, d_dim)
-        at_n = append_rate("histovl", d, n, 16 * 1024, d_dim)
+        at_n = append_rate("histovl", d, n, APPEND_AT_N, d_dim)
         print(f"{n:>10,} {d_dim:>4} {du_mb(d) / 1e3:>6.1f} {rate:>9,.0f} {empty:>15,.0f} {at_n:>14,.0f} "
               f"{r['warm_ms']:>8.1f} {r['warm_cpu']:>8.1f} {r['warm_rss']:>8.1f}M {r['cold_ms']:>8.1f} {r['cold_rss']:>8.1f}M",
               f"load {os.getloadavg()[0]:.1f}", flush=True)

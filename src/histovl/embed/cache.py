@@ -123,11 +123,13 @@ class CacheNamespace:
     def get(self, keys: Iterable[str | None]) -> tuple[np.ndarray, np.ndarray]:
         """Look up keys. Returns (hit mask, embeddings for the hits in order)."""
         keys = list(keys)
-        found = self.store.get([k for k in keys if k is not None])
-        hit = np.array([k is not None and k in found for k in keys], dtype=bool)
-        rows = [found[k] for k in keys if k is not None and k in found]
-        dim = rows[0].shape[0] if rows else 0
-        return hit, (np.stack(rows) if rows else np.zeros((0, dim), np.float32))
+        present = [k for k in keys if k is not None]
+        hit_present, rows = self.store.lookup(present)
+        if len(present) == len(keys):
+            return hit_present, rows
+        hit = np.zeros(len(keys), dtype=bool)
+        hit[[i for i, k in enumerate(keys) if k is not None]] = hit_present
+        return hit, rows
 
     def put(self, keys: Sequence[str], embeddings: np.ndarray) -> None:
         """Add entries, committed to disk before this returns (existing keys are kept)."""
