@@ -237,8 +237,21 @@ def config_field_names(module: str, class_name: str) -> set[str]:
     tree = ast.parse(source.read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == class_name:
-            return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+            return {
+                s.target.id for s in node.body
+                if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name) and not _is_class_var(s.annotation)
+            }
     raise LookupError(f"{class_name} not found in {source}")
+
+
+def _is_class_var(annotation: Any) -> bool:
+    """``X: ClassVar[...]`` is a class attribute (e.g. ``TAKES_RUNTIME``), not a dataclass field."""
+    import ast
+
+    head = annotation.value if isinstance(annotation, ast.Subscript) else annotation
+    return (isinstance(head, ast.Name) and head.id == "ClassVar") or (
+        isinstance(head, ast.Attribute) and head.attr == "ClassVar"
+    )
 
 
 def _unique(values: Sequence[str], what: str, where: Any) -> None:
