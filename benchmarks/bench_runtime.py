@@ -29,7 +29,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -50,31 +49,16 @@ WARMUP_TILES = 16
 ENCODE_TILES = 16
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def heldout_manifest(work: Path, per_class: int) -> Path:
-    """path,label,group of whole held-out near-duplicate groups, `per_class` tiles per class or a few more."""
-    from histovl.data import near_duplicate_groups
+    """path,label,group of whole held-out near-duplicate groups, `per_class` tiles per class or a
+    few more: the same deterministic subsample as scripts/bench_shared_data.py (its function)."""
+    import importlib.util
 
-    names = HELDOUT.read_text().split()
-    paths = [SHARED / n for n in names]
-    frame = pd.DataFrame({"path": [str(p) for p in paths], "label": [Path(n).parent.name for n in names],
-                          "group": near_duplicate_groups(paths, workers=2)})
-    frame["group"] = frame["label"] + "-" + frame["group"].astype(str)
-    keep: list[int] = []
-    for _, block in frame.groupby("label", sort=True):
-        taken = 0
-        for group in sorted(set(block["group"]), key=_sha):
-            if taken >= per_class:
-                break
-            members = block[block["group"] == group]
-            keep.extend(members.index)
-            taken += len(members)
-    target = work / "lc25000-heldout.csv"
-    frame.loc[sorted(keep)].to_csv(target, index=False)
-    return target
+    spec = importlib.util.spec_from_file_location("bench_shared_data", REPO / "scripts" / "bench_shared_data.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return Path(module.lc25000_heldout(work, per_class))
 
 
 def warmup_manifest(work: Path) -> Path:
