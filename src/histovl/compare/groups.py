@@ -28,13 +28,9 @@ def resolve_groups(runs: Sequence[LoadedRun], groups_file: Path | None) -> tuple
     paths = runs[0].paths
     if groups_file is not None:
         return _groups_from_file(groups_file, paths), f"file {groups_file}"
-    with_column = [r for r in runs if r.groups is not None]
-    if with_column:
-        first = with_column[0]
-        for other in with_column[1:]:
-            if other.groups != first.groups:
-                raise CompareInputError(f"runs {first.name} and {other.name} give different `group` columns")
-        return first.groups, f"predictions.csv of {first.name}"
+    from_runs = _agreed_column(runs, "groups", "group")
+    if from_runs[0] is not None:
+        return from_runs
     manifest = _recorded_manifest(runs[0])
     if manifest is not None:
         groups = _groups_from_manifest(manifest, paths, runs[0])
@@ -69,19 +65,28 @@ def resolve_splits(runs: Sequence[LoadedRun], groups_file: Path | None) -> tuple
         if "split" in frame.columns and "path" in frame.columns:
             mapping = dict(zip(frame["path"], frame["split"], strict=True))
             return [mapping.get(p) or None for p in paths], f"file {groups_file}"
-    with_column = [r for r in runs if r.splits is not None]
-    if with_column:
-        first = with_column[0]
-        for other in with_column[1:]:
-            if other.splits != first.splits:
-                raise CompareInputError(f"runs {first.name} and {other.name} give different `split` columns")
-        return first.splits, f"predictions.csv of {first.name}"
+    from_runs = _agreed_column(runs, "splits", "split")
+    if from_runs[0] is not None:
+        return from_runs
     manifest = _recorded_manifest(runs[0])
     if manifest is not None:
         splits = _manifest_column(manifest, paths, runs[0], "split")
         if splits is not None:
             return splits, f"data manifest {manifest}"
     return None, None
+
+
+def _agreed_column(runs: Sequence[LoadedRun], attr: str, column: str) -> tuple[list[str | None] | None, str | None]:
+    """The predictions.csv ``column`` (read into ``LoadedRun.<attr>``) of the runs that have one,
+    which must agree across them; ``(None, None)`` when no run has it."""
+    with_column = [r for r in runs if getattr(r, attr) is not None]
+    if not with_column:
+        return None, None
+    first = with_column[0]
+    for other in with_column[1:]:
+        if getattr(other, attr) != getattr(first, attr):
+            raise CompareInputError(f"runs {first.name} and {other.name} give different `{column}` columns")
+    return getattr(first, attr), f"predictions.csv of {first.name}"
 
 
 def _recorded_manifest(run: LoadedRun) -> Path | None:
