@@ -161,12 +161,19 @@ def split_overrides(
     opts = resolve_options(options, **to_options)
     # Only the commands whose config says so encode through the ONNX runtimes; elsewhere a
     # non-torch runtime would be silently ignored (the CLI does not offer the flag there).
-    if opts.runtime != "torch" and not getattr(config_type, "TAKES_RUNTIME", False):
-        raise ValueError(
-            f"runtime={opts.runtime!r} is not supported by the command configured by {config_type.__name__}: "
-            "it encodes with torch only (docs/runtime.md lists the commands that take --runtime)"
-        )
+    if not getattr(config_type, "TAKES_RUNTIME", False):
+        refuse_runtime(opts, f"the command configured by {config_type.__name__}", getattr(config_type, "NO_RUNTIME_REASON", None))
     return new_config, opts
+
+
+def refuse_runtime(opts: RunOptions, command: str, reason: str | None = None) -> None:
+    """`ValueError` (one line) when `opts` asks a command that encodes with torch only for another
+    runtime; `reason` says why that command has no ``--runtime`` (a config's ``NO_RUNTIME_REASON``)."""
+    if opts.runtime != "torch":
+        raise ValueError(
+            f"runtime={opts.runtime!r} is not supported by {command}: {reason or 'it encodes with torch only'} "
+            "(docs/runtime.md lists the commands that take --runtime)"
+        )
 
 
 def config_record(config: Any) -> dict[str, Any]:

@@ -64,12 +64,15 @@ def test_the_commands_that_encode_through_open_encoder_take_a_runtime() -> None:
         RobustnessConfig,
         ZeroshotConfig,
     )
+    from histovl.heads.cmm_run import CmmFitConfig
+    from histovl.train.finetune import FinetuneConfig
 
-    for config_type in (ZeroshotConfig, MultilabelConfig, FusionAblationConfig, RetrieveConfig, RobustnessConfig, EmbedConfig):
+    for config_type in (ZeroshotConfig, MultilabelConfig, FusionAblationConfig, RetrieveConfig, RobustnessConfig, EmbedConfig,
+                        FewshotConfig, PredictConfig):
         _, opts = split_overrides({"runtime": "onnx"}, None, config_type, None)
         assert opts.runtime == "onnx"
-    for config_type in (FewshotConfig, PredictConfig):  # no --runtime yet: refused, never ignored
-        with pytest.raises(ValueError, match="torch only"):
+    for config_type, why in ((_Config, "torch only"), (CmmFitConfig, "patch tokens"), (FinetuneConfig, "trains the encoder")):
+        with pytest.raises(ValueError, match=why):  # refused with its reason, never ignored
             split_overrides({"runtime": "onnx"}, None, config_type, None)
 
 

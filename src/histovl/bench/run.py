@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from histovl._io import atomic_write_text
 from histovl.bench.cells import TIMING_KEYS, Cell, cell_timing, is_done, plan_cells, run_cell
@@ -55,6 +55,7 @@ class BenchConfig:
             Ray tasks (``ray.init()`` joins a running cluster when ``RAY_ADDRESS`` is set).
         ray_cpus: CPUs each Ray cell asks for.
     """
+    TAKES_RUNTIME: ClassVar[bool] = True  # passed to every cell: --runtime onnx|onnx-int8 (docs/runtime.md)
 
     engine: Engine = "local"
     ray_cpus: float = 1.0
@@ -117,6 +118,7 @@ def bench(
     loaded, out_dir = _prepare(suite, out)
     with output_lock(out_dir):
         cells = plan_cells(loaded, out_dir, opts)
+        _check_runtimes(cells)
         times, failure = _run_pending(cells, loaded, cfg)
         table = _cells_table(cells, set(times))
         board = _write_outputs(cells, table, out_dir, loaded, opts)
@@ -132,6 +134,23 @@ def _prepare(suite: str | os.PathLike[str] | Suite, out: str | os.PathLike[str])
     loaded = suite if isinstance(suite, Suite) else load_suite(Path(suite))
     out_dir = check_output_folder(out)
     return loaded, out_dir
+
+
+def _check_runtimes(cells: Sequence[Cell]) -> None:
+    """A finished cell is reused only under the runtime it was computed with: a leaderboard never
+    mixes torch and ONNX cells (run.json's ``config.runtime``; older cells are torch's)."""
+    for cell in cells:
+        if not is_done(cell):
+            continue
+        try:
+            done = json.loads((cell.folder / "run.json").read_text(encoding="utf-8")).get("config", {}).get("runtime") or "torch"
+        except (OSError, ValueError):
+            continue  # an unreadable run.json is reported where the cell is read
+        if done != cell.options.runtime:
+            raise HistovlError(
+                f"cell {cell.relative} was computed with --runtime {done}, not {cell.options.runtime}; run this "
+                f"runtime into another --out folder (or re-run with --runtime {done})"
+            )
 
 
 def _run_pending(cells: Sequence[Cell], suite: Suite, cfg: BenchConfig) -> tuple[dict[str, dict[str, Any]], tuple[Cell, Exception] | None]:

@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from histovl.cli.common import RUNTIME_OPTIONS, OutOpt, with_run_options
+from histovl.cli.common import OutOpt, with_run_options
 from histovl.options import RunOptions
 
 
-@with_run_options(exclude=RUNTIME_OPTIONS, help_overrides={"seed": "Seeds every cell and the leaderboard's paired bootstrap."})
+@with_run_options(help_overrides={"seed": "Seeds every cell and the leaderboard's paired bootstrap.",
+                                  "runtime": "Encoder engine of every cell: torch, onnx or onnx-int8 (docs/runtime.md); a finished cell of another runtime is refused."})
 def bench_command(
     suite: Annotated[Path, typer.Argument(help="SUITE.yaml: models, datasets (name, path, prompts) and tasks with their options (docs/bench.md).")],
     out: OutOpt,

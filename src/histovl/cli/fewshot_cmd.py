@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from histovl._compat import StrEnum
-from histovl.cli.common import RUNTIME_OPTIONS, OneModelOpt, OutOpt, print_skipped, with_run_options
+from histovl.cli.common import OneModelOpt, OutOpt, print_skipped, with_run_options
 from histovl.options import RunOptions
 
 
@@ -25,7 +25,7 @@ KnnOpt = Annotated[int, typer.Option("--knn-k", min=1, help="Neighbours of the k
 StepsOpt = Annotated[int, typer.Option("--text-linear-steps", min=0, help="L-BFGS iterations of text-linear (0 = zero-shot).")]
 
 
-@with_run_options(exclude=RUNTIME_OPTIONS)
+@with_run_options()
 def fewshot_eval_command(
     model: OneModelOpt,
     out: OutOpt,
@@ -59,7 +59,7 @@ def fewshot_eval_command(
     typer.echo(f"query n = {res.metrics['n_query']}; support pool n = {res.metrics['n_support_pool']}; report: {out / 'report.html'}")
 
 
-@with_run_options(exclude=("n_boot", *RUNTIME_OPTIONS))
+@with_run_options(exclude=("n_boot",))
 def fewshot_fit_command(
     model: OneModelOpt,
     data: Annotated[Path, typer.Option("--data", "-d", help="Labelled images (class folder or CSV manifest): the support set.")],

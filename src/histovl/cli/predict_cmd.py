@@ -10,7 +10,6 @@ from rich.console import Console
 
 from histovl._compat import StrEnum
 from histovl.cli.common import (
-    RUNTIME_OPTIONS,
     OneModelOpt,
     OutOpt,
     print_metrics,
@@ -40,7 +39,7 @@ class GeojsonObjectChoice(StrEnum):
 PredictDataOpt = Annotated[Path, typer.Option("--data", "-d", help="Folder of images (flat, nested, or class sub-folders), CSV manifest (path, optional label), or a slide file.")]
 
 
-@with_run_options(exclude=RUNTIME_OPTIONS)
+@with_run_options()
 def predict_command(
     model: OneModelOpt,
     data: PredictDataOpt,

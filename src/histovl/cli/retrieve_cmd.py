@@ -12,7 +12,6 @@ from rich.table import Table
 from histovl._compat import StrEnum
 from histovl.cli.common import (
     ALL_RUN_OPTIONS,
-    RUNTIME_OPTIONS,
     DataOpt,
     OneModelOpt,
     OutOpt,
@@ -70,7 +69,7 @@ def retrieve_command(
     typer.echo(f"n = {res.metrics['n']}; excluded: {res.metrics['exclusion']}; report: {out / 'report.html'}")
 
 
-@with_run_options(exclude=("n_boot", "seed", *RUNTIME_OPTIONS))  # `index query` encodes with torch
+@with_run_options(exclude=("n_boot", "seed"))  # `index query` encodes with torch (docs/runtime.md)
 def index_build_command(
     model: OneModelOpt,
     data: DataOpt,

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from histovl.cli.common import (
     ALL_RUN_OPTIONS,
+    RUNTIME_OPTIONS,
     OneModelOpt,
     OutOpt,
     deprecated_alias,
@@ -34,7 +35,7 @@ ReadersOpt = Annotated[int | None, typer.Option("--readers", min=1, hidden=True,
 #: `--workers` for slides: the threads that read tiles (OpenSlide and Pillow release the GIL).
 WORKERS_HELP = {"workers": "Tile-reading threads for slides (default: cores, at most 8)."}
 TILE_OPTIONS = ("workers",)
-EMBED_OPTIONS = ("cache", "use_cache", "batch_size", "workers", "device", "trust_checkpoint", "progress")
+EMBED_OPTIONS = ("cache", "use_cache", "batch_size", "workers", "device", "trust_checkpoint", "progress", *RUNTIME_OPTIONS)
 
 
 def _spec(size: int, mpp: float | None, magnification: float | None, tissue_threshold: float, max_bad_tiles: int | None) -> TileSpec:

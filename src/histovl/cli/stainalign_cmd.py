@@ -11,7 +11,6 @@ from rich.console import Console
 
 from histovl._compat import StrEnum
 from histovl.cli.common import (
-    RUNTIME_OPTIONS,
     OutOpt,
     deprecated_alias,
     print_metrics,
@@ -32,8 +31,9 @@ PairsOpt = Annotated[Path, typer.Option("--pairs", help="Pairs CSV: he_slide, ih
 STAINALIGN_KEYS = ("f1_weighted", "f1_macro", "accuracy", "auroc")
 
 #: `--batch-size` is the training batch of paired slides (fit) and tile decoding stays in the
-#: main process without progress bars, so those run options are not offered.
-stainalign_run_options = with_run_options(exclude=("batch_size", "workers", "progress", *RUNTIME_OPTIONS))
+#: main process without progress bars, so those run options are not offered. `--runtime` encodes
+#: the tiles (docs/runtime.md).
+stainalign_run_options = with_run_options(exclude=("batch_size", "workers", "progress"))
 
 
 def _print_summary(metrics: dict[str, Any], out: Path, console: Console) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +30,14 @@ from histovl.heads.cmm import KVMode
 from histovl.heads.cmm_head import CMMHead
 from histovl.heads.features import TokenSource, encode_image_tokens, resolve_token_source
 from histovl.models.encoder import Encoder
-from histovl.options import PathArg, RunOptions, config_record, resolve_options, split_overrides
+from histovl.options import (
+    PathArg,
+    RunOptions,
+    config_record,
+    refuse_runtime,
+    resolve_options,
+    split_overrides,
+)
 from histovl.outputs_guard import staged_folder
 from histovl.zeroshot.multilabel.outputs import (
     evaluate_multilabel,
@@ -60,6 +67,11 @@ class CmmFeatures:
     grid: int = 2
 
 
+#: Why cmm fit / eval encode with torch only (one line of their refusal; docs/runtime.md).
+CMM_NO_RUNTIME = ("its default features are the encoder's patch tokens, which the ONNX towers (pooled embeddings "
+                  "only) do not output")
+
+
 @dataclass(frozen=True)
 class CmmFitConfig:
     """What `histovl cmm fit` trains (the run options are in `RunOptions`).
@@ -71,6 +83,7 @@ class CmmFitConfig:
         n_heads, ffn_dim, dropout: the decoder block (`CMMHead`).
         allow_missing_classes: allow prompt-set classes with no images.
     """
+    NO_RUNTIME_REASON: ClassVar[str] = CMM_NO_RUNTIME  # docs/runtime.md
 
     kv_mode: KVMode = "tokens"
     tokens: TokenSource = "auto"
@@ -296,6 +309,7 @@ def cmm_eval(
     from histovl.reproducibility import seed_everything
 
     opts = resolve_options(options if options is not None else CMM_OPTIONS, **overrides)
+    refuse_runtime(opts, "cmm eval", CMM_NO_RUNTIME)
     seed_everything(opts.seed)
     fitted = head if isinstance(head, CMMHead) else CMMHead.load(head, device=opts.device)
     inputs = _prepare_eval(fitted, data, model, opts)

@@ -103,8 +103,12 @@ class EncoderInfo:
 
     @classmethod
     def of(cls, encoder: Any) -> EncoderInfo:
-        """The identity of a loaded `Encoder` (weights id, card name, preprocessing key)."""
-        return cls(str(encoder.weights_id), str(encoder.card.name), str(encoder.card.preprocessing_key()))
+        """The identity of a loaded `Encoder` (weights id, card name, preprocessing key). The
+        weights id is torch's: a head fitted under ``--runtime onnx`` applies under torch and back
+        (the runtime's parity gate bounds the difference; docs/runtime.md)."""
+        from histovl.embed.runtimes import torch_weights_id
+
+        return cls(torch_weights_id(encoder.weights_id), str(encoder.card.name), str(encoder.card.preprocessing_key()))
 
     def describe(self) -> str:
         return f"{self.model} (weights {self.weights_id[:16]}, preprocessing {self.preprocessing})"

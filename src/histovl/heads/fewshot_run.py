@@ -18,12 +18,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from histovl.embed import cache_for, encode_images
+from histovl.embed.runtimes import runtime_encoder
 from histovl.errors import HistovlError
 from histovl.heads.fewshot import (
     KNN_K,
@@ -87,6 +88,7 @@ class FewshotConfig:
         knn_k: neighbours of the ``knn`` method.
         text_linear_steps: L-BFGS iterations of ``text-linear`` (0 = zero-shot).
     """
+    TAKES_RUNTIME: ClassVar[bool] = True  # --runtime onnx|onnx-int8 (docs/runtime.md)
 
     methods: tuple[str, ...] | None = None
     shots: tuple[Shots, ...] = DEFAULT_SHOTS
@@ -113,6 +115,7 @@ class FewshotConfig:
 @dataclass(frozen=True)
 class FewshotFitConfig:
     """What `histovl fewshot fit` fits: one method and its settings."""
+    TAKES_RUNTIME: ClassVar[bool] = True  # --runtime onnx|onnx-int8 (docs/runtime.md)
 
     method: str = "linear"
     knn_k: int = KNN_K
@@ -196,9 +199,7 @@ def fewshot_eval(
     cfg, opts = split_overrides(overrides, config, FewshotConfig, options)
     seed_everything(opts.seed)
     inputs = _prepare(support, query, prompts, cfg, opts)
-    from histovl.models import load_model
-
-    encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
+    encoder = runtime_encoder(model, opts)  # --runtime (docs/runtime.md)
     items = _encode(encoder, inputs, opts)
     split = _split(items, cfg, opts)
     check_shots(_pool_counts(items, split, inputs.classes), cfg.shots, _pool_phrase(split, inputs, cfg.near_duplicates))
@@ -515,9 +516,7 @@ def fewshot_fit(
     classes = list(prompt_set.classes) if prompt_set is not None else sorted(image_set.classes)
     validate_labels(image_set, classes)
     _resolve_methods((cfg.method,), prompt_set is not None)
-    from histovl.models import load_model
-
-    encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
+    encoder = runtime_encoder(model, opts)  # --runtime (docs/runtime.md)
     inputs = _Inputs(image_set, None, prompt_set, classes, (cfg.method,))
     items = _encode(encoder, inputs, opts)
     head = make_head(cfg.method, classes, encoder=EncoderInfo.of(encoder), classifier=_text_classifier(encoder, inputs),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,7 @@ class PredictConfig:
         top_j: tiles pooled per class with ``top-j``.
         geojson_object: QuPath object type of each tile feature: ``tile`` or ``annotation``.
     """
+    TAKES_RUNTIME: ClassVar[bool] = True  # --runtime onnx|onnx-int8 (docs/runtime.md)
 
     prompts: Any = None
     head: Any = None
@@ -156,9 +157,9 @@ def _is_slide(data: Any, cfg: PredictConfig) -> bool:
 
 
 def _encoder_and_scorer(model: Any, sources: Sources, cfg: PredictConfig, opts: RunOptions) -> tuple[Encoder, Scorer]:
-    from histovl.models import load_model
+    from histovl.embed.runtimes import runtime_encoder
 
-    encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
+    encoder = runtime_encoder(model, opts)  # --runtime (docs/runtime.md)
     return encoder, build_scorer(sources, encoder, cfg.aggregate)
 
 

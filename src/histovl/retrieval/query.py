@@ -11,7 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,7 @@ import pandas as pd
 from histovl._io import atomic_open
 from histovl.embed import encode_images
 from histovl.errors import HistovlError
-from histovl.options import PathArg, RunOptions, resolve_options, split_overrides
+from histovl.options import PathArg, RunOptions, refuse_runtime, resolve_options, split_overrides
 from histovl.retrieval.index import METADATA_FILE, IndexFormatError, VectorIndex
 from histovl.retrieval.run import embedding_cache_key, encode_records, model_provenance
 from histovl.retrieval.search import SearchResult
@@ -36,6 +36,11 @@ class ModelMismatchError(HistovlError):
     """The model given for a query is not the one whose embeddings fill the index."""
 
 
+#: Why `index query` encodes with torch only (docs/runtime.md).
+QUERY_NO_RUNTIME = ("it encodes one text or image per query, where exporting the towers and measuring the parity "
+                    "gate cost more than they save; an index built with --runtime onnx is queried with torch")
+
+
 @dataclass(frozen=True)
 class IndexBuildConfig:
     """How `histovl index build` stores the vectors (the run options are in `RunOptions`).
@@ -48,6 +53,7 @@ class IndexBuildConfig:
         overwrite: replace an existing index at `out`; without it (or `append`) an existing
             index is refused before any model loads, never replaced silently.
     """
+    TAKES_RUNTIME: ClassVar[bool] = True  # --runtime onnx|onnx-int8 (docs/runtime.md)
 
     storage: str = "flat"
     index_options: IndexOptions | None = None
@@ -75,7 +81,7 @@ def build_index(
         4500
     """
     from histovl.data import load_image_set
-    from histovl.models import load_model
+    from histovl.embed.runtimes import runtime_encoder
 
     if isinstance(options, IndexOptions):  # the spelling before RunOptions took `options=`
         warnings.warn("build_index(options=IndexOptions(...)) is deprecated; use index_options=",
@@ -88,8 +94,8 @@ def build_index(
             f"--out {folder} already holds an index; pass --append to add to it or --overwrite to replace it"
         )
     image_set = load_image_set(data, allow_absolute_paths=opts.allow_absolute_paths)
-    encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
-    index = _open_or_create(folder, encoder, model, cfg)
+    encoder = runtime_encoder(model, opts)  # --runtime (docs/runtime.md)
+    index = _open_or_create(folder, encoder, model, cfg, opts)
     known = set(index.records["path"])
     encoded = encode_records(encoder, [r for r in image_set.records if str(r.path) not in known], opts)
     index.add(
@@ -100,20 +106,26 @@ def build_index(
     return index
 
 
-def _open_or_create(folder: Path, encoder: Encoder, spec: str | Encoder, cfg: IndexBuildConfig) -> VectorIndex:
-    """The index at `folder` when appending to one (same model), else a new empty one."""
+def _open_or_create(folder: Path, encoder: Encoder, spec: str | Encoder, cfg: IndexBuildConfig, opts: RunOptions) -> VectorIndex:
+    """The index at `folder` when appending to one (same model, same runtime), else a new empty one."""
     if cfg.append and (folder / METADATA_FILE).exists():
         index = VectorIndex.open(folder)
-        check_same_model(index, encoder)
+        check_same_model(index, encoder, same_runtime=True)  # one index never mixes runtimes
         return index
+    model = {**model_provenance(encoder, spec), "runtime": opts.runtime, "runtime_parity": opts.record()["runtime_parity"]}
     return VectorIndex(encoder.card.embed_dim, storage=cfg.storage, options=cfg.index_options,
-                       model=model_provenance(encoder, spec), cache_key=embedding_cache_key(encoder))
+                       model=model, cache_key=embedding_cache_key(encoder))
 
 
-def check_same_model(index: VectorIndex, encoder: Encoder) -> None:
-    """Raise `ModelMismatchError` unless `encoder` produced the index's vectors."""
+def check_same_model(index: VectorIndex, encoder: Encoder, *, same_runtime: bool = False) -> None:
+    """Raise `ModelMismatchError` unless `encoder` produced the index's vectors: the same weights,
+    under any runtime (a torch query against an index built with ``--runtime onnx``: the parity
+    gate bounds the difference), or under the same runtime with `same_runtime` (appending)."""
+    from histovl.embed.runtimes import torch_weights_id
+
     expected = index.model.get("weights_id")
-    if expected and expected != encoder.weights_id:
+    given = encoder.weights_id if same_runtime else torch_weights_id(encoder.weights_id)
+    if expected and (expected if same_runtime else torch_weights_id(expected)) != given:
         raise ModelMismatchError(
             f"the index was built with {index.model.get('spec')!r} (weights {expected}), but the query "
             f"model has weights {encoder.weights_id}; embeddings of different models cannot be compared. "
@@ -153,6 +165,7 @@ def query_index(
     if (image is None) == (text is None):
         raise ValueError("give exactly one of an image (--image) or a text (--text) to query with")
     opts = resolve_options(options, **overrides)
+    refuse_runtime(opts, "index query", QUERY_NO_RUNTIME)
     idx = index if isinstance(index, VectorIndex) else VectorIndex.open(index)
     encoder = _query_model(idx, model, opts)
     if text is not None:

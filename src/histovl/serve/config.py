@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import ClassVar
 
 from histovl.errors import HistovlError
 
@@ -37,6 +38,9 @@ class ServeConfig:
         low_margin: the run page's default low-margin cut-off (top-1 minus top-2 probability).
         jpeg_quality: quality of the tiles, thumbnails and large views sent.
     """
+    NO_RUNTIME_REASON: ClassVar[str] = (  # docs/runtime.md
+        "it encodes one search query at a time, where an export on the first request and a parity gate on "
+        "one input cost more than they save")
 
     host: str = "127.0.0.1"
     port: int = 8765

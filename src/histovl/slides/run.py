@@ -2,14 +2,15 @@
 
 slide → `tile_slide` (tile images saved; a finished tiling reused) → `embed_slide` (through the
 embedding cache) → embeddings.npy → with a prompt set: `slide_zeroshot` (MI-Zero top-j pooling)
-→ zeroshot.json, tile_predictions.csv, zeroshot_map.png.
+→ zeroshot.json, tile_predictions.csv, zeroshot_map.png; encoder.json names the model and its
+--runtime (with the parity gate's record; docs/runtime.md).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from histovl.options import RunOptions, split_overrides
 from histovl.slides.embedding import (
@@ -36,6 +37,7 @@ class SlideEmbedConfig:
         force: re-tile even when the output folder holds a finished tiling of the same slide.
         top_j: tiles pooled per class for the slide scores (MI-Zero), one result per value.
     """
+    TAKES_RUNTIME: ClassVar[bool] = True  # --runtime onnx|onnx-int8 (docs/runtime.md)
 
     spec: TileSpec = field(default_factory=TileSpec)
     slide_mpp: float | None = None
@@ -78,10 +80,10 @@ def slides_embed(
         >>> se.zeroshot.prediction(10)  # doctest: +SKIP
     """
     from histovl.embed import cache_for
-    from histovl.models import load_model
+    from histovl.embed.runtimes import runtime_encoder
 
     cfg, opts = split_overrides(overrides, config, SlideEmbedConfig, options)
-    encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
+    encoder = runtime_encoder(model, opts)  # --runtime (docs/runtime.md)
     se = embed_slide(
         encoder, slide, out, cfg.spec, cache=cache_for(opts), slide_mpp=cfg.slide_mpp,
         batch_size=opts.batch_size, num_workers=opts.workers, progress=opts.progress, force=cfg.force,
@@ -93,4 +95,22 @@ def slides_embed(
         classifier = build_text_classifier(encoder, load_prompt_set(prompts))
         se.zeroshot = slide_zeroshot(classifier, se.embeddings, cfg.top_j)
         write_slide_zeroshot(se, se.zeroshot, out)
+    _write_encoder_record(out, encoder, opts)
     return se
+
+
+#: Which encoder and runtime made ``embeddings.npy`` (written beside it by every run).
+ENCODER_FILE = "encoder.json"
+
+
+def _write_encoder_record(out: str | os.PathLike[str], encoder: Any, opts: RunOptions) -> None:
+    """``encoder.json``: model, weights id (naming the runtime), the runtime and its parity gate."""
+    from pathlib import Path
+
+    from histovl._io import atomic_write_json
+
+    record = opts.record()
+    atomic_write_json(Path(out) / ENCODER_FILE, {
+        "model": encoder.card.name, "weights_id": encoder.weights_id, "runtime": record["runtime"],
+        "allow_approximate": record["allow_approximate"], "runtime_parity": record["runtime_parity"],
+    })

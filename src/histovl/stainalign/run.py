@@ -26,13 +26,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pandas as pd
 
 from histovl.distributed import broadcast_object, distributed_job, rank_device, run_on_blocks
 from histovl.embed.cache import EmbeddingCache, cache_for
+from histovl.embed.runtimes import runtime_encoder, torch_weights_id
 from histovl.metrics import classification_metrics
 from histovl.models.encoder import Encoder
 from histovl.options import RunOptions, config_record, resolve_options, split_overrides
@@ -70,6 +71,7 @@ class StainAlignFitConfig:
             baseline, trained from `RunOptions.seed`.
         cv_folds: grouped cross-validation folds.
     """
+    TAKES_RUNTIME: ClassVar[bool] = True  # --runtime onnx|onnx-int8 (docs/runtime.md)
 
     spec: TileSpec = field(default_factory=TileSpec)
     slide_mpp: float | None = None
@@ -304,14 +306,12 @@ def stainalign_fit(
     Example:
         >>> stainalign_fit("pairs.csv", "runs/ki67", model="histovl-lite", cv_folds=5)  # doctest: +SKIP
     """
-    from histovl.models import load_model
-
     cfg, opts = split_overrides(overrides, config, StainAlignFitConfig, options)
     out_dir = Path(out)
     with distributed_job() as ctx:
         opts = opts.replace(device=rank_device(ctx, opts.device))
         pairs = read_pairs(pairs_csv, allow_absolute_paths=opts.allow_absolute_paths)
-        encoder = load_model(model, device=opts.device, trust_checkpoint=opts.trust_checkpoint)
+        encoder = runtime_encoder(model, opts)  # --runtime (docs/runtime.md)
         data = _pair_bags(encoder, pairs, out_dir / "tiles", cfg.spec, cfg.slide_mpp, opts, ("he_slide", "ihc_slide"))
         he_x, ihc_x = data.embeddings("he_slide"), data.embeddings("ihc_slide")
         labels, groups = list(data.pairs["label"]), list(data.pairs["group"])
@@ -406,13 +406,11 @@ def stainalign_eval(
     fields as keywords) and ``on_error`` as in `stainalign_fit` (only H&E slides are read, so
     only they can drop a pair).
     """
-    from histovl.models import load_model
-
     opts = resolve_options(options, **overrides)
     aligned_model, meta = HistoStainAlign.load(head)
-    encoder = load_model(model if model is not None else meta["encoder"], device=opts.device,
-                         trust_checkpoint=opts.trust_checkpoint)
-    if encoder.weights_id != meta["weights_id"]:
+    encoder = runtime_encoder(model if model is not None else meta["encoder"], opts)  # --runtime (docs/runtime.md)
+    # the head was trained on features of these weights under any runtime (the gate bounds the difference)
+    if torch_weights_id(encoder.weights_id) != torch_weights_id(meta["weights_id"]):
         raise ValueError(
             f"the encoder's weights ({encoder.weights_id}) differ from those the model was trained on "
             f"({meta['weights_id']}); pass the same --model as at fit time"

@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import pandas as pd
 import torch
@@ -91,6 +91,8 @@ class FinetuneConfig:
         his2lip: weights of the his2lip loss.
         grad_clip: max global gradient norm (0 disables).
     """
+    NO_RUNTIME_REASON: ClassVar[str] = (  # docs/runtime.md
+        "it trains the encoder, and gradients flow through torch only (evaluate the fine-tuned model with --runtime)")
 
     loss: str = "his2lip"
     epochs: int = 10
