@@ -25,14 +25,18 @@ from histovl.reports.outputs import (
     build_classification_report,
     find_non_finite,
     multilabel_predictions_frame,
+    multilabel_predictions_table,
     predictions_frame,
+    predictions_table,
     write_evaluation_outputs,
 )
 from histovl.reports.run_record import build_run_record, git_info, input_hash, package_versions
+from histovl.reports.table import Table
 
 __all__ = [
     "GridItem",
     "Report",
+    "Table",
     "build_classification_report",
     "build_run_record",
     "confusion_matrix_figure",
@@ -40,9 +44,11 @@ __all__ = [
     "git_info",
     "input_hash",
     "multilabel_predictions_frame",
+    "multilabel_predictions_table",
     "package_versions",
     "per_class_bar_figure",
     "predictions_frame",
+    "predictions_table",
     "save_figure",
     "select_confident_examples",
     "write_evaluation_outputs",

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from numpy.typing import ArrayLike
 
 from histovl._io import atomic_path
+from histovl.reports.table import Table
 
 if TYPE_CHECKING:  # matplotlib is imported by the functions that draw (~1 s): not by a memoised report
+    import pandas as pd
     from matplotlib.figure import Figure
 
 
@@ -134,26 +135,53 @@ def select_confident_examples(
     Confidence is the score of the predicted class (column ``score:<prediction>``), as written
     by `histovl.reports.predictions_frame`. Returns ``(right, wrong)`` frames sorted by
     decreasing confidence, each with an added ``confidence`` column. Ties keep input order.
+    `confident_example_rows` does the same on a `Table`, without pandas.
     """
-    missing = {label_column, prediction_column} - set(predictions.columns)
+    frame = predictions.copy()
+    columns = {c: frame[c].tolist() for c in (label_column, prediction_column) if c in frame.columns}
+    scores = {c: frame[c].to_numpy(dtype=np.float64) for c in frame.columns if str(c).startswith("score:")}
+    right, wrong, confidence = _confident_indices(
+        Table({**columns, **scores}), k, label_column, prediction_column, have=list(frame.columns)
+    )
+    frame["confidence"] = confidence
+    return frame.iloc[right], frame.iloc[wrong]
+
+
+def confident_example_rows(
+    predictions: Table, *, k: int = 8, label_column: str = "label", prediction_column: str = "prediction"
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """`select_confident_examples` of a `Table`: the rows as dicts (every column plus
+    ``confidence``), right ones then wrong ones."""
+    right, wrong, confidence = _confident_indices(predictions, k, label_column, prediction_column)
+
+    def rows(index: np.ndarray) -> list[dict[str, object]]:
+        return [{**{c: predictions[c][i] for c in predictions.columns}, "confidence": float(confidence[i])} for i in index]
+
+    return rows(right), rows(wrong)
+
+
+def _confident_indices(
+    table: Table, k: int, label_column: str, prediction_column: str, *, have: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of the ``k`` most confident right and wrong predictions (a stable sort by
+    decreasing confidence, missing confidence last) and every row's confidence."""
+    missing = {label_column, prediction_column} - set(table.columns)
     if missing:
         raise ValueError(
-            f"predictions lacks column(s) {sorted(missing)}; have {list(predictions.columns)}"
+            f"predictions lacks column(s) {sorted(missing)}; have {have if have is not None else table.columns}"
         )
-    frame = predictions.copy()
-    score_columns = [c for c in frame.columns if str(c).startswith("score:")]
+    score_columns = [c for c in table.columns if str(c).startswith("score:")]
     column_of = {str(c)[len("score:") :]: i for i, c in enumerate(score_columns)}
     scores = (
-        frame[score_columns].to_numpy(dtype=np.float64)
-        if score_columns
-        else np.empty((len(frame), 0))
+        np.column_stack([np.asarray(table[c], dtype=np.float64) for c in score_columns])
+        if score_columns and len(table)
+        else np.empty((len(table), 0))
     )
-    col = np.array([column_of.get(str(p), -1) for p in frame[prediction_column]], dtype=np.int64)
-    confidence = np.full(len(frame), np.nan)
+    predicted = [str(p) for p in table[prediction_column]]
+    col = np.array([column_of.get(p, -1) for p in predicted], dtype=np.int64)
+    confidence = np.full(len(table), np.nan)
     known = col >= 0
     confidence[known] = scores[np.flatnonzero(known), col[known]]
-    frame["confidence"] = confidence
-    correct = frame[label_column].astype(str) == frame[prediction_column].astype(str)
-    right = frame[correct].sort_values("confidence", ascending=False, kind="mergesort").head(k)
-    wrong = frame[~correct].sort_values("confidence", ascending=False, kind="mergesort").head(k)
-    return right, wrong
+    correct = np.array([str(a) == p for a, p in zip(table[label_column], predicted, strict=True)], dtype=bool)
+    order = np.argsort(-confidence, kind="stable")  # NaN (no confidence) sorts last, as in pandas
+    return order[correct[order]][:k], order[~correct[order]][:k], confidence

@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from PIL import Image, ImageOps
 
 from histovl._io import atomic_path, atomic_write_bytes, atomic_write_text
 from histovl.reports.figures import save_figure
+from histovl.reports.table import NA_REP, Table
 
 if TYPE_CHECKING:
+    import pandas as pd
     from matplotlib.figure import Figure
 
 THUMBNAIL_PX = 160
@@ -108,7 +109,7 @@ class Report:
             rows.append(
                 {"metric": key, "value": _fmt(metrics.get(key)), ci_header: _fmt_interval(interval)}
             )
-        self.sections.append(_Section("table", title, pd.DataFrame(rows), caption))
+        self.sections.append(_Section("table", title, Table.from_rows(rows), caption))
 
     def add_figure(
         self, name: str, figure: Figure | Callable[[], Figure], *, title: str = "", caption: str = "",
@@ -123,9 +124,10 @@ class Report:
         self.sections.append(_Section("figure", title, (_safe_name(name), figure, key), caption))
 
     def add_table(
-        self, table: pd.DataFrame, *, title: str = "", caption: str = "", index: bool = False
+        self, table: pd.DataFrame | Table, *, title: str = "", caption: str = "", index: bool = False
     ) -> None:
-        """A pandas table (cells escaped; floats with 4 decimals)."""
+        """A pandas table or a `Table` (cells escaped; floats with 4 decimals; a `Table` renders
+        as pandas would, without importing it)."""
         self.sections.append(_Section("table_index" if index else "table", title, table, caption))
 
     def add_image_grid(
@@ -181,9 +183,9 @@ class Report:
         """Draw `figure` to `target`, or copy the PNG memoised under `key` (`figure_cache`)."""
         memo = None
         if key is not None and self.figure_cache is not None:
-            from importlib.metadata import version
+            from histovl.reports.run_record import distribution_version
 
-            digest = hashlib.sha256(f"{FIGURE_STYLE}|{version('matplotlib')}|{key}".encode()).hexdigest()
+            digest = hashlib.sha256(f"{FIGURE_STYLE}|{distribution_version('matplotlib')}|{key}".encode()).hexdigest()
             memo = self.figure_cache / FIGURES_DIR / f"{digest}.png"
             if memo.is_file():
                 atomic_write_bytes(target, memo.read_bytes())
@@ -197,14 +199,19 @@ class Report:
                 pass
 
 
-def _table_html(table: pd.DataFrame, *, index: bool) -> str:
+def _table_html(table: pd.DataFrame | Table, *, index: bool) -> str:
+    if isinstance(table, Table):
+        text = None if index else table.to_html()
+        if text is not None:
+            return text
+        table = table.to_frame()
     return str(
         table.to_html(
             index=index,
             escape=True,
             border=0,
             classes="data",
-            na_rep="–",
+            na_rep=NA_REP,
             float_format=lambda v: f"{v:.4f}",
         )
     )

@@ -15,10 +15,9 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from numpy.typing import ArrayLike
 
 from histovl._io import atomic_open, atomic_write_json
@@ -26,12 +25,16 @@ from histovl.errors import NonFiniteError
 from histovl.metrics.calibration import DEFAULT_BINS, is_probability_matrix, reliability_curve
 from histovl.outputs_guard import staged_folder
 from histovl.reports.figures import (
+    confident_example_rows,
     confusion_matrix_figure,
     per_class_bar_figure,
-    select_confident_examples,
 )
 from histovl.reports.html import GridItem, Report
 from histovl.reports.reliability import reliability_figure
+from histovl.reports.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "auroc_macro")
 
@@ -40,15 +43,16 @@ def write_evaluation_outputs(
     out_dir: str | Path,
     *,
     metrics: Mapping[str, Any],
-    predictions: pd.DataFrame,
+    predictions: pd.DataFrame | Table,
     run_record: Mapping[str, Any],
     report: Report | None,
-    extra_tables: Mapping[str, pd.DataFrame] | None = None,
+    extra_tables: Mapping[str, pd.DataFrame | Table] | None = None,
 ) -> dict[str, Path]:
     """Write metrics.json, predictions.csv, report.html (+ PNGs) and run.json into ``out_dir``.
 
     ``extra_tables`` (file name -> table) are written as CSV files before run.json, so a
-    command's own tables (``prompt_sensitivity.csv``) belong to the same complete folder.
+    command's own tables (``prompt_sensitivity.csv``) belong to the same complete folder. Tables
+    are pandas DataFrames or `Table` (the same bytes, without importing pandas).
 
     Raises:
         NonFiniteError: a NaN/Inf is anywhere in ``metrics`` or ``run_record`` (named by its key
@@ -69,14 +73,21 @@ def write_evaluation_outputs(
         atomic_write_json(out / names["metrics"], dict(metrics))
         names["predictions"] = "predictions.csv"
         with atomic_open(out / names["predictions"], "w", encoding="utf-8", newline="") as fh:
-            predictions.to_csv(fh, index=False)
+            _write_csv(predictions, fh)
         for name, table in (extra_tables or {}).items():
             names[name] = name
             with atomic_open(out / name, "w", encoding="utf-8", newline="") as fh:
-                table.to_csv(fh, index=False)
+                _write_csv(table, fh)
         names["run"] = "run.json"
         atomic_write_json(out / names["run"], dict(run_record))
     return {key: final / name for key, name in names.items()}
+
+
+def _write_csv(table: pd.DataFrame | Table, fh: IO[str]) -> None:
+    if isinstance(table, Table):
+        table.write_csv(fh)
+    else:
+        table.to_csv(fh, index=False)
 
 
 def find_non_finite(obj: Any, where: str) -> None:
@@ -108,21 +119,35 @@ def predictions_frame(
     """The single-label ``predictions.csv`` table: path, label, prediction, score:<class>...
 
     ``prediction`` is the argmax of ``scores``. Paths are written relative to ``root`` when given
-    (portable outputs). ``group`` is added when ``groups`` is given.
+    (portable outputs). ``group`` is added when ``groups`` is given. `predictions_table` is the
+    same table without pandas.
     """
+    return predictions_table(paths, labels, scores, class_names, groups=groups, root=root).to_frame()
+
+
+def predictions_table(
+    paths: Sequence[str | Path],
+    labels: Sequence[str] | None,
+    scores: ArrayLike,
+    class_names: Sequence[str],
+    *,
+    groups: Sequence[str | None] | None = None,
+    root: str | Path | None = None,
+) -> Table:
+    """`predictions_frame` as a `Table`: written and reported without importing pandas."""
     s = np.asarray(scores, dtype=np.float64)
     names = [str(c) for c in class_names]
     if s.shape != (len(paths), len(names)):
         raise ValueError(f"scores has shape {s.shape}, expected ({len(paths)}, {len(names)})")
-    frame = pd.DataFrame({"path": [_relative(p, root) for p in paths]})
+    columns: dict[str, Any] = {"path": [_relative(p, root) for p in paths]}
     if labels is not None:
-        frame["label"] = [str(x) for x in labels]
+        columns["label"] = [str(x) for x in labels]
     if groups is not None:
-        frame["group"] = list(groups)
-    frame["prediction"] = [names[i] for i in s.argmax(axis=1)] if len(s) else []
+        columns["group"] = list(groups)
+    columns["prediction"] = [names[i] for i in s.argmax(axis=1)] if len(s) else []
     for c, name in enumerate(names):
-        frame[f"score:{name}"] = s[:, c]
-    return frame
+        columns[f"score:{name}"] = s[:, c].copy()
+    return Table(columns)
 
 
 def multilabel_predictions_frame(
@@ -135,7 +160,22 @@ def multilabel_predictions_frame(
     groups: Sequence[str | None] | None = None,
     root: str | Path | None = None,
 ) -> pd.DataFrame:
-    """The multi-label ``predictions.csv``: path, labels, predictions (``;``-joined), score:<class>."""
+    """The multi-label ``predictions.csv``: path, labels, predictions (``;``-joined), score:<class>.
+    `multilabel_predictions_table` is the same table without pandas."""
+    return multilabel_predictions_table(paths, labels, decisions, scores, class_names, groups=groups, root=root).to_frame()
+
+
+def multilabel_predictions_table(
+    paths: Sequence[str | Path],
+    labels: Sequence[Sequence[str]] | None,
+    decisions: ArrayLike,
+    scores: ArrayLike,
+    class_names: Sequence[str],
+    *,
+    groups: Sequence[str | None] | None = None,
+    root: str | Path | None = None,
+) -> Table:
+    """`multilabel_predictions_frame` as a `Table`: written without importing pandas."""
     d = np.asarray(decisions, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     names = [str(c) for c in class_names]
@@ -143,23 +183,23 @@ def multilabel_predictions_frame(
         raise ValueError(
             f"decisions {d.shape} and scores {s.shape} must both be ({len(paths)}, {len(names)})"
         )
-    frame = pd.DataFrame({"path": [_relative(p, root) for p in paths]})
+    columns: dict[str, Any] = {"path": [_relative(p, root) for p in paths]}
     if labels is not None:
-        frame["labels"] = [";".join(str(x) for x in row) for row in labels]
+        columns["labels"] = [";".join(str(x) for x in row) for row in labels]
     if groups is not None:
-        frame["group"] = list(groups)
-    frame["predictions"] = [
+        columns["group"] = list(groups)
+    columns["predictions"] = [
         ";".join(n for n, on in zip(names, row, strict=True) if on) for row in d
     ]
     for c, name in enumerate(names):
-        frame[f"score:{name}"] = s[:, c]
-    return frame
+        columns[f"score:{name}"] = s[:, c].copy()
+    return Table(columns)
 
 
 def build_classification_report(
     title: str,
     metrics: Mapping[str, Any],
-    predictions: pd.DataFrame,
+    predictions: pd.DataFrame | Table,
     run_record: Mapping[str, Any] | None = None,
     *,
     image_root: str | Path | None = None,
@@ -170,11 +210,12 @@ def build_classification_report(
     """The standard single-label report: summary with CIs, confusion matrices, per-class table and
     F1 chart, the most confident right and wrong images, and provenance.
 
-    ``predictions`` is a `predictions_frame`; its ``path`` column is resolved against
-    ``image_root`` for the thumbnails. With `figure_cache` (the run's cache folder) figures drawn
+    ``predictions`` is a `predictions_frame` or `predictions_table`; its ``path`` column is
+    resolved against ``image_root`` for the thumbnails. With `figure_cache` (the run's cache folder) figures drawn
     from the same numbers before are copied, not drawn again (`Report.figure_cache`).
     """
     report = Report(title, subtitle=subtitle, figure_cache=Path(figure_cache) if figure_cache is not None else None)
+    predictions = predictions if isinstance(predictions, Table) else Table.from_frame(predictions)
     report.add_metrics(
         metrics,
         names=[m for m in SUMMARY_METRICS if m in metrics] + ["n"],
@@ -192,7 +233,7 @@ def build_classification_report(
     _add_reliability(report, metrics, predictions, names)
     per_class = metrics.get("per_class") or {}
     if per_class:
-        table = pd.DataFrame(
+        table = Table.from_rows(
             [
                 {
                     "class": k,
@@ -211,18 +252,18 @@ def build_classification_report(
             title="F1 per class",
             key=_figure_key("per_class_bar_figure", f1, intervals),
         )
-    right, wrong = select_confident_examples(predictions, k=n_examples)
-    for frame, heading, correct in (
+    right, wrong = confident_example_rows(predictions, k=n_examples)
+    for rows, heading, correct in (
         (right, "Most confident correct predictions", True),
         (wrong, "Most confident wrong predictions", False),
     ):
         items = [
             GridItem(
-                _resolve(row["path"], image_root),
+                _resolve(str(row["path"]), image_root),
                 f"true: {row['label']} / pred: {row['prediction']} ({row['confidence']:.3f})",
                 correct,
             )
-            for _, row in frame.iterrows()
+            for row in rows
         ]
         report.add_image_grid(items, title=heading)
     if run_record is not None:
@@ -230,12 +271,12 @@ def build_classification_report(
     return report
 
 
-def _add_reliability(report: Report, metrics: Mapping[str, Any], predictions: pd.DataFrame, names: list[str]) -> None:
+def _add_reliability(report: Report, metrics: Mapping[str, Any], predictions: Table, names: list[str]) -> None:
     """The reliability diagram, when the predictions hold class probabilities and known labels."""
     columns = [f"score:{c}" for c in names]
-    if "label" not in predictions.columns or not set(columns) <= set(predictions.columns) or predictions.empty:
+    if "label" not in predictions or not set(columns) <= set(predictions.columns) or not len(predictions):
         return
-    probs = predictions[columns].to_numpy(dtype=np.float64)
+    probs = np.column_stack([np.asarray(predictions[c], dtype=np.float64) for c in columns])
     index = {c: i for i, c in enumerate(names)}
     labels = [index.get(str(v), -1) for v in predictions["label"]]
     if min(labels) < 0 or not is_probability_matrix(probs):

@@ -92,8 +92,7 @@ def build_run_record(
         "prompts_cut": cuts_record(),
         "versions": package_versions(),
         "platform": platform_info(),
-        "histovl_git": git_info(Path(histovl.__file__).resolve().parent),
-        "cwd_git": git_info(Path.cwd()),
+        **_git_fields(),
         "input_hash": digest,
         "input_root": root,
         "n_inputs": n_inputs,
@@ -129,6 +128,31 @@ def input_hash(inputs: Sequence[str | os.PathLike[str]]) -> tuple[str, int, int,
     return h.hexdigest(), len(paths), total, str(root)
 
 
+def _git_fields() -> dict[str, Any]:
+    """``histovl_git`` and ``cwd_git``; git is asked once when both are the same work tree."""
+    source = git_info(Path(histovl.__file__).resolve().parent)
+    cwd = Path.cwd()
+    same = source["path"] is not None and _git(cwd, "rev-parse", "--show-toplevel") == source["path"]
+    return {"histovl_git": source, "cwd_git": dict(source) if same else git_info(cwd)}
+
+
+def distribution_version(name: str) -> str:
+    """`importlib.metadata.version`, reading only the metadata's header lines (``version`` runs
+    the email parser over the whole file, long description included).
+
+    Raises:
+        importlib.metadata.PackageNotFoundError: `name` is not installed.
+    """
+    dist = metadata.distribution(name)
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        if line.lower().startswith("version:"):
+            return line.split(":", 1)[1].strip()
+    return str(dist.version)
+
+
 def package_versions() -> dict[str, str | None]:
     """Versions of Python, histovl and the libraries that change results (None if absent)."""
     versions: dict[str, str | None] = {
@@ -139,7 +163,7 @@ def package_versions() -> dict[str, str | None]:
         versions[key] = None
         for dist in dists:
             try:
-                versions[key] = metadata.version(dist)
+                versions[key] = distribution_version(dist)
                 break
             except metadata.PackageNotFoundError:
                 continue

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from histovl._io import atomic_open
 from histovl.outputs_guard import staged_folder
 from histovl.reports import (
     Report,
+    Table,
     build_classification_report,
     build_run_record,
     predictions_frame,
@@ -21,6 +21,8 @@ from histovl.reports import (
 from histovl.zeroshot.classifier import TextClassifier
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from histovl.models.encoder import Encoder
 
 
@@ -29,7 +31,7 @@ def write_zeroshot_outputs(
     *,
     command: str,
     metrics: dict[str, Any],
-    predictions: pd.DataFrame,
+    predictions: Table,
     encoders: Sequence[Encoder],
     classifiers: Sequence[TextClassifier],
     prompt_set: Any,

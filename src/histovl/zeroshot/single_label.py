@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
 
 from histovl.options import PathArg, RunOptions, config_record, split_overrides
-from histovl.reports import predictions_frame
+from histovl.reports import Table, predictions_table
 from histovl.reproducibility import seed_run
 from histovl.zeroshot.classifier import Aggregate, TextClassifier, build_text_classifier
 from histovl.zeroshot.steps import (
@@ -36,6 +36,8 @@ from histovl.zeroshot.steps import (
 from histovl.zeroshot.views import DEFAULT_VIEWS
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from histovl.models.encoder import Encoder
 
 
@@ -74,7 +76,9 @@ class ZeroShotResult:
     """What a zero-shot run produced (also written to `out`)."""
 
     metrics: dict[str, Any]
-    predictions: pd.DataFrame
+    table: Table
+    """The per-image predictions as written to predictions.csv (`predictions` is this table as a
+    DataFrame); a `Table`, so that a run that only writes its outputs never imports pandas."""
     out: Path | None
     probabilities: np.ndarray
     class_names: list[str]
@@ -83,6 +87,11 @@ class ZeroShotResult:
     """With several models: a `FusionCost` (image passes, images encoded, prompts encoded, seconds)."""
     prompt_sensitivity: Any = None
     """With ``per_template``: a `SensitivityResult` (per-variant table, the metrics.json block)."""
+
+    @cached_property
+    def predictions(self) -> pd.DataFrame:
+        """predictions.csv as a pandas DataFrame: path, label, prediction, score:<class>..."""
+        return self.table.to_frame()
 
 
 @dataclass
@@ -198,10 +207,10 @@ def _score_fused(encoders: list[Encoder], paths: list[str], prompt_set: Any, cfg
 
 def _evaluate(
     records: list[Any], probs: np.ndarray, class_names: list[str], root: Any, opts: RunOptions
-) -> tuple[dict[str, Any], pd.DataFrame]:
+) -> tuple[dict[str, Any], Table]:
     """Metrics with grouped bootstrap CIs, and the per-image predictions table."""
     metrics = classification_metrics_for(records, probs, class_names, opts)
-    preds = predictions_frame([r.path for r in records], [str(r.label) for r in records], probs, class_names, root=root)
+    preds = predictions_table([r.path for r in records], [str(r.label) for r in records], probs, class_names, root=root)
     return metrics, preds
 
 
