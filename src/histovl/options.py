@@ -31,6 +31,9 @@ ON_ERROR_CHOICES: tuple[OnError, ...] = ("raise", "skip")
 #: Which engine runs the encoder's forward pass (docs/runtime.md).
 Runtime = Literal["torch", "onnx", "onnx-int8"]
 RUNTIME_CHOICES: tuple[Runtime, ...] = ("torch", "onnx", "onnx-int8")
+#: The torch runtime's numeric precision: autocast on CUDA under ``auto`` (docs/runtime.md, "GPUs").
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISION_CHOICES: tuple[Precision, ...] = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ class RunOptions:
     """``onnx`` / ``onnx-int8`` encode with ONNX Runtime behind a parity gate (docs/runtime.md)."""
     allow_approximate: bool = False
     """Use an ONNX runtime even where its parity gate fails (the failure is recorded in run.json)."""
+    precision: Precision = "auto"
+    """torch's precision: ``auto`` is bf16/fp16 autocast on CUDA (behind the parity gate), fp32
+    elsewhere; ``fp32`` opts out; ``bf16`` / ``fp16`` force autocast on any device."""
     runtime_parity: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Filled while the run encodes: model name -> the runtime's parity record (for run.json)."""
 
@@ -84,6 +90,8 @@ class RunOptions:
             raise ValueError(f"n_boot must be 0 or more, not {self.n_boot}")
         if self.runtime not in RUNTIME_CHOICES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIME_CHOICES)}, not {self.runtime!r}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, not {self.precision!r}")
 
     def replace(self, **changes: Any) -> RunOptions:
         """A copy with some fields changed (the value itself is frozen)."""
@@ -107,6 +115,7 @@ class RunOptions:
             "seed": self.seed,
             "runtime": self.runtime,
             "allow_approximate": self.allow_approximate,
+            "precision": self.precision,
             "runtime_parity": dict(self.runtime_parity) or None,
         }
 
@@ -173,6 +182,11 @@ def refuse_runtime(opts: RunOptions, command: str, reason: str | None = None) ->
         raise ValueError(
             f"runtime={opts.runtime!r} is not supported by {command}: {reason or 'it encodes with torch only'} "
             "(docs/runtime.md lists the commands that take --runtime)"
+        )
+    if opts.precision in ("bf16", "fp16"):  # autocast is applied where a runtime is (apply_runtime)
+        raise ValueError(
+            f"precision={opts.precision!r} is not supported by {command}: {reason or 'it encodes with torch only'}; "
+            "its torch runs fp32 (docs/runtime.md lists the commands that take --precision)"
         )
 
 

@@ -87,6 +87,7 @@ def test_record_resolves_the_cache_folder_and_leaves_out_progress(monkeypatch: p
     record = RunOptions(progress=False).record()
     assert record["cache"] == str(tmp_path)
     assert list(record) == ["cache", "batch_size", "workers", "on_error", "device", "trust_checkpoint",
-                            "allow_absolute_paths", "n_boot", "seed", "runtime", "allow_approximate", "runtime_parity"]
+                            "allow_absolute_paths", "n_boot", "seed", "runtime", "allow_approximate", "precision",
+                            "runtime_parity"]
     assert RunOptions(use_cache=False).record()["cache"] is None
     assert config_record(_Config()) == {"strategy": "baseline", "allow_missing_classes": False}

@@ -36,6 +36,13 @@ class RuntimeChoice(StrEnum):
     onnx_int8 = "onnx-int8"
 
 
+class PrecisionChoice(StrEnum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 ModelOpt = Annotated[list[str], typer.Option("--model", "-m", help="Model spec; repeat for several (see `histovl models`).")]
 OneModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec (see `histovl models`).")]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Class folder or CSV manifest.")]
@@ -59,10 +66,11 @@ RUN_OPTION_SPECS: dict[str, tuple[str, Any, Any]] = {
     "seed": ("seed", Annotated[int, typer.Option("--seed", help="Seeds Python, NumPy, torch and data-loader workers.")], 0),
     "progress": ("quiet", Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")], False),
     "runtime": ("runtime", Annotated[RuntimeChoice, typer.Option("--runtime", help="Encoder engine: torch, onnx or onnx-int8 (ONNX Runtime behind a parity gate; docs/runtime.md).")], RuntimeChoice.torch),
-    "allow_approximate": ("allow_approximate", Annotated[bool, typer.Option("--allow-approximate", help="Use an ONNX runtime even where its parity gate against torch fails.")], False),
+    "allow_approximate": ("allow_approximate", Annotated[bool, typer.Option("--allow-approximate", help="Use an ONNX runtime (or autocast) even where its parity gate against torch fp32 fails.")], False),
+    "precision": ("precision", Annotated[PrecisionChoice, typer.Option("--precision", help="torch precision: auto = bf16/fp16 autocast on CUDA behind the parity gate, fp32 elsewhere; fp32 opts out (docs/runtime.md).")], PrecisionChoice.auto),
 }
 #: The options only commands that encode images with a model take.
-RUNTIME_OPTIONS = ("runtime", "allow_approximate")
+RUNTIME_OPTIONS = ("runtime", "allow_approximate", "precision")
 ALL_RUN_OPTIONS = tuple(RUN_OPTION_SPECS)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -121,6 +129,8 @@ def with_run_options(
                 values["on_error"] = OnErrorChoice(values["on_error"]).value
             if "runtime" in values:
                 values["runtime"] = RuntimeChoice(values["runtime"]).value
+            if "precision" in values:
+                values["precision"] = PrecisionChoice(values["precision"]).value
             for field, value in defaults.items():  # excluded fields with a command default
                 values.setdefault(field, value)
             return fn(*args, options=RunOptions(**values), **kwargs)

@@ -1,9 +1,11 @@
 """Encoders run by ONNX Runtime (fp32 and int8) behind a parity gate against torch.
 
 `apply_runtime(encoder, options)` is the one entry point: under ``options.runtime == "torch"`` it
-returns the encoder unchanged; under ``onnx`` / ``onnx-int8`` it returns a `RuntimeEncoder` whose
-towers are exported once into ``<cache>/onnx/`` and checked against torch on the run's first
-images and prompts (docs/runtime.md). ONNX Runtime is an optional extra (``histovl[onnx]``).
+returns the encoder unchanged (on a CUDA device, or with ``precision`` ``bf16`` / ``fp16``: an
+`AutocastEncoder`, torch under autocast checked against fp32, `histovl.models.runtime.autocast`);
+under ``onnx`` / ``onnx-int8`` it returns a `RuntimeEncoder` whose towers are exported once into
+``<cache>/onnx/`` and checked against torch on the run's first images and prompts
+(docs/runtime.md). ONNX Runtime is an optional extra (``histovl[onnx]``).
 
 Example:
     >>> enc = apply_runtime(load_model("histovl-lite"), RunOptions(runtime="onnx"))  # doctest: +SKIP
@@ -42,18 +44,29 @@ def export_root(options: RunOptions) -> Any:
 
 
 def apply_runtime(encoder: Any, options: RunOptions) -> Any:
-    """`encoder` as ``options.runtime`` runs it (unchanged under torch).
+    """`encoder` as ``options.runtime`` and ``options.precision`` run it.
+
+    Under torch it is unchanged, except where ``precision`` asks for autocast (``auto`` on a
+    CUDA device, or ``bf16`` / ``fp16`` anywhere): an `AutocastEncoder` behind the same gate.
 
     Raises:
         OnnxRuntimeMissingError: an ONNX runtime without ``onnxruntime`` installed.
         RuntimeParityError: the runtime's recorded parity fails its gate (without
             ``allow_approximate``); also raised on first use, when the gate is measured.
     """
-    if options.runtime == "torch" or getattr(encoder, "runtime", None) == options.runtime:
+    precision = str(getattr(options, "precision", "auto"))
+    if options.runtime == "torch":
+        return _with_precision(encoder, options, precision)
+    if getattr(encoder, "runtime", None) == options.runtime:
         return encoder
     if options.device != "cpu":
         raise HistovlError(
             f"--runtime {options.runtime} runs on the CPU (ONNX Runtime); with --device {options.device} use --runtime torch"
+        )
+    if precision in ("bf16", "fp16"):
+        raise HistovlError(
+            f"--precision {precision} is torch autocast, but --runtime {options.runtime} runs ONNX Runtime "
+            "(fp32 or int8): use --runtime torch, or --precision auto"
         )
     import_ort(options.runtime)
     from histovl.models.runtime.encoder import RuntimeEncoder
@@ -62,3 +75,15 @@ def apply_runtime(encoder: Any, options: RunOptions) -> Any:
         encoder, options.runtime, export_root=export_root(options), allow_approximate=options.allow_approximate,
         sink=options.runtime_parity,
     )
+
+
+def _with_precision(encoder: Any, options: RunOptions, precision: str) -> Any:
+    """The torch encoder, under autocast where `precision` on ``options.device`` asks for it."""
+    from histovl.models.runtime.autocast import GATE_DIR, AutocastEncoder, autocast_dtype
+
+    dtype = autocast_dtype(precision, options.device)
+    if dtype is None or getattr(encoder, "precision", None) == dtype:
+        return encoder
+    root = (options.cache if options.cache is not None else default_cache_dir()) / GATE_DIR
+    return AutocastEncoder(encoder, dtype, device=options.device, gate_root=root, requested=precision,
+                           allow_approximate=options.allow_approximate, sink=options.runtime_parity)

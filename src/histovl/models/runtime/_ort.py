@@ -6,6 +6,7 @@ A missing ``onnxruntime`` is one line naming the extra to install, never a trace
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +40,37 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def open_session(path: Path) -> Any:
+#: Sessions kept open per process (the torch path keeps its loaded models the same way), by file
+#: identity: an exported tower replaced or edited on disk gets a new session.
+_SESSIONS: OrderedDict[tuple[str, int, int, int], Any] = OrderedDict()
+_MAX_SESSIONS = 4
+
+
+def open_session(path: Path, *, cached: bool = True) -> Any:
     """A CPU `InferenceSession` over `path`: one intra-op thread per available core, all graph
-    optimisations on."""
+    optimisations on, no spin-waiting between operators (on a machine shared with the decode
+    workers, spinning threads take the cores the workers need; measured in docs/runtime.md).
+
+    With `cached` the session is reused within the process while the file is unchanged (opening
+    a ViT-B tower takes about a second)."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    if cached and key in _SESSIONS:
+        _SESSIONS.move_to_end(key)
+        return _SESSIONS[key]
     ort = import_ort()
     options = ort.SessionOptions()
     options.intra_op_num_threads = available_cores()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if cached:
+        _SESSIONS[key] = session
+        while len(_SESSIONS) > _MAX_SESSIONS:
+            _SESSIONS.popitem(last=False)
+    return session
 
 
 def versions() -> dict[str, str]:

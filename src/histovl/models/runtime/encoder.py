@@ -131,48 +131,65 @@ class RuntimeEncoder:
 
     def _export(self, kind: str, example: Any, path: Path) -> None:
         """Export one tower (then quantise it under onnx-int8) and record it in meta.json."""
-        import torch
-
-        started = time.perf_counter()
-        if kind == "text" and self._reuse_fp32_text(path):
+        if kind == "text":
+            self._export_text(list(example), path)
             return
+        started = time.perf_counter()
         model = self._torch()
-        fp32 = path.with_name(f"{kind}.fp32.onnx") if self.runtime == "onnx-int8" and kind == "image" else path
-        if kind == "image":
-            dynamic = {"pixels": {0: "n"}}
-            exporter = ex.export_module(ImageTower(model), (example[:2],), ("pixels",), fp32, dynamic)
-        else:
-            tower = text_tower(model)
-            assert tower is not None
-            tokens = tower.tokenize(example[:2])
-            inputs = tuple(torch.from_numpy(tokens[n]) for n in tower.input_names)
-            dynamic = {n: {0: "n", 1: "length"} for n in tower.input_names}
-            exporter = ex.export_module(tower.module, inputs, tower.input_names, fp32, dynamic, dynamo_only=True)
+        fp32 = path.with_name("image.fp32.onnx") if self.runtime == "onnx-int8" else path
+        exporter = ex.export_module(ImageTower(model), (example[:2],), ("pixels",), fp32, {"pixels": {0: "n"}})
         quant = "none (fp32)"
-        if self.runtime == "onnx-int8" and kind == "text":  # prompts are few and cached: keep them exact
-            quant = "none (fp32: text towers are not quantised)"
-        elif self.runtime == "onnx-int8":
+        if self.runtime == "onnx-int8":
             quant = self._quantize(kind, fp32, path, example)
             fp32.unlink(missing_ok=True)
         entry = ex.tower_entry(path.name, exporter, quant, started)
         self._meta = ex.update_meta(self.folder, self._meta_base, "towers", kind, entry)
 
-    def _reuse_fp32_text(self, path: Path) -> bool:
-        """Under onnx-int8, copy the fp32 text tower the ``onnx`` runtime already exported (text
-        towers are not quantised, and their export is the slow one)."""
-        if self.runtime != "onnx-int8":
-            return False
-        sibling = ex.export_dir(self.folder.parent, self.base.weights_id, "onnx")
-        entry = ex.read_meta(sibling).get("towers", {}).get("text")
-        if not entry or not (sibling / "text.onnx").is_file():
-            return False
-        from histovl._io import atomic_path
+    def _export_text(self, texts: list[str], path: Path) -> None:
+        """Export the text tower; under onnx-int8, start from the fp32 tower the ``onnx`` runtime
+        already exported where there is one (the dynamo export is the slow one), then keep an int8
+        copy only where it stays within `TEXT_INT8_MIN` of fp32 on the run's prompts."""
+        import torch
 
-        with atomic_path(path, suffix=".onnx") as tmp:
-            shutil.copyfile(sibling / "text.onnx", tmp)
-        entry = {**entry, "copied_from": str(sibling)}
+        started = time.perf_counter()
+        int8 = self.runtime == "onnx-int8"
+        fp32 = path.with_name("text.fp32.onnx") if int8 else path
+        extra: dict[str, Any] = {}
+        sibling = ex.export_dir(self.folder.parent, self.base.weights_id, "onnx") if int8 else None
+        entry = ex.read_meta(sibling).get("towers", {}).get("text") if sibling is not None else None
+        tower = text_tower(self._torch())
+        assert tower is not None
+        if sibling is not None and entry and (sibling / "text.onnx").is_file():
+            from histovl._io import atomic_path
+
+            with atomic_path(fp32, suffix=".onnx") as tmp:
+                shutil.copyfile(sibling / "text.onnx", tmp)
+            exporter, extra = str(entry.get("exporter")), {"copied_from": str(sibling)}
+        else:
+            tokens = tower.tokenize(texts[:2])
+            inputs = tuple(torch.from_numpy(tokens[n]) for n in tower.input_names)
+            dynamic = {n: {0: "n", 1: "length"} for n in tower.input_names}
+            exporter = ex.export_module(tower.module, inputs, tower.input_names, fp32, dynamic, dynamo_only=True)
+        quant = "none (fp32)"
+        if int8:
+            quant = self._quantize_text(fp32, path, tower.tokenize(texts[: gate.CALIBRATION_TEXTS]))
+        entry = {**ex.tower_entry(path.name, exporter, quant, started), **extra}
         self._meta = ex.update_meta(self.folder, self._meta_base, "towers", "text", entry)
-        return True
+
+    def _quantize_text(self, fp32: Path, target: Path, tokens: dict[str, np.ndarray]) -> str:
+        """Dynamic int8 text tower if its embeddings of `tokens` stay within `TEXT_INT8_MIN` of the
+        fp32 tower's, else the fp32 tower (int8 MiniLM, for one, fell under the gate)."""
+        candidate = target.with_name("text.int8.onnx")
+        how = ex.quantize_dynamic_int8(fp32, candidate)
+        reference = _run(open_session(fp32, cached=False), tokens)
+        stats = gate.tower_parity(reference, _run(open_session(candidate, cached=False), tokens))
+        check = f"cosine min {stats['cosine_min']:.6f} to the fp32 tower on {stats['n']} prompts of the run"
+        keep = stats["cosine_min"] >= ex.TEXT_INT8_MIN
+        (candidate if keep else fp32).replace(target)
+        (fp32 if keep else candidate).unlink(missing_ok=True)
+        if keep:
+            return f"{how}; {check} >= {ex.TEXT_INT8_MIN}"
+        return f"none (fp32: int8 reached {check}, under {ex.TEXT_INT8_MIN})"
 
     def _quantize(self, kind: str, fp32: Path, target: Path, example: Any) -> str:
         """Dynamic int8 for transformer towers; static int8 calibrated on the run's first images
@@ -214,7 +231,7 @@ class RuntimeEncoder:
         then apply the gate."""
         stats = {**gate.tower_parity(reference, candidate), "sha256": self._sha(kind),
                  "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        arrays = _save_calibration(self.folder, kind, reference, candidate)
+        arrays = ex.save_calibration(self.folder, kind, reference, candidate)
         self._meta = ex.update_meta(self.folder, self._meta_base, "parity", kind, stats)
         if {"image_torch", "text_torch"} <= set(arrays):
             agreement = gate.argmax_agreement(arrays["image_torch"], arrays["text_torch"], arrays["image_runtime"], arrays["text_runtime"])
@@ -251,21 +268,3 @@ def _torch_version() -> str:
 def _run(session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
     names = [i.name for i in session.get_inputs()]
     return np.asarray(session.run(None, {n: np.ascontiguousarray(feeds[n]) for n in names})[0], dtype=np.float32)
-
-
-def _save_calibration(folder: Path, kind: str, reference: np.ndarray, candidate: np.ndarray) -> dict[str, np.ndarray]:
-    """Keep the gate's embeddings, so the argmax agreement can be computed once both towers are."""
-    from histovl._io import atomic_path
-
-    path = folder / "calibration.npz"
-    with ex.locked(folder):
-        arrays: dict[str, np.ndarray] = {}
-        if path.is_file():
-            with np.load(path) as old:
-                arrays = {k: old[k] for k in old.files}
-        arrays[f"{kind}_torch"], arrays[f"{kind}_runtime"] = reference, candidate
-        with atomic_path(path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)  # type: ignore[arg-type]
-    return arrays
-

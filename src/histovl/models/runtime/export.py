@@ -34,11 +34,24 @@ META_FILE = "meta.json"
 _CALIBRATION_CHUNK = 8
 
 
+#: Revisions of a runtime's export recipe after the first; a new revision is a new folder, so towers
+#: made by an older recipe are never reused silently. onnx-int8 2: per-channel int8 weights, and
+#: int8 text towers where they stay within `TEXT_INT8_MIN` of the fp32 tower (else fp32).
+RECIPES = {"onnx-int8": 2}
+#: Lowest cosine (min over the calibration prompts) of an int8 text tower to the fp32 one for the
+#: int8 tower to be kept: a margin above the gate's 0.99, so the quantised text never fails the gate
+#: on its own.
+TEXT_INT8_MIN = 0.995
+
+
 def export_dir(root: Path, weights_id: str, runtime: str) -> Path:
-    """The folder of `weights_id`'s towers under `runtime` (the key includes the opset and the
-    onnxruntime version, so an upgrade exports afresh)."""
+    """The folder of `weights_id`'s towers under `runtime` (the key includes the opset, the
+    onnxruntime version and the runtime's recipe revision, so an upgrade exports afresh)."""
     v = versions()
-    payload = json.dumps([EXPORT_FORMAT, weights_id, runtime, OPSET, v["onnxruntime"]])
+    fields: list[Any] = [EXPORT_FORMAT, weights_id, runtime, OPSET, v["onnxruntime"]]
+    if runtime in RECIPES:  # appended, so the keys of recipes never revised are unchanged
+        fields.append(RECIPES[runtime])
+    payload = json.dumps(fields)
     return Path(root) / hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -116,12 +129,23 @@ def conv_count(path: Path) -> int:
 
 
 def quantize_dynamic_int8(source: Path, target: Path) -> str:
-    """Dynamic int8 quantisation of the MatMul/Gemm weights (activations quantised on the fly)."""
+    """Dynamic int8 quantisation of the MatMul/Gemm weights, per output channel (activations
+    quantised on the fly; products of two activations, as in attention, stay fp32).
+
+    Per-channel weights cost no speed here and bring ViT-B-32's int8 image tower closer to fp32
+    (cosine min 0.99986 vs 0.99981 per tensor). ONNX Runtime's transformer optimiser (fused
+    LayerNorm/GELU) was measured too and left out: it does not fuse these exports' attention, and
+    the int8 tower spent 40 % more CPU time with it (docs/runtime.md)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with atomic_path(target, suffix=".onnx") as tmp:
-        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-    return "dynamic int8 (MatMul, Gemm weights)"
+        quantize_dynamic(
+            str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"],
+            # dynamo exports carry functions whose outputs shape inference cannot type: they are fp32
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    return "dynamic int8 (MatMul, Gemm weights, per channel)"
 
 
 def quantize_static_int8(source: Path, target: Path, input_name: str, calibration: np.ndarray) -> str:
@@ -157,3 +181,19 @@ def tower_entry(file: str, exporter: str, quantisation: str, started: float) -> 
         "exported_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "export_seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def save_calibration(folder: Path, kind: str, reference: np.ndarray, candidate: np.ndarray) -> dict[str, np.ndarray]:
+    """Keep the gate's embeddings, so the argmax agreement can be computed once both towers are."""
+    path = folder / "calibration.npz"
+    with locked(folder):
+        arrays: dict[str, np.ndarray] = {}
+        if path.is_file():
+            with np.load(path) as old:
+                arrays = {k: old[k] for k in old.files}
+        arrays[f"{kind}_torch"], arrays[f"{kind}_runtime"] = reference, candidate
+        with atomic_path(path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
+    return arrays
+

@@ -19,12 +19,13 @@ from histovl.errors import HistovlError
 CALIBRATION_N = 32
 #: Calibration prompts (the first the run encodes).
 CALIBRATION_TEXTS = 64
-#: Lowest acceptable per-input cosine to torch, by runtime.
-THRESHOLDS = {"onnx": 0.999, "onnx-int8": 0.99}
+#: Lowest acceptable per-input cosine to torch fp32, by runtime (``torch-bf16`` / ``torch-fp16``:
+#: torch under autocast, checked against fp32 on the same device; histovl.models.runtime.autocast).
+THRESHOLDS = {"onnx": 0.999, "onnx-int8": 0.99, "torch-bf16": 0.99, "torch-fp16": 0.99}
 
 
 class RuntimeParityError(HistovlError):
-    """An ONNX runtime's embeddings are further from torch's than its threshold allows."""
+    """A runtime's embeddings are further from torch fp32's than its threshold allows."""
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -51,16 +52,22 @@ def failed_towers(parity: dict[str, Any], runtime: str) -> list[str]:
     return [k for k in ("image", "text") if isinstance(parity.get(k), dict) and parity[k]["cosine_min"] < limit]
 
 
-def check(record: dict[str, Any], *, model: str, runtime: str, allow_approximate: bool, where: str) -> None:
-    """Refuse (`RuntimeParityError`) a runtime whose measured parity fails, unless allowed."""
+def check(
+    record: dict[str, Any], *, model: str, runtime: str, allow_approximate: bool, where: str,
+    option: str | None = None, instead: str = "use --runtime torch (or onnx)",
+) -> None:
+    """Refuse (`RuntimeParityError`) a runtime whose measured parity fails, unless allowed.
+
+    `option` names what the user asked for (default ``--runtime <runtime>``); `instead` is the
+    advice that comes before ``--allow-approximate``."""
     bad = failed_towers(record, runtime)
     if not bad or allow_approximate:
         return
     tower = bad[0]
     stats = record[tower]
     raise RuntimeParityError(
-        f"--runtime {runtime} is refused for {model}: its {tower} embeddings reach cosine "
-        f"{stats['cosine_min']:.4f} to torch on {stats['n']} calibration input(s), under the gate's "
-        f"{THRESHOLDS[runtime]} (recorded in {where}); use --runtime torch (or onnx), or pass "
+        f"{option or f'--runtime {runtime}'} is refused for {model}: its {tower} embeddings reach cosine "
+        f"{stats['cosine_min']:.4f} to torch fp32 on {stats['n']} calibration input(s), under the gate's "
+        f"{THRESHOLDS[runtime]} (recorded in {where}); {instead}, or pass "
         "--allow-approximate to accept approximate embeddings"
     )
