@@ -65,6 +65,7 @@ def _assert_onnx_record(config: dict[str, Any]) -> None:
     (record,) = config["runtime_parity"].values()
     assert record["runtime"] == "onnx" and record["passed"] is True and record["threshold"] == 0.999
     assert record["image"]["cosine_min"] >= 0.9999
+    assert record["measured_in_this_run"] is None  # the module's export and gate, reused: exported once
 
 
 def _cli(*args: str) -> None:
@@ -166,12 +167,13 @@ def test_index_build_under_onnx_is_queried_with_torch(world: World, tmp_path: Pa
 
 
 def test_bench_passes_the_runtime_to_every_cell(world: World, tmp_path: Path) -> None:
+    """bench's --runtime reaches each cell's library call (here fewshot_eval)."""
     from histovl.bench import bench
     from histovl.errors import HistovlError
 
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"models:\n  - {world.model}\ndatasets:\n  - name: lung\n    path: {world.manifest}\n"
-                     "tasks:\n  - task: retrieve\n    options: {k: [3]}\n")
+                     "tasks:\n  - task: fewshot\n    options: {methods: [knn], shots: [1], seeds: 1}\n")
     cache = _cache(tmp_path, world)
     _cli("bench", suite, "--out", tmp_path / "bench", "--cache", cache, "--n-boot", "0", "--workers", "0", "--quiet",
          "--runtime", "onnx")
