@@ -8,8 +8,11 @@ Scale mode (the issue's targets: <= 100 ms and <= 200 MB resident-memory growth 
               then ``os.sync()`` so the measurements below see a store at rest (a bulk build
               leaves gigabytes of dirty pages whose writeback would be timed instead)
   append    = entries/s of `CacheNamespace.put` in batches of 64 (the engine's default batch,
-              each committed before the next), 65,536 entries into an empty namespace and
-              65,536 into the full one (wall, and per CPU-second of the process)
+              each committed before the next), 65,536 entries into an empty namespace and,
+              into the full one, 2 x LEVEL0_ROWS (262,144) after merging level 0: two whole
+              fill-and-merge cycles, merges included, starting with the store's files evicted
+              from the page cache (wall, and per CPU-second of the process; the merges are
+              counted and timed)
   lookup    = a fresh process imports histovl.embed.cache, reads its VmRSS, opens the namespace,
               gets 1,000 random present keys (checking every row), reads VmRSS again: wall ms
               of open + get, and the RSS growth; "warm" = the store's pages in the OS page cache
@@ -26,7 +29,7 @@ choose one (docs/architecture.md, "embedding store"):
 
 Usage:
     python benchmarks/bench_cache.py [--sizes 100000,1000000,5000000] [--dim 512]
-        [--dim-largest 512] [--root DIR] [--keep]
+        [--dim-largest 512] [--root DIR] [--keep] [--level0 131072,262144] [--before OLD/src]
     python benchmarks/bench_cache.py --compare 200000 [--dim 512]
 """
 
@@ -52,9 +55,10 @@ import numpy as np
 LOOKUPS = 1000
 BUILD_BATCH = 8192
 APPEND_BATCH = 64
-#: Entries appended into the full namespace: long enough to include SQLite's WAL checkpoints
-#: (one per ~40,000 log pages), whose cost a shorter run would leave out.
-APPEND_AT_N = 64 * 1024
+#: Entries appended into the full namespace, starting with level 0 empty: two whole cycles of
+#: level 0 filling up and being merged into the main index (`histovl.embed.store.LEVEL0_ROWS`),
+#: so the merges and SQLite's WAL checkpoints are in the timed rate.
+APPEND_CYCLES = 2
 
 
 def key_of(i: int) -> str:
@@ -149,6 +153,19 @@ class Histovl:
         from histovl.embed.cache import EmbeddingCache
 
         self.ns = EmbeddingCache(directory).namespace(weights_id="bench", preprocessing="p")
+        self.merges: list[float] = []  # seconds of each merge of level 0 into the main index
+        merge = getattr(self.ns.store, "merge", None)
+        if merge is None:  # a store with one level (an older histovl on PYTHONPATH, for a before/after)
+            return
+
+        def timed_merge(at_least: int = 0) -> bool:
+            t0 = time.perf_counter()
+            done = merge(at_least)
+            if done:
+                self.merges.append(time.perf_counter() - t0)
+            return done
+
+        self.ns.store.merge = timed_merge  # type: ignore[method-assign]
 
     def put(self, keys: list[str], emb: np.ndarray) -> None:
         self.ns.put(keys, emb)
@@ -174,19 +191,29 @@ def build(backend: str, directory: Path, n: int, dim: int, batch: int = BUILD_BA
     return n / (time.perf_counter() - t0)
 
 
-def append_rate(backend: str, directory: Path, start: int, n: int, dim: int) -> float:
+def append_rate(backend: str, directory: Path, start: int, n: int, dim: int, merge_first: bool = False) -> float:
     """entries/s of puts in batches of APPEND_BATCH (each committed), keys start..start+n-1;
     also prints entries per CPU-second of this process (what a process with a core of its own
-    would reach; the shared machine's load changes only the wall rate)."""
+    would reach; the shared machine's load changes only the wall rate) and the merges of level 0
+    timed within (with `merge_first`, level 0 is merged before the clock starts, and then the
+    store's files are evicted from the page cache, with or without a level 0)."""
     store = BACKENDS[backend](directory, dim)
     batches = [([key_of(i) for i in range(s, s + APPEND_BATCH)], vectors(s, APPEND_BATCH, dim))
                for s in range(start, start + n, APPEND_BATCH)]
+    merges = getattr(store, "merges", [])
+    if merge_first and hasattr(store.ns.store, "merge"):  # type: ignore[attr-defined]
+        store.ns.store.merge()  # type: ignore[attr-defined]
+        print(f"  level 0 merged before the appends: {merges[-1] if merges else 0:.2f} s", flush=True)
+        merges.clear()
+    if merge_first:
+        evict(directory)  # the files out of the page cache again, as the cold lookups left them
     t0, c0 = time.perf_counter(), time.process_time()
     for keys, emb in batches:
         store.put(keys, emb)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    print(f"  append {backend} at {start:,}: {len(batches) * APPEND_BATCH / wall:,.0f} entries/s wall, "
-          f"{len(batches) * APPEND_BATCH / cpu:,.0f} per CPU-second", flush=True)
+    timed = f"; {len(merges)} merge(s) of level 0 within: {', '.join(f'{m:.2f}' for m in merges)} s" if merges else ""
+    print(f"  append {backend} at {start:,}: {len(batches) * APPEND_BATCH:,} entries, {len(batches) * APPEND_BATCH / wall:,.0f} "
+          f"entries/s wall, {len(batches) * APPEND_BATCH / cpu:,.0f} per CPU-second{timed}; load {os.getloadavg()[0]:.1f}", flush=True)
     return len(batches) * APPEND_BATCH / wall
 
 
@@ -243,7 +270,34 @@ def compare(n: int, dim: int, root: Path) -> None:
         shutil.rmtree(root / f"{backend}-append", ignore_errors=True)
 
 
-def scale(sizes: list[int], dim: int, dim_largest: int, root: Path, keep: bool) -> None:
+def appends_at_n(d: Path, n: int, dim: int, level0: list[int], before: str | None) -> float:
+    """The append measurements at N: with `before` (a ``src`` folder of an older histovl), first
+    that store's rate in a subprocess (the same entries count as the first level-0 size, files
+    evicted first); then one run per level-0 size (`histovl.embed.store.LEVEL0_ROWS`), each two
+    fill-and-merge cycles on top of the entries appended so far. Returns the first run's rate."""
+    from histovl.embed import store
+
+    sizes = level0 or [getattr(store, "LEVEL0_ROWS", 1 << 17)]
+    start = n
+    if before:
+        env = {**os.environ, "PYTHONPATH": before}
+        args = [sys.executable, __file__, "--append-only", str(d), str(start), str(APPEND_CYCLES * sizes[0]), str(dim)]
+        print(f"  before ({before}):", flush=True)
+        subprocess.run(args, env=env, check=True)
+        start += APPEND_CYCLES * sizes[0]
+    rates = []
+    for rows in sizes:
+        store.LEVEL0_ROWS = rows
+        print(f"  level 0 of {rows:,} rows:", flush=True)
+        # One batch more than two level-0 fills: the second merge falls inside (a writer counts
+        # level 0 every LEVEL0_ROWS / 16 rows, from its first put).
+        rates.append(append_rate("histovl", d, start, APPEND_CYCLES * rows + APPEND_BATCH, dim, merge_first=True))
+        start += APPEND_CYCLES * rows + APPEND_BATCH
+    return rates[0]
+
+
+def scale(sizes: list[int], dim: int, dim_largest: int, root: Path, keep: bool, level0: list[int] | None = None,
+          before: str | None = None) -> None:
     print(f"scale: histovl store; open + {LOOKUPS} random lookups in a fresh process (median of 3); appends in batches of {APPEND_BATCH}")
     print(f"{'N':>10} {'dim':>4} {'GB':>6} {'build/s':>9} {'append/s empty':>15} {'append/s at N':>14} "
           f"{'warm ms':>8} {'(CPU ms)':>8} {'warm RSS':>9} {'cold ms':>8} {'cold RSS':>9}")
@@ -255,7 +309,7 @@ def scale(sizes: list[int], dim: int, dim_largest: int, root: Path, keep: bool) 
         rate = build("histovl", d, n, d_dim)
         os.sync()  # steady state: the bulk build's dirty pages written back before measuring
         r = lookups("histovl", d, n, d_dim)
-        at_n = append_rate("histovl", d, n, APPEND_AT_N, d_dim)
+        at_n = appends_at_n(d, n, d_dim, level0 or [], before)
         print(f"{n:>10,} {d_dim:>4} {du_mb(d) / 1e3:>6.1f} {rate:>9,.0f} {empty:>15,.0f} {at_n:>14,.0f} "
               f"{r['warm_ms']:>8.1f} {r['warm_cpu']:>8.1f} {r['warm_rss']:>8.1f}M {r['cold_ms']:>8.1f} {r['cold_rss']:>8.1f}M",
               f"load {os.getloadavg()[0]:.1f}", flush=True)
@@ -268,6 +322,11 @@ def main() -> None:
         b, d, n, dim, seed, cold = sys.argv[2:8]
         _probe_main(b, d, int(n), int(dim), int(seed), cold == "1")
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--append-only":  # `--before`: this process imports the older store
+        d, start, n, dim = sys.argv[2:6]
+        evict(Path(d))
+        append_rate("histovl", Path(d), int(start), int(n), int(dim))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000,1000000,5000000")
     ap.add_argument("--dim", type=int, default=512)
@@ -275,6 +334,8 @@ def main() -> None:
     ap.add_argument("--compare", type=int, default=None, help="compare the three designs at this N")
     ap.add_argument("--root", type=Path, default=None, help="where to build (default: a temp folder)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--level0", default="", help="level-0 sizes to append with at N, e.g. 131072,262144,524288")
+    ap.add_argument("--before", default=None, help="src folder of an older histovl: its append rate at N first")
     a = ap.parse_args()
     root = a.root or Path(tempfile.mkdtemp(prefix="bench-cache-", dir=os.environ.get("BENCH_TMP")))
     root.mkdir(parents=True, exist_ok=True)
@@ -284,7 +345,8 @@ def main() -> None:
             compare(a.compare, a.dim, root)
         else:
             sizes = [int(float(s)) for s in a.sizes.split(",")]
-            scale(sizes, a.dim, a.dim_largest or a.dim, root, a.keep)
+            level0 = [int(float(x)) for x in a.level0.split(",") if x]
+            scale(sizes, a.dim, a.dim_largest or a.dim, root, a.keep, level0, a.before)
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)

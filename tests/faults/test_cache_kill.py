@@ -150,3 +150,91 @@ def _started(cache: Path, proc: subprocess.Popen[str]) -> bool:
             return False
         time.sleep(0.02)
     raise TimeoutError("histovl embed did not start within 240 s")
+
+
+# ---- a kill in the middle of a merge of level 0 into the main index ---------------------------------
+#
+# The writer runs with a tiny level 0 (``HISTOVL_CACHE_LEVEL0_ROWS=64``: a merge every 4 batches) and
+# an 8-page SQLite cache (a merge spills uncommitted pages into the write-ahead log). Once past batch
+# `argv[2]`, a progress handler pauses a merge statement at its `argv[3]`-th callback and prints
+# "merging"; the test kills it there. A SIGTERM is held back until that statement returns, as
+# CPython holds back a signal that arrives during a C call.
+_MERGE_WRITER = _WRITER.replace("def body():", '''import signal, time
+import histovl.embed.store as st
+
+state = {"armed": False, "n": 0, "stop": int(sys.argv[3]), "held": None, "pending": []}
+_merge = st.RecordStore.merge
+
+def merge(self, at_least=0):
+    state["n"] = 0
+    try:
+        return _merge(self, at_least)
+    finally:
+        state["n"] = -1
+        state["stop"] = max(1, state["stop"] // 2)  # not reached in this merge: earlier in the next
+
+def progress():
+    if state["armed"] and state["n"] >= 0:
+        state["n"] += 1
+        if state["n"] == state["stop"]:
+            state["held"] = signal.signal(signal.SIGTERM, lambda signum, frame: state["pending"].append(signum))
+            print("merging", flush=True)
+            time.sleep(3)
+    return 0
+
+class Conn:
+    def __init__(self, conn):
+        self._conn = conn
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+    def execute(self, *args):
+        try:
+            return self._conn.execute(*args)
+        finally:
+            if state["held"] is not None:  # deliver a SIGTERM held back while the statement ran
+                signal.signal(signal.SIGTERM, state["held"])
+                state["held"] = None
+                if state["pending"]:
+                    signal.raise_signal(signal.SIGTERM)
+
+st.RecordStore.merge = merge
+
+def body():''').replace('''        ns.put(''', '''        if b == 0:
+            ns.store.conn().execute("PRAGMA cache_size=8")
+            ns.store.conn().set_progress_handler(progress, 5)
+            ns.store._conn = Conn(ns.store.conn())
+        state["armed"] = b >= int(sys.argv[2])
+        ns.put(''')
+
+
+@pytest.mark.parametrize("trial", range(2))
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["KILL", "TERM"])
+def test_a_writer_killed_during_a_merge_keeps_every_committed_batch(sig: signal.Signals, trial: int, tmp_path: Path,
+                                                                     faults: FaultLog) -> None:
+    rng = random.Random(f"{SEED}-merge-{sig.name}-{trial}")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HISTOVL_CACHE_LEVEL0_ROWS": "64"}
+    args = [str(tmp_path), str(rng.randint(8, 60)), str(rng.randint(1, 60))]
+    proc = subprocess.Popen([sys.executable, "-c", _MERGE_WRITER, *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None
+    reported = -1
+    while (line := proc.stdout.readline().strip()) != "merging":
+        assert line, proc.stderr.read() if proc.stderr else ""
+        reported = int(line)
+    time.sleep(rng.uniform(0.0, 0.3))
+    os.kill(proc.pid, sig)
+    faults.inject(f"kill -{sig.name.removeprefix('SIG')} cache writer during a merge")
+    proc.wait(timeout=60)
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == (143 if sig == signal.SIGTERM else -signal.SIGKILL), (proc.returncode, stderr)
+    present = _batches_present(tmp_path)
+    m = int(present.sum()) - 1
+    assert present[: m + 1].all() and m == reported + 1, (m, reported)  # the batch whose put was merging is kept
+    assert cache_verify(tmp_path).ok
+    from histovl.embed import EmbeddingCache
+
+    ns = EmbeddingCache(tmp_path).namespace(weights_id="w", preprocessing="p")
+    ns.store.merge()  # what the kill interrupted (if it had not committed yet) goes through now
+    assert len(ns) == (m + 1) * BATCH and ns.store.conn().execute("SELECT count(*) FROM recent").fetchone()[0] == 0
+    ns.close()
+    np.testing.assert_array_equal(_batches_present(tmp_path), present)

@@ -4,22 +4,31 @@ and append-only float32 segment files.
 Files in the namespace folder::
 
     index.sqlite          entries(16-byte BLAKE2b digest of the key -> segment, row, CRC-32 of
-                          the row's bytes), segments(id, dim, writer, state), quarantine(rows
-                          moved aside)
+                          the row's bytes), recent(the same, for entries not yet merged into
+                          entries), segments(id, dim, writer, state), quarantine(rows moved aside)
     seg-<id>.f32          raw float32 rows, appended by exactly one process (every store of the
                           namespace in that process shares it), never rewritten
 
 A lookup reads the index B-tree pages of the keys asked for and then each row with one
 ``pread``; the index holds ~35 bytes per entry (a digest, not the 64-character key), so it stays
-small enough to live in the page cache at millions of entries, so opening a namespace and looking up 1,000 keys costs the same at 10^5 and 5*10^6
-entries (docs/performance.md, "embedding store"). Why this design and not vectors inside SQLite
-or LMDB: docs/architecture.md, "embedding store".
+small enough to live in the page cache at millions of entries, so opening a namespace and
+looking up 1,000 keys costs the same at 10^5 and 5*10^6 entries (docs/performance.md, "embedding
+store"). Why this design and not vectors inside SQLite or LMDB: docs/architecture.md, "embedding
+store".
+
+Two levels (log-structured): a put inserts into the small ``recent`` table, whose pages stay in
+memory; once it holds `LEVEL0_ROWS` rows, the writer that finds so merges it into ``entries`` in
+key order in one transaction (each page of the large table is then touched once per merge, not
+once per batch of random keys) and empties it. A lookup reads ``entries`` first, then ``recent``
+for the keys not found there; a key in both keeps the row of ``entries`` (the older one: the
+first row put wins, as with one table). Indexes without ``recent`` get it when first opened.
 
 Guarantees (docs/reliability.md, "embedding cache"):
 
 * `put` writes the rows to the writer's own segment, then commits their index rows in one
-  transaction before it returns: a process killed at any point loses at most the batch it was
-  writing (rows written but not indexed are dead bytes that `compact` drops); SQLite's
+  transaction before it returns (a merge of level 0 is a transaction of its own, after that
+  commit): a process killed at any point loses at most the batch it was writing (rows written
+  but not indexed are dead bytes that `compact` drops); SQLite's
   write-ahead log never shows a half-committed batch (``synchronous=NORMAL``: a power cut may
   also drop the last commits, and rows the OS had not written are caught by their CRC-32);
 * any number of processes may read and write one namespace at once: each writer appends to a
@@ -60,10 +69,18 @@ BUSY_TIMEOUT_S = 120.0
 SEGMENT_BYTES = 1 << 30
 #: Keys per ``IN (...)`` query (well under SQLite's bound-variable limit).
 CHUNK = 900
+#: Rows of the ``recent`` table (level 0) that trigger a merge into ``entries`` (module docstring;
+#: ``HISTOVL_CACHE_LEVEL0_ROWS`` sets it, e.g. tiny in tests). Chosen by measurement:
+#: docs/performance.md, "Embedding store".
+LEVEL0_ROWS = int(os.environ.get("HISTOVL_CACHE_LEVEL0_ROWS", 1 << 18))
+#: The index tables, oldest level first (a key in both is served from the first).
+LEVELS = ("entries", "recent")
 #: SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
 _CORRUPT_CODES = {11, 26}
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS entries(key BLOB PRIMARY KEY, seg INTEGER NOT NULL, row INTEGER NOT NULL, "
+    "crc INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS recent(key BLOB PRIMARY KEY, seg INTEGER NOT NULL, row INTEGER NOT NULL, "
     "crc INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS segments(id INTEGER PRIMARY KEY AUTOINCREMENT, dim INTEGER NOT NULL, "
     "writer TEXT NOT NULL, created REAL NOT NULL, state TEXT NOT NULL DEFAULT 'live')",
@@ -176,6 +193,9 @@ class RecordStore:
         self._pid = -1
         self._readers: dict[int, int] = {}
         self._dims: dict[int, int] = {}
+        self._levels: tuple[str, ...] = LEVELS
+        # Rows this object put into ``recent`` since it last counted them (the first put counts).
+        self._unmerged = LEVEL0_ROWS
 
     # ---- connection ----------------------------------------------------------------------------
 
@@ -195,12 +215,26 @@ class RecordStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 for statement in _SCHEMA:
                     conn.execute(statement)
-            elif conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
+            else:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                self._add_level0(conn)
         except sqlite3.DatabaseError:
             conn.close()
             raise
         return conn
+
+    def _add_level0(self, conn: sqlite3.Connection) -> None:
+        """An index written before the two levels gets its (empty) ``recent`` table; one that
+        cannot be written is read as it is, with one level."""
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name='recent'").fetchone():
+            return
+        try:
+            conn.execute(_SCHEMA[1])
+        except sqlite3.OperationalError as err:
+            if "readonly" not in str(err).replace(" ", "").lower():
+                raise
+            self._levels = LEVELS[:1]
 
     def conn(self) -> sqlite3.Connection:
         """This process's connection (opened on first use, again after a fork)."""
@@ -330,7 +364,44 @@ class RecordStore:
         # Sorted by digest: the B-tree inserts walk forward through the index, touching each page once.
         rows = sorted(zip(map(digest, keys), itertools.repeat(w.seg), range(start, start + len(keys)), crcs))
         with self._transaction() as conn:
-            conn.executemany("INSERT OR IGNORE INTO entries(key, seg, row, crc) VALUES (?,?,?,?)", rows)
+            conn.executemany(f"INSERT OR IGNORE INTO {self._levels[-1]}(key, seg, row, crc) VALUES (?,?,?,?)", rows)
+        self._unmerged += len(rows)
+        if self._unmerged >= max(1, LEVEL0_ROWS // 16):  # count level 0 now and then, not per put
+            self._unmerged = 0
+            try:
+                self.merge(LEVEL0_ROWS)
+            except sqlite3.OperationalError:
+                pass  # busy past BUSY_TIMEOUT_S, or read-only: the put is committed, a later one merges
+
+    def merge(self, at_least: int = 0) -> bool:
+        """Move level 0 (``recent``) into ``entries`` in one transaction, in key order, if it holds
+        at least `at_least` rows (counted inside the transaction: of two writers crossing the
+        threshold together, one merges). Keys already in ``entries`` keep their row there.
+        Returns whether it merged."""
+        if len(self._levels) < 2:
+            return False
+        with self._guard() as conn:
+            if conn.execute("SELECT count(*) FROM recent").fetchone()[0] < max(at_least, 1):
+                return False
+        self._read_index_file()
+        with self._transaction() as conn:
+            if at_least > 0 and conn.execute("SELECT count(*) FROM recent").fetchone()[0] < at_least:
+                return False  # another writer merged it meanwhile
+            conn.execute("INSERT OR IGNORE INTO entries(key, seg, row, crc) SELECT key, seg, row, crc FROM recent ORDER BY key")
+            conn.execute("DELETE FROM recent")
+        return True
+
+    def _read_index_file(self) -> None:
+        """Read the index file once, front to back, before a merge: the merge visits most pages of
+        ``entries`` in key order, which is scattered order on disk; read sequentially first, they
+        come from the OS page cache instead of one random disk read each (a no-op when warm)."""
+        buf = bytearray(1 << 20)
+        try:
+            with open(self.path, "rb", buffering=0) as fh:
+                while fh.readinto(buf):
+                    pass
+        except OSError:
+            pass  # only a speed-up
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -341,8 +412,14 @@ class RecordStore:
         with self._guard() as conn:
             for start in range(0, len(digests), CHUNK):
                 part = digests[start : start + CHUNK]
-                sql = f"SELECT key, seg, row, crc FROM entries WHERE key IN ({','.join('?' * len(part))})"
-                found.extend(conn.execute(sql, part))
+                for table in self._levels:  # oldest first: a key in both keeps its first row
+                    rows = conn.execute(f"SELECT key, seg, row, crc FROM {table} WHERE key IN ({','.join('?' * len(part))})", part).fetchall()
+                    found.extend(rows)
+                    if len(rows) < len(part):
+                        seen = {r[0] for r in rows}
+                        part = [d for d in part if d not in seen]
+                    else:
+                        break
         found.sort(key=lambda r: (r[1], r[2]))
         return found
 
@@ -434,10 +511,11 @@ class RecordStore:
                 for start in range(0, len(keys), CHUNK):
                     part = list(keys[start : start + CHUNK])
                     marks = ",".join("?" * len(part))
-                    segs.update(segment_name(s) for (s,) in conn.execute(f"SELECT DISTINCT seg FROM entries WHERE key IN ({marks})", part))
-                    conn.execute(f"INSERT INTO quarantine SELECT key, seg, row, crc, ?, ? FROM entries WHERE key IN ({marks})",
-                                 [reason, time.time(), *part])
-                    conn.execute(f"DELETE FROM entries WHERE key IN ({marks})", part)
+                    for table in self._levels:
+                        segs.update(segment_name(s) for (s,) in conn.execute(f"SELECT DISTINCT seg FROM {table} WHERE key IN ({marks})", part))
+                        conn.execute(f"INSERT INTO quarantine SELECT key, seg, row, crc, ?, ? FROM {table} WHERE key IN ({marks})",
+                                     [reason, time.time(), *part])
+                        conn.execute(f"DELETE FROM {table} WHERE key IN ({marks})", part)
         except (StoreCorrupt, sqlite3.OperationalError):
             pass  # read-only or busy: the rows still read as misses in this process
         where = ", ".join(sorted(segs)) or INDEX_FILE
@@ -449,7 +527,7 @@ class RecordStore:
         path = self.directory / segment_name(seg)
         try:
             with self._transaction() as conn:
-                n = conn.execute("DELETE FROM entries WHERE seg=?", (seg,)).rowcount
+                n = sum(conn.execute(f"DELETE FROM {table} WHERE seg=?", (seg,)).rowcount for table in self._levels)
                 conn.execute("UPDATE segments SET state='quarantined' WHERE id=?", (seg,))
         except (StoreCorrupt, sqlite3.OperationalError):
             n = -1
@@ -489,10 +567,22 @@ class RecordStore:
 
     # ---- administration ---------------------------------------------------------------------------
 
+    def _select_all(self, columns: str = "key, seg, row, crc") -> str:
+        """SQL for every indexed entry once: ``entries``, plus the keys of ``recent`` not in it."""
+        if len(self._levels) < 2:
+            return f"SELECT {columns} FROM entries"
+        return (f"SELECT {columns} FROM entries UNION ALL SELECT {columns} FROM recent "
+                "WHERE NOT EXISTS (SELECT 1 FROM entries WHERE entries.key = recent.key)")
+
     def count(self) -> int:
+        """Entries in the store (a key in both levels counts once)."""
         try:
             with self._guard() as conn:
-                return int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
+                n = int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
+                if len(self._levels) > 1:
+                    n += int(conn.execute("SELECT count(*) FROM recent WHERE NOT EXISTS "
+                                          "(SELECT 1 FROM entries WHERE entries.key = recent.key)").fetchone()[0])
+                return n
         except StoreCorrupt:
             return 0
 
@@ -517,7 +607,7 @@ class RecordStore:
                 if problems != ["ok"]:
                     res.bad_files[str(self.path)] = "; ".join(problems[:3])
                     return res
-                rows = conn.execute("SELECT key, seg, row, crc FROM entries ORDER BY seg, row")
+                rows = conn.execute(f"{self._select_all()} ORDER BY seg, row")
                 while batch := rows.fetchmany(4096):
                     _, bad, torn = self._read(batch)
                     res.n_checked += len(batch)
@@ -543,9 +633,10 @@ class RecordStore:
         (`histovl.embed.cache.CacheNamespace.compact`), so two compactions never overlap."""
         with self._lock:
             self.end_segment()
+            self.merge()
             with self._guard() as conn:
                 segs = conn.execute("SELECT id, dim, writer, state FROM segments").fetchall()
-                live = dict(conn.execute("SELECT seg, count(*) FROM entries GROUP BY seg").fetchall())
+                live = dict(conn.execute(f"SELECT seg, count(*) FROM ({self._select_all('seg')}) GROUP BY seg").fetchall())
             chosen = []
             for seg, dim, writer, state in segs:
                 path = self.directory / segment_name(seg)
@@ -571,7 +662,7 @@ class RecordStore:
     def _move_rows(self, seg: int, dim: int) -> None:
         """Copy a segment's intact indexed rows to this process's segment, re-point the index, retire it."""
         with self._guard() as conn:
-            rows = conn.execute("SELECT key, seg, row, crc FROM entries WHERE seg=? ORDER BY row", (seg,)).fetchall()
+            rows = conn.execute(f"SELECT * FROM ({self._select_all()}) WHERE seg=? ORDER BY row", (seg,)).fetchall()
         for start in range(0, len(rows), 4096):
             part = rows[start : start + 4096]
             found, bad, torn = self._read(part)
@@ -588,15 +679,16 @@ class RecordStore:
             _pwrite_all(w.fd, np.stack([found[k] for k in keys]).tobytes(), first * 4 * dim)
             w.rows += len(keys)
             with self._transaction() as conn:
-                conn.executemany("UPDATE entries SET seg=?, row=? WHERE key=? AND seg=?",
-                                 [(w.seg, first + i, k, seg) for i, k in enumerate(keys)])
+                for table in self._levels:
+                    conn.executemany(f"UPDATE {table} SET seg=?, row=? WHERE key=? AND seg=?",
+                                     [(w.seg, first + i, k, seg) for i, k in enumerate(keys)])
         with self._transaction() as conn:
             conn.execute("UPDATE segments SET state='retired' WHERE id=?", (seg,))
 
     def _remove_retired(self) -> int:
         with self._guard() as conn:
             retired = [int(s) for (s,) in conn.execute("SELECT id FROM segments WHERE state='retired'")]
-            in_use = {int(s) for (s,) in conn.execute("SELECT DISTINCT seg FROM entries")}
+            in_use = {int(s) for table in self._levels for (s,) in conn.execute(f"SELECT DISTINCT seg FROM {table}")}
         removed = 0
         for seg in retired:
             if seg in in_use:

@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 
 from histovl.embed import EmbeddingCache, encode_images
 from histovl.embed.cache import namespace_key
-from histovl.embed.store import INDEX_FILE, segment_name
+from histovl.embed.store import INDEX_FILE, digest, segment_name
 from histovl.errors import HistovlError
 
 NS = dict(weights_id="w", preprocessing="p")
@@ -206,3 +207,86 @@ def test_a_forked_child_gets_its_own_connection_and_segment(tmp_path: Path) -> N
     ns.put(["k2"], _vec(2)[None])
     assert _all(tmp_path, 3)[0].all() and len(_segments(tmp_path)) == 2
     assert segment_name(1) in {p.name for p in _segments(tmp_path)}
+
+
+# ---- two levels: ``recent`` (level 0) merged into ``entries`` ---------------------------------------
+
+
+def _level_rows(ns: object) -> dict[str, int]:
+    conn = ns.store.conn()  # type: ignore[attr-defined]
+    return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("entries", "recent")}
+
+
+def test_puts_and_merges_equal_a_dict_and_lookups_read_both_levels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("histovl.embed.store.LEVEL0_ROWS", 32)
+    rng = np.random.default_rng(0)
+    ns = EmbeddingCache(tmp_path).namespace(**NS)
+    reference: dict[str, np.ndarray] = {}
+    merges = 0
+    for step in range(60):  # random batches, a third of their keys seen before (they keep their first row)
+        ids = rng.choice(400, size=int(rng.integers(1, 12)), replace=False)
+        rows = np.stack([_vec(int(i) + 1000 * step) for i in ids])
+        before = _level_rows(ns)["entries"]
+        ns.put([f"k{i}" for i in ids], rows)
+        merges += _level_rows(ns)["entries"] > before
+        for i, row in zip(ids, rows, strict=True):
+            reference.setdefault(f"k{i}", row)
+    levels = _level_rows(ns)
+    assert merges >= 3 and levels["entries"] > 0 and levels["recent"] > 0
+    keys = [f"k{i}" for i in range(420)]
+    hit, rows = ns.get(keys)
+    assert [k for k, h in zip(keys, hit, strict=True) if h] == [k for k in keys if k in reference]
+    np.testing.assert_array_equal(rows, np.stack([reference[k] for k in keys if k in reference]))
+    assert len(ns) == len(reference) <= sum(levels.values())  # a key put again after its merge is in both
+    assert ns.store.merge() and _level_rows(ns)["recent"] == 0
+    np.testing.assert_array_equal(ns.get(keys)[1], rows)
+
+
+def test_a_key_in_both_levels_is_served_and_counted_once_with_its_first_row(tmp_path: Path) -> None:
+    ns = EmbeddingCache(tmp_path).namespace(**NS)
+    ns.put(["k0", "k1"], np.stack([_vec(0), _vec(1)]))
+    assert ns.store.merge()
+    ns.put(["k0", "k2"], np.stack([np.zeros(8, np.float32), _vec(2)]))  # k0 again, now into level 0
+    assert _level_rows(ns) == {"entries": 2, "recent": 2}
+    hit, rows = ns.get(["k0", "k1", "k2"])
+    assert hit.all() and len(ns) == 3
+    np.testing.assert_array_equal(rows, np.stack([_vec(0), _vec(1), _vec(2)]))
+    assert ns.store.verify().n_checked == 3
+    assert ns.store.merge() and _level_rows(ns) == {"entries": 3, "recent": 0}
+    np.testing.assert_array_equal(ns.get(["k0", "k1", "k2"])[1], rows)
+
+
+def test_verify_repair_compact_and_len_see_both_levels(tmp_path: Path) -> None:
+    ns = EmbeddingCache(tmp_path).namespace(**NS)
+    ns.put([f"k{i}" for i in range(6)], np.stack([_vec(i) for i in range(6)]))
+    ns.store.merge()
+    ns.put([f"k{i}" for i in range(6, 10)], np.stack([_vec(i) for i in range(6, 10)]))
+    ns.store.end_segment()
+    assert _level_rows(ns) == {"entries": 6, "recent": 4} and len(ns) == 10
+    seg = _segments(tmp_path)[0]
+    data = bytearray(seg.read_bytes())
+    for row in (2, 8):  # one row indexed in each level
+        data[row * 32 + 5] ^= 0x01
+    seg.write_bytes(bytes(data))
+    res = ns.store.verify(repair=True)
+    assert res.n_checked == 10 and sorted(res.bad_keys) == sorted(digest(f"k{i}") for i in (2, 8))
+    assert len(ns) == 8 and ns.store.count_quarantined() == 2 and ns.store.verify().ok
+    ns.put(["k2", "k8"], np.stack([_vec(2), _vec(8)]))  # re-encoded
+    ns.store.end_segment()
+    ns.compact()
+    assert len(_segments(tmp_path)) == 1 and len(ns) == 10 and _level_rows(ns)["recent"] == 0
+    hit, rows = ns.get([f"k{i}" for i in range(10)])
+    assert hit.all() and (rows[:, 0] == np.arange(10)).all()
+
+
+def test_an_index_with_one_level_opens_gets_its_level_0_and_works(tmp_path: Path) -> None:
+    _fill(tmp_path, range(20))
+    index = next(tmp_path.glob(f"*/{INDEX_FILE}"))
+    with sqlite3.connect(index) as conn:  # as written before the two levels
+        conn.execute("INSERT INTO entries SELECT * FROM recent")
+        conn.execute("DROP TABLE recent")
+    ns = EmbeddingCache(tmp_path).namespace(**NS)
+    assert len(ns) == 20 and _level_rows(ns)["recent"] == 0
+    ns.put(["k20"], _vec(20)[None])
+    hit, rows = _all(tmp_path, 21)
+    assert hit.all() and (rows[:, 0] == np.arange(21)).all()
