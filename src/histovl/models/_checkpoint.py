@@ -162,6 +162,7 @@ def load_state_dict_strict(
     *,
     source: str,
     ignore: Callable[[str], bool] | None = None,
+    assign: bool = False,
 ) -> None:
     """Load `state_dict` into `module`, refusing any key or shape difference.
 
@@ -171,6 +172,9 @@ def load_state_dict_strict(
         source: where the weights came from, for the error message.
         ignore: keys for which this returns True are dropped from the checkpoint before the
             comparison (known-unused parts such as a captioning decoder, or legacy buffers).
+        assign: `module` was built with its parameters on ``meta``
+            (`histovl.models._empty_init`): give it new tensors holding the checkpoint's values
+            instead of copying into its own.
 
     Raises:
         CheckpointMismatchError: with the list of missing, unexpected and mis-shaped keys.
@@ -187,6 +191,11 @@ def load_state_dict_strict(
     ]
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(describe_mismatch(source, missing, unexpected, mismatched))
+    if assign:
+        from histovl.models._empty_init import materialise
+
+        materialise(module, state_dict)
+        return
     module.load_state_dict(dict(state_dict), strict=True)
 
 

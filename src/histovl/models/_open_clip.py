@@ -22,6 +22,7 @@ from open_clip.transformer import text_global_pool
 
 from histovl.errors import UnknownNameError, did_you_mean
 from histovl.models._checkpoint import load_state_dict_strict, read_checkpoint
+from histovl.models._empty_init import build_then_load
 from histovl.models._families import OPEN_CLIP_HUB_FILES
 from histovl.models.card import OPENAI_MEAN, OPENAI_STD, ModelCard
 from histovl.models.encoder import Encoder
@@ -218,10 +219,16 @@ def build_open_clip(request: LoadRequest) -> OpenClipEncoder:
     """Family builder: architecture from the card, weights loaded strictly."""
     card = request.card
     cfg = resolve_model_cfg(card, request.asset_dir)
-    model = build_model(cfg)
-    if request.weights is None:
+    weights = request.weights
+    if weights is None:
         raise FileNotFoundError(f"no weights file for {card.name}: pass open_clip:ARCH:PATH")
-    sd = adapt_state_dict(model, read_checkpoint(request.weights, trust_checkpoint=request.trust_checkpoint))
-    load_state_dict_strict(model, sd, source=str(request.weights), ignore=legacy_buffers(model))
+    checkpoint = read_checkpoint(weights, trust_checkpoint=request.trust_checkpoint)
+
+    def load(model: CLIP | CustomTextCLIP, assign: bool) -> None:
+        sd = adapt_state_dict(model, dict(checkpoint))
+        load_state_dict_strict(model, sd, source=str(weights), ignore=legacy_buffers(model), assign=assign)
+
+    # No random initialisation of weights the checkpoint replaces (histovl.models._empty_init).
+    model = build_then_load(lambda: build_model(cfg), load)
     tokenizer = build_tokenizer(card, cfg)
     return OpenClipEncoder(model.to(request.device), tokenizer, card, request.weights_id, cfg)

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from histovl._io import atomic_path, atomic_write_json
 from histovl.errors import HistovlError, UnknownNameError, UntrustedCheckpointError, did_you_mean
-from histovl.models import _hf_clip, _open_clip
+from histovl.models import _open_clip
 from histovl.models._checkpoint import PICKLE_SUFFIXES, check_checkpoint_allowed
 from histovl.models._device import check_device
 from histovl.models._hub import (
@@ -163,6 +163,8 @@ def _load_open_clip_file(spec: str, device: str, trust: bool) -> Encoder:
 
 
 def _load_hf_clip_dir(spec: str, device: str, trust: bool) -> Encoder:
+    from histovl.models import _hf_clip  # transformers' CLIPModel: ~1 s of imports only this needs
+
     folder = Path(spec[len("hf-clip:") :])
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a transformers CLIPModel folder (no config.json)")
