@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from histovl._stopwatch import phase
 from histovl.embed.cache import CacheNamespace, EmbeddingCache, content_keys
@@ -51,40 +49,12 @@ from histovl.embed.fill import (
 )
 from histovl.embed.progress import progress_bar
 from histovl.errors import ImageReadError
-from histovl.models.encoder import Encoder
-from histovl.models.preprocess import Preprocess
 
+if TYPE_CHECKING:  # torch is imported on the first decode: a fully cached sweep never imports it
+    import torch
 
-class _UnnormalisedDataset(Dataset[tuple[int, torch.Tensor | None, str]]):
-    """Reads one image and returns its model-sized tensor (uint8 when lossless), or the error."""
-
-    def __init__(self, paths: Sequence[str], indices: Sequence[int], preprocess: Preprocess) -> None:
-        self.paths, self.indices, self.preprocess = paths, indices, preprocess
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, j: int) -> tuple[int, torch.Tensor | None, str]:
-        from histovl.data import read_rgb
-
-        i = self.indices[j]
-        try:
-            x = self.preprocess.to_unnormalised(read_rgb(self.paths[i]))
-        except ImageReadError as err:
-            return i, None, err.reason
-        except (OSError, ValueError, SyntaxError) as err:  # decoder faults Pillow lets through
-            return i, None, f"{type(err).__name__}: {err}"
-        as_bytes = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
-        exact = torch.equal(as_bytes.to(torch.float32).div(255), x)
-        return i, (as_bytes if exact else x), ""
-
-
-def _keep(batch: list[tuple[int, torch.Tensor | None, str]]) -> list[tuple[int, torch.Tensor | None, str]]:
-    return batch
-
-
-def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)
+    from histovl.models.encoder import Encoder
+    from histovl.models.preprocess import Preprocess
 
 
 class DecodedImages:
@@ -160,11 +130,16 @@ class DecodedImages:
             self._decode_all()
 
     def _decode_all(self) -> None:
+        import torch
+        from torch.utils.data import DataLoader
+
+        from histovl.embed._decode_pixels import UnnormalisedDataset, keep_batch, one_thread
+
         todo = [i for i in range(len(self.paths)) if i not in self.failures]
         workers = default_num_workers(len(todo), self.decode_batch_size) if self.num_workers is None else self.num_workers
         loader: DataLoader[Any] = DataLoader(
-            _UnnormalisedDataset(self.paths, todo, self.preprocess), batch_size=self.decode_batch_size,
-            num_workers=workers, collate_fn=_keep, worker_init_fn=_one_thread if workers else None,
+            UnnormalisedDataset(self.paths, todo, self.preprocess), batch_size=self.decode_batch_size,
+            num_workers=workers, collate_fn=keep_batch, worker_init_fn=one_thread if workers else None,
         )
         tensors: list[torch.Tensor] = []
         with progress_bar(total=len(todo), description="decoding images", enabled=self.progress) as bar:
@@ -188,6 +163,8 @@ class DecodedImages:
 
     def float_pixels(self, indices: Sequence[int]) -> torch.Tensor:
         """Float32 [len(indices), 3, S, S] in [0, 1] for the given (decoded) path indices."""
+        import torch
+
         rows = self._row[np.asarray(indices, dtype=np.int64)]
         if (rows < 0).any():
             raise ValueError("asked for pixels of images that did not decode")
@@ -202,6 +179,8 @@ def corrupt_batch(
     pixels: torch.Tensor, transform: ImageTransform | None, seeds: Sequence[int]
 ) -> torch.Tensor:
     """Apply `transform` to a float batch (batched when it offers ``apply_batch``), clamped."""
+    import torch
+
     if transform is None:
         return pixels
     apply_batch = getattr(transform, "apply_batch", None)
@@ -210,6 +189,27 @@ def corrupt_batch(
     else:
         out = torch.stack([transform(x, s) for x, s in zip(pixels, seeds, strict=True)])
     return out.clamp_(0.0, 1.0)
+
+
+def encode_cached(
+    encoder: Encoder,
+    paths: Sequence[str | os.PathLike[str]],
+    keys: Sequence[str | None],
+    *,
+    transform: ImageTransform | None = None,
+    cache: EmbeddingCache | CacheNamespace | None = None,
+    on_error: OnError = "raise",
+    batch_size: int = 64,
+) -> EmbeddingResult | None:
+    """What `encode_decoded` returns for these images when every readable one is in the cache,
+    without decoding anything nor needing the model's preprocessing (so no torch); None when
+    any row is missing (then decode and encode with `encode_decoded`)."""
+    if cache is None:
+        return None
+    fill = CacheFill([os.fspath(p) for p in paths], keys, cache_namespace(encoder, cache, transform), on_error=on_error)
+    if fill.missing():
+        return None
+    return fill.result(batch_size_used=batch_size)
 
 
 def encode_decoded(

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torchvision.transforms.v2.functional as TF
 
 from histovl.robustness.markup import markup_transmission
 from histovl.robustness.registry import Corruption, add_corruption
+
+if TYPE_CHECKING:  # torch and torchvision are imported when pixels are corrupted, not to plan a sweep
+    import torch
 
 REFERENCE_SIZE = 224
 """The input size at which the study's pixel parameters (blur sigma) are defined."""
@@ -64,22 +66,32 @@ def blur_kernel(sigma: float) -> int:
 
 
 def _brightness(images: torch.Tensor, level: int, seeds: Sequence[int]) -> torch.Tensor:
+    import torchvision.transforms.v2.functional as TF
+
     return TF.adjust_brightness(images, COLOUR_FACTORS[level])
 
 
 def _contrast(images: torch.Tensor, level: int, seeds: Sequence[int]) -> torch.Tensor:
+    import torchvision.transforms.v2.functional as TF
+
     return TF.adjust_contrast(images, COLOUR_FACTORS[level])
 
 
 def _saturation(images: torch.Tensor, level: int, seeds: Sequence[int]) -> torch.Tensor:
+    import torchvision.transforms.v2.functional as TF
+
     return TF.adjust_saturation(images, COLOUR_FACTORS[level])
 
 
 def _hue(images: torch.Tensor, level: int, seeds: Sequence[int]) -> torch.Tensor:
+    import torchvision.transforms.v2.functional as TF
+
     return TF.adjust_hue(images, hue_rotation(COLOUR_FACTORS[level]))
 
 
 def _blur(images: torch.Tensor, level: int, seeds: Sequence[int]) -> torch.Tensor:
+    import torchvision.transforms.v2.functional as TF
+
     size = min(images.shape[-2:])
     sigma = BLUR_SIGMA[level] * size / REFERENCE_SIZE
     kernel = blur_kernel(sigma)
@@ -89,6 +101,8 @@ def _blur(images: torch.Tensor, level: int, seeds: Sequence[int]) -> torch.Tenso
 
 
 def _resolution(images: torch.Tensor, level: int, seeds: Sequence[int]) -> torch.Tensor:
+    import torchvision.transforms.v2.functional as TF
+
     height, width = images.shape[-2:]
     keep = 1.0 - RESOLUTION_SHRINK[level]
     small = [max(1, round(height * keep)), max(1, round(width * keep))]
@@ -97,6 +111,8 @@ def _resolution(images: torch.Tensor, level: int, seeds: Sequence[int]) -> torch
 
 
 def _markup(images: torch.Tensor, level: int, seeds: Sequence[int]) -> torch.Tensor:
+    import torch
+
     height, width = images.shape[-2:]
     trans = np.stack([markup_transmission(int(MARKUP_STROKES[level]), s, height, width) for s in seeds])
     return images * torch.from_numpy(trans).to(images.dtype)  # one batched multiply

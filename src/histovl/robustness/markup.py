@@ -19,10 +19,13 @@ Widths are 2–3.5 % of the image side (4.5–8 px at 224 px, a felt-tip line on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    import torch
 
 MARKER_INKS: dict[str, tuple[float, float, float]] = {
     "green": (0.20, 0.62, 0.32),
@@ -121,5 +124,7 @@ def markup_transmission(n_strokes: int, seed: int, height: int, width: int) -> n
 
 def draw_markup(image: torch.Tensor, n_strokes: int, seed: int) -> torch.Tensor:
     """Draw `n_strokes` pen strokes on a float RGB image ``[3, H, W]`` in [0, 1] (new tensor)."""
+    import torch
+
     height, width = image.shape[-2:]
     return image * torch.from_numpy(markup_transmission(n_strokes, seed, height, width)).to(image.dtype)

@@ -12,25 +12,29 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-from matplotlib.figure import Figure
 
 from histovl._io import atomic_open
 from histovl.outputs_guard import staged_folder
 from histovl.reports import Report, build_run_record, write_evaluation_outputs
-from histovl.robustness.results import CSV_COLUMNS, RobustnessResult
+from histovl.robustness.results import CSV_COLUMNS, GalleryTile, RobustnessResult
+
+if TYPE_CHECKING:  # drawing imports matplotlib, the gallery torch: a memoised report needs neither
+    from matplotlib.figure import Figure
 
 FIGURE_METRICS = ("accuracy", "f1_macro", "f1_weighted", "ha@5", "ha@10")
 
 
 def metric_vs_level_figure(table: pd.DataFrame, metric: str) -> Figure:
     """One panel per corruption: `metric` against level (0 = clean), one line per model."""
+    from matplotlib.figure import Figure
+
     corrupted = [c for c in dict.fromkeys(table["corruption"]) if c != "none"]
     n_panels = max(1, len(corrupted))
     n_cols = min(4, n_panels)
@@ -107,7 +111,7 @@ def _write_robustness_outputs(
     seed: int,
     command: str,
     config: Mapping[str, Any],
-    gallery_tile: tuple[torch.Tensor, str | None] | None,
+    gallery_tile: GalleryTile | None,
 ) -> None:
     """Write every output atomically; run.json last (its presence marks a complete folder)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -134,7 +138,7 @@ def _write_robustness_outputs(
         inputs=[str(p) for p in image_set.paths], skipped=result.skipped,
         extra={"weights_ids": list(weights_ids), "csv_columns": list(CSV_COLUMNS)},
     )
-    report = _build_report(table, tables, record, gallery_tile, result, seed)
+    report = _build_report(table, tables, record, gallery_tile, result, seed, figure_cache=config.get("cache"))
     frame = pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame(columns=["path", "label", "prediction"])
     write_evaluation_outputs(out, metrics=metrics, predictions=frame, run_record=record, report=report)
 
@@ -143,12 +147,16 @@ def _build_report(
     table: pd.DataFrame,
     tables: Mapping[str, pd.DataFrame],
     record: Mapping[str, Any],
-    gallery_tile: tuple[torch.Tensor, str | None] | None,
+    gallery_tile: GalleryTile | None,
     result: RobustnessResult,
     seed: int,
+    figure_cache: str | Path | None = None,
 ) -> Report:
+    """With `figure_cache` (the run's cache folder) figures drawn from the same numbers before
+    are copied, not drawn (`histovl.reports.Report.figure_cache`)."""
     models = ", ".join(dict.fromkeys(table["model"]))
-    report = Report(f"Robustness — {models}", subtitle=f"n = {int(table['n'].iloc[0])} images · {len(table)} rows")
+    report = Report(f"Robustness — {models}", subtitle=f"n = {int(table['n'].iloc[0])} images · {len(table)} rows",
+                    figure_cache=Path(figure_cache) if figure_cache is not None else None)
     report.add_text(
         "Each image is corrupted on its model-sized tensor (before normalisation) at every level; "
         "zero-shot metrics use the model's text classifier. Retrieval: each corrupted image queries "
@@ -158,26 +166,38 @@ def _build_report(
         title="Protocol",
     )
     for metric in ("accuracy", "f1_macro", "ha@5", "ha@10"):
-        report.add_figure(f"robustness_{metric.replace('@', '_at_')}", metric_vs_level_figure(table, metric),
-                          title=f"{metric} vs corruption level")
+        report.add_figure(f"robustness_{metric.replace('@', '_at_')}", lambda m=metric: metric_vs_level_figure(table, m),  # type: ignore[misc]
+                          title=f"{metric} vs corruption level",
+                          key=json.dumps(["metric_vs_level_figure", metric, table.to_csv(index=False)]))
     for metric in ("accuracy", "f1_macro", "ha@5", "ha@10"):
         report.add_table(tables[metric], title=f"Degradation: {metric}",
                          caption="Δ = mean over a corruption's levels minus the clean score.")
     shown = [c for c in ["model", "mitigation", "corruption", "severity", *FIGURE_METRICS] if c in table]
     report.add_table(table[shown], title="All conditions")
     if gallery_tile is not None:
-        from histovl.embed.engine import seed_for_key
-        from histovl.robustness.gallery import corruption_gallery
-
-        tile, key = gallery_tile
-        corruptions = [c for c in dict.fromkeys(table["corruption"]) if c != "none"]
-        if corruptions:
-            report.add_figure("corruption_gallery", corruption_gallery(tile, corruptions, seed=seed_for_key(key, seed)),
-                              title="Corruption gallery", caption="The first image of the data under every corruption and level.")
+        _add_gallery(report, gallery_tile, [c for c in dict.fromkeys(table["corruption"]) if c != "none"], seed)
     if result.notes:
         report.add_text("\n\n".join(result.notes), title="Notes")
     report.add_provenance(record)
     return report
+
+
+def _add_gallery(report: Report, tile: GalleryTile, corruptions: list[str], seed: int) -> None:
+    """The gallery figure: the tile is decoded and corrupted (torch) only when it is not memoised."""
+    from histovl.embed.engine import seed_for_key
+
+    if not corruptions:
+        return
+    tile_seed = seed_for_key(tile.key, seed)
+
+    def draw() -> Figure:
+        from histovl.robustness.gallery import corruption_gallery
+
+        return corruption_gallery(tile.load(), corruptions, seed=tile_seed)
+
+    report.add_figure("corruption_gallery", draw, title="Corruption gallery",
+                      caption="The first image of the data under every corruption and level.",
+                      key=json.dumps(["corruption_gallery", tile.key, tile.model, corruptions, tile_seed]))
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:

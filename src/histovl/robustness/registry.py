@@ -26,11 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from histovl.errors import UnknownNameError, did_you_mean
+
+if TYPE_CHECKING:  # torch is imported when pixels are corrupted: a fully cached sweep never imports it
+    import torch
 
 BUILTIN_NAMESPACE = "histovl"
 
@@ -96,6 +97,8 @@ class Corruption:
         Returns:
             The corrupted images, same shape and dtype as `images`, values in range.
         """
+        import torch
+
         self.check_level(level)
         single = images.ndim == 3
         batch = images.unsqueeze(0) if single else images

@@ -7,7 +7,7 @@ writes them) import this module; neither imports the other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,3 +67,16 @@ def levels_by_name(conditions: Sequence[Condition]) -> dict[str, list[int]]:
         if c.corruption is not None:
             out.setdefault(c.name, []).append(c.level)
     return out
+
+
+@dataclass
+class GalleryTile:
+    """The report gallery's tile, decoded only when its figure is drawn (not memoised): a fully
+    cached sweep then decodes no image and imports no torch."""
+
+    load: Callable[[], Any]
+    """Returns the tile: float [3, S, S] in [0, 1] at the model's input size."""
+    key: str | None
+    """The tile's content key (its corruptions are seeded from it)."""
+    model: str
+    """The weights id of the model whose preprocessing sized the tile."""

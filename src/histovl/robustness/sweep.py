@@ -28,24 +28,31 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
 
 from histovl.embed.cache import EmbeddingCache, cache_for, content_keys
 from histovl.embed.engine import EmbeddingResult, ImageTransform
-from histovl.embed.in_memory import DecodedImages, encode_decoded
-from histovl.models.encoder import Encoder
+from histovl.embed.in_memory import DecodedImages, encode_cached, encode_decoded
 from histovl.options import PathArg, RunOptions, config_record, split_overrides
 from histovl.robustness.corruptions import BUILTIN_CORRUPTIONS
 from histovl.robustness.registry import get_corruption
-from histovl.robustness.results import CSV_COLUMNS, Condition, RobustnessResult, levels_by_name
+from histovl.robustness.results import (
+    CSV_COLUMNS,
+    Condition,
+    GalleryTile,
+    RobustnessResult,
+    levels_by_name,
+)
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from histovl.models.encoder import Encoder
     from histovl.robustness.evaluation import ConditionScorer
 
 log = logging.getLogger(__name__)
@@ -144,7 +151,7 @@ class _Collected:
     weights_ids: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
-    gallery_tile: tuple[Any, str | None] | None = None
+    gallery_tile: GalleryTile | None = None
     bank: DecodedImages | None = None
 
 
@@ -156,6 +163,8 @@ class _ModelRun:
     label: str
     clean: EmbeddingResult
     scorer: ConditionScorer
+    inputs: tuple[Sequence[str], Sequence[str | None]]
+    """The image paths and their content keys."""
     stain_tf: Any = None
 
 
@@ -176,11 +185,11 @@ def robustness(
         options: the shared run options (cache, batch size, on_error, n_boot, seed, ...).
         overrides: fields of either, as keywords (``n_boot=0, corruptions=["blur"]``).
     """
-    from histovl.reproducibility import seed_everything
+    from histovl.reproducibility import seed_run
     from histovl.robustness.evaluation import detail_frame
 
     cfg, opts = split_overrides(overrides, config, RobustnessConfig, options)
-    seed_everything(opts.seed)
+    seed_run(opts.seed)  # seeds torch when it is imported (a fully cached sweep never imports it)
     plan = _prepare(models, data, prompts, cfg, opts)
     store = cache_for(opts)
     acc = _Collected()
@@ -248,11 +257,15 @@ def _sweep_model(
     acc.weights_ids.append(encoder.weights_id)
     classifier = build_text_classifier(encoder, plan.prompt_set)
     paths = plan.image_set.paths
-    if acc.bank is None or acc.bank.preprocess != encoder.preprocess:
-        acc.bank = DecodedImages(paths, encoder.preprocess, keys=plan.keys, on_error=opts.on_error,
-                                 num_workers=opts.workers, progress=opts.progress)
-    bank = acc.bank
-    clean = encode_decoded(encoder, bank, cache=store, batch_size=opts.batch_size, seed=opts.seed, progress=opts.progress)
+
+    def bank() -> DecodedImages:  # built (and decoded) only when an embedding misses the cache
+        if acc.bank is None or acc.bank.preprocess != encoder.preprocess:
+            acc.bank = DecodedImages(paths, encoder.preprocess, keys=plan.keys, on_error=opts.on_error,
+                                     num_workers=opts.workers, progress=opts.progress)
+        return acc.bank
+
+    inputs = (plan.image_set.paths, plan.keys)
+    clean = _encode(encoder, bank, None, inputs, opts, store)
     acc.skipped.update({f.path: f.reason for f in clean.failures})
     if not clean.ok.any():
         raise ValueError(f"no image of {len(paths)} could be read; see the skipped list for reasons")
@@ -260,21 +273,51 @@ def _sweep_model(
         plan.image_set, clean.ok, clean.embeddings, classifier, plan.class_names, ks=plan.ks,
         n_boot=opts.n_boot, seed=opts.seed, exclude_same_group=cfg.exclude_same_group,
     )
-    run = _ModelRun(encoder, label, clean, scorer)
+    run = _ModelRun(encoder, label, clean, scorer, inputs)
     if "macenko" in plan.mitigations:
-        run.stain_tf = _stain_transform(bank, cfg.stain_reference, encoder)
+        run.stain_tf = _stain_transform(bank(), cfg.stain_reference, encoder)
     if acc.gallery_tile is None:
-        from histovl.data import read_rgb
-
         first = int(np.flatnonzero(clean.ok)[0])
-        acc.gallery_tile = (encoder.preprocess.to_unnormalised(read_rgb(paths[first])), plan.keys[first])
+        acc.gallery_tile = GalleryTile(_tile_loader(encoder, paths[first]), plan.keys[first], encoder.weights_id)
     for mitigation in plan.mitigations:
         for cond in plan.conditions:
             _run_condition(run, mitigation, cond, bank, cfg, opts, store, acc)
 
 
+def _encode(
+    encoder: Encoder, bank: Callable[[], DecodedImages], transform: ImageTransform | None,
+    inputs: tuple[Sequence[str], Sequence[str | None]], opts: RunOptions, store: EmbeddingCache | None,
+) -> EmbeddingResult:
+    """One condition's embeddings: from the cache when all are there (nothing decoded), else
+    decoded once into the bank and encoded (`histovl.embed.in_memory`)."""
+    cached = encode_cached(encoder, inputs[0], inputs[1], transform=transform, cache=store,
+                           on_error=opts.on_error, batch_size=opts.batch_size)
+    if cached is not None:
+        return cached
+    return encode_decoded(encoder, bank(), transform=transform, cache=store, batch_size=opts.batch_size,
+                          seed=opts.seed, progress=opts.progress)
+
+
+def _tile_loader(encoder: Encoder, path: str) -> Callable[[], Any]:
+    """Decodes the gallery tile when called. A model that is not loaded is not kept alive for it:
+    a lazy encoder's preprocessing comes from its card."""
+    from histovl.data import read_rgb
+
+    if not getattr(encoder, "is_lazy_encoder", False) or getattr(encoder, "is_loaded", True):
+        tile = encoder.preprocess.to_unnormalised(read_rgb(path))
+        return lambda: tile
+    card = encoder.card
+
+    def load() -> Any:
+        from histovl.models.preprocess import Preprocess
+
+        return Preprocess.from_card(card).to_unnormalised(read_rgb(path))
+
+    return load
+
+
 def _run_condition(
-    run: _ModelRun, mitigation: str, cond: Condition, bank: DecodedImages, cfg: RobustnessConfig,
+    run: _ModelRun, mitigation: str, cond: Condition, bank: Callable[[], DecodedImages], cfg: RobustnessConfig,
     opts: RunOptions, store: EmbeddingCache | None, acc: _Collected,
 ) -> None:
     """Encode one condition (cache first), score it, and append its rows."""
@@ -282,10 +325,7 @@ def _run_condition(
     if mitigation == "macenko":
         assert run.stain_tf is not None
         transform = run.stain_tf.with_inner(transform)
-    res = run.clean if transform is None else encode_decoded(
-        run.encoder, bank, transform=transform, cache=store, batch_size=opts.batch_size, seed=opts.seed,
-        progress=opts.progress,
-    )
+    res = run.clean if transform is None else _encode(run.encoder, bank, transform, run.inputs, opts, store)
     if not np.array_equal(res.ok, run.clean.ok):
         raise RuntimeError(f"{cond.name}:{cond.level} encoded a different set of images than the clean run")
     metrics, probs = run.scorer.score(res.embeddings)

@@ -3,6 +3,7 @@ and a fully cached run that neither loads the model nor imports torch (docs/perf
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -106,17 +107,27 @@ def _cli(f: dict[str, str], command: str, out: Path, cache: Path) -> list[str]:
     common = ["--model", f["model"], "--out", str(out), "--cache", str(cache), "--n-boot", "20", "--seed", "3", "--quiet"]
     if command == "retrieve":
         return ["retrieve", "--data", f["manifest"], "--k", "3", *common]
+    if command == "robustness":  # the tile of the report's gallery is corrupted too
+        return ["robustness", "--data", f["manifest"], "--prompts", f["prompts"], "-c", "blur", "-c", "markup",
+                "-l", "1", "--k", "3", "--workers", "0", *common]
     return ["zeroshot", "--data", f["manifest"], "--prompts", f["prompts"], *common]
 
 
 _TORCH = ("torch", "open_clip", "transformers", "torchvision")
 #: what a fully cached run must not import: zero-shot also neither sklearn/scipy (its metrics are
-#: histovl.metrics._exact) nor matplotlib (its figures are memoised in the cache folder)
-_HEAVY = {"zeroshot": (*_TORCH, "sklearn", "scipy", "matplotlib"), "retrieve": _TORCH}
+#: histovl.metrics._exact) nor pandas (histovl.reports.Table), zero-shot and robustness no
+#: matplotlib (their figures are memoised in the cache folder)
+_HEAVY = {"zeroshot": (*_TORCH, "sklearn", "scipy", "matplotlib", "pandas"), "retrieve": _TORCH,
+          "robustness": (*_TORCH, "matplotlib")}
+#: the outputs a warm run must write exactly as the cold one did (robustness's metrics.json also
+#: holds its encode_stats, cached vs encoded: compared without them)
+_SAME = {"zeroshot": ("metrics.json", "predictions.csv"), "retrieve": ("metrics.json", "predictions.csv"),
+         "robustness": ("robustness.csv", "robustness_detail.csv", "predictions.csv", "figures/corruption_gallery.png",
+                        "figures/robustness_accuracy.png")}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["zeroshot", "retrieve"])
+@pytest.mark.parametrize("command", ["zeroshot", "retrieve", "robustness"])
 def test_a_fully_cached_cli_run_imports_no_torch(fixture, tmp_path, command):
     from typer.testing import CliRunner
 
@@ -137,5 +148,10 @@ def test_a_fully_cached_cli_run_imports_no_torch(fixture, tmp_path, command):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout, done.stdout + done.stderr
-    for name in ("metrics.json", "predictions.csv"):
+    for name in _SAME[command]:
         assert (tmp_path / "warm" / name).read_bytes() == (tmp_path / "cold" / name).read_bytes(), name
+    if command == "robustness":
+        cold, warm = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("cold", "warm"))
+        assert [s["n_encoded"] for s in warm.pop("encode_stats")] == [0, 0, 0]
+        assert [s["n_cached"] for s in cold.pop("encode_stats")] == [0, 0, 0]
+        assert warm == cold
