@@ -206,6 +206,7 @@ def append_rate(backend: str, directory: Path, start: int, n: int, dim: int, mer
         print(f"  level 0 merged before the appends: {merges[-1] if merges else 0:.2f} s", flush=True)
         merges.clear()
     if merge_first:
+        store.ns.close()  # no connection open while this process opens (and closes) the index file
         evict(directory)  # the files out of the page cache again, as the cold lookups left them
     t0, c0 = time.perf_counter(), time.process_time()
     for keys, emb in batches:

@@ -72,7 +72,7 @@ CHUNK = 900
 #: Rows of the ``recent`` table (level 0) that trigger a merge into ``entries`` (module docstring;
 #: ``HISTOVL_CACHE_LEVEL0_ROWS`` sets it, e.g. tiny in tests). Chosen by measurement:
 #: docs/performance.md, "Embedding store".
-LEVEL0_ROWS = int(os.environ.get("HISTOVL_CACHE_LEVEL0_ROWS", 1 << 18))
+LEVEL0_ROWS = int(os.environ.get("HISTOVL_CACHE_LEVEL0_ROWS", 1 << 19))
 #: The index tables, oldest level first (a key in both is served from the first).
 LEVELS = ("entries", "recent")
 #: SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
@@ -154,6 +154,18 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     written = 0
     while written < len(data):
         written += os.pwrite(fd, data[written:], offset + written)
+
+
+@contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction: queries of both levels see the same state (a merge committing
+    between them would otherwise hide a key that moved from ``recent`` to ``entries``)."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
 
 
 class StoreCorrupt(Exception):
@@ -380,28 +392,12 @@ class RecordStore:
         Returns whether it merged."""
         if len(self._levels) < 2:
             return False
-        with self._guard() as conn:
-            if conn.execute("SELECT count(*) FROM recent").fetchone()[0] < max(at_least, 1):
-                return False
-        self._read_index_file()
         with self._transaction() as conn:
-            if at_least > 0 and conn.execute("SELECT count(*) FROM recent").fetchone()[0] < at_least:
-                return False  # another writer merged it meanwhile
+            if conn.execute("SELECT count(*) FROM recent").fetchone()[0] < max(at_least, 1):
+                return False  # too small yet, or another writer merged it meanwhile
             conn.execute("INSERT OR IGNORE INTO entries(key, seg, row, crc) SELECT key, seg, row, crc FROM recent ORDER BY key")
             conn.execute("DELETE FROM recent")
         return True
-
-    def _read_index_file(self) -> None:
-        """Read the index file once, front to back, before a merge: the merge visits most pages of
-        ``entries`` in key order, which is scattered order on disk; read sequentially first, they
-        come from the OS page cache instead of one random disk read each (a no-op when warm)."""
-        buf = bytearray(1 << 20)
-        try:
-            with open(self.path, "rb", buffering=0) as fh:
-                while fh.readinto(buf):
-                    pass
-        except OSError:
-            pass  # only a speed-up
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -409,7 +405,7 @@ class RecordStore:
         """(digest, segment, row, crc) of the digests present, in file order (one ``IN`` query
         per `CHUNK` digests: SQLite sorts the list and walks the B-tree once per key)."""
         found: list[tuple[bytes, int, int, int]] = []
-        with self._guard() as conn:
+        with self._guard() as conn, _snapshot(conn):
             for start in range(0, len(digests), CHUNK):
                 part = digests[start : start + CHUNK]
                 for table in self._levels:  # oldest first: a key in both keeps its first row
@@ -577,7 +573,7 @@ class RecordStore:
     def count(self) -> int:
         """Entries in the store (a key in both levels counts once)."""
         try:
-            with self._guard() as conn:
+            with self._guard() as conn, _snapshot(conn):
                 n = int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
                 if len(self._levels) > 1:
                     n += int(conn.execute("SELECT count(*) FROM recent WHERE NOT EXISTS "

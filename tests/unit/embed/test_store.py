@@ -129,7 +129,10 @@ def _reader(root: str, rounds: int, out: mp.Queue) -> None:
     out.put(seen)
 
 
-def test_two_writers_and_a_reader_equal_one_writer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("level0", [None, 3], ids=["default", "merge-every-put"])
+def test_two_writers_and_a_reader_equal_one_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, level0: int | None) -> None:
+    if level0:  # the forked processes inherit it: every put merges level 0 into the main index
+        monkeypatch.setattr("histovl.embed.store.LEVEL0_ROWS", level0)
     ctx = mp.get_context("fork")
     queue: mp.Queue = ctx.Queue()
     procs = [ctx.Process(target=_writer, args=(str(tmp_path / "two"), 0, 80)),
@@ -242,7 +245,8 @@ def test_puts_and_merges_equal_a_dict_and_lookups_read_both_levels(tmp_path: Pat
     np.testing.assert_array_equal(ns.get(keys)[1], rows)
 
 
-def test_a_key_in_both_levels_is_served_and_counted_once_with_its_first_row(tmp_path: Path) -> None:
+def test_a_key_in_both_levels_is_served_and_counted_once_with_its_first_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("histovl.embed.store.LEVEL0_ROWS", 1 << 18)  # merges only where the test asks
     ns = EmbeddingCache(tmp_path).namespace(**NS)
     ns.put(["k0", "k1"], np.stack([_vec(0), _vec(1)]))
     assert ns.store.merge()
@@ -256,7 +260,8 @@ def test_a_key_in_both_levels_is_served_and_counted_once_with_its_first_row(tmp_
     np.testing.assert_array_equal(ns.get(["k0", "k1", "k2"])[1], rows)
 
 
-def test_verify_repair_compact_and_len_see_both_levels(tmp_path: Path) -> None:
+def test_verify_repair_compact_and_len_see_both_levels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("histovl.embed.store.LEVEL0_ROWS", 1 << 18)  # merges only where the test asks
     ns = EmbeddingCache(tmp_path).namespace(**NS)
     ns.put([f"k{i}" for i in range(6)], np.stack([_vec(i) for i in range(6)]))
     ns.store.merge()
