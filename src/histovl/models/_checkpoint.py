@@ -10,15 +10,22 @@
   named ``.bin`` is read as the tensors it is (no trust flag needed), a pickle named
   ``.safetensors`` is refused, and a truncated or corrupt file is a `CheckpointReadError` naming
   the file (docs/reliability.md, "truncated or corrupt weights").
+* A loader may start reading a safetensors file early (`prefetch_safetensors`): a background
+  thread copies its tensors into fresh memory while the main thread imports open_clip and builds
+  the architecture (the copy releases the GIL, so the second core does it). `read_checkpoint`
+  then returns those tensors (`FreshTensors`), or reads the file itself if it changed since.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import struct
+import threading
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -58,6 +65,67 @@ def sniff_weights_format(path: str | Path) -> str:
     return "unknown"
 
 
+class FreshTensors(dict[str, torch.Tensor]):
+    """A state dict whose tensors own fresh, contiguous CPU memory that nothing else refers to
+    (what `prefetch_safetensors` reads), so a loader may assign them without copying."""
+
+
+_PREFETCH_LOCK = threading.Lock()
+_PREFETCHED: tuple[tuple[str, int, int], Future[FreshTensors]] | None = None
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _read_fresh(path: Path, done: Future[FreshTensors]) -> None:
+    try:
+        tensors = read_safetensors(path)
+        done.set_result(FreshTensors({k: v.clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}))
+    except BaseException as err:  # noqa: BLE001 - handed to the reader, raised there
+        done.set_exception(err)
+
+
+def prefetch_safetensors(path: str | Path) -> None:
+    """Start reading a safetensors file into fresh tensors in a background thread (one file at a
+    time; anything else, or a file that cannot be stat'ed, is left to `read_checkpoint`)."""
+    global _PREFETCHED
+    if os.environ.get("HISTOVL_NO_PREFETCH"):
+        return
+    path = Path(path)
+    try:
+        key = _file_key(path)
+    except OSError:
+        return
+    if sniff_weights_format(path) != "safetensors":
+        return
+    done: Future[FreshTensors] = Future()
+    with _PREFETCH_LOCK:
+        _PREFETCHED = (key, done)
+    threading.Thread(target=_read_fresh, args=(path, done), name="histovl-prefetch", daemon=True).start()
+
+
+def discard_prefetch() -> None:
+    """Forget a prefetch nobody claimed (its memory is freed once its thread ends)."""
+    global _PREFETCHED
+    with _PREFETCH_LOCK:
+        _PREFETCHED = None
+
+
+def _take_prefetched(path: Path) -> FreshTensors | None:
+    global _PREFETCHED
+    with _PREFETCH_LOCK:
+        pending, _PREFETCHED = _PREFETCHED, None
+    if pending is None:
+        return None
+    try:
+        same = pending[0] == _file_key(path)
+    except OSError:
+        same = False
+    return pending[1].result() if same else None
+
+
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """`safetensors.torch.load_file` on the CPU, with a truncated or corrupt file named."""
     try:
@@ -95,7 +163,8 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict
     path = Path(path)
     check_checkpoint_allowed(path, trust_checkpoint=trust_checkpoint)
     if path.suffix.lower() in SAFE_SUFFIXES or sniff_weights_format(path) == "safetensors":
-        return read_safetensors(path)
+        prefetched = _take_prefetched(path)
+        return prefetched if prefetched is not None else read_safetensors(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -163,6 +232,7 @@ def load_state_dict_strict(
     source: str,
     ignore: Callable[[str], bool] | None = None,
     assign: bool = False,
+    owned: bool = False,
 ) -> None:
     """Load `state_dict` into `module`, refusing any key or shape difference.
 
@@ -175,6 +245,8 @@ def load_state_dict_strict(
         assign: `module` was built with its parameters on ``meta``
             (`histovl.models._empty_init`): give it new tensors holding the checkpoint's values
             instead of copying into its own.
+        owned: with `assign`, the checkpoint's tensors own their memory (`FreshTensors`): those
+            of the module's dtype and shape are assigned as they are, without a copy.
 
     Raises:
         CheckpointMismatchError: with the list of missing, unexpected and mis-shaped keys.
@@ -194,7 +266,7 @@ def load_state_dict_strict(
     if assign:
         from histovl.models._empty_init import materialise
 
-        materialise(module, state_dict)
+        materialise(module, state_dict, owned=owned)
         return
     module.load_state_dict(dict(state_dict), strict=True)
 

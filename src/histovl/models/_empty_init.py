@@ -71,22 +71,35 @@ def parameters_on_meta() -> Iterator[None]:
                 nn.Module.register_parameter = _ORIGINAL  # type: ignore[method-assign]
 
 
-def materialise(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+def materialise(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, owned: bool = False) -> None:
     """Give a module built under `parameters_on_meta` its checkpoint tensors: each state-dict
     entry is copied into a new CPU tensor of the module's own dtype and shape (what
-    ``load_state_dict``'s ``copy_`` does), then assigned. Keys must match exactly (checked by
-    the caller); raises `NotMaterialisedError` if anything is left on ``meta``."""
+    ``load_state_dict``'s ``copy_`` does), then assigned; with `owned` (tensors in fresh memory
+    nothing else uses: `histovl.models._checkpoint.FreshTensors`) a tensor that already has the
+    module's dtype and shape and is contiguous on the CPU is assigned as it is. Keys must match
+    exactly (checked by the caller); raises `NotMaterialisedError` if anything is left on ``meta``."""
     own = module.state_dict(keep_vars=True)
     fresh = {}
     for key, target in own.items():
+        src = state_dict[key]
+        if owned and _usable_as_is(src, target):
+            fresh[key] = src
+            continue
         out = torch.empty(target.shape, dtype=target.dtype, device="cpu" if target.is_meta else target.device)
         with torch.no_grad():
-            out.copy_(state_dict[key])
+            out.copy_(src)
         fresh[key] = out
     module.load_state_dict(fresh, strict=True, assign=True)
     left = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
     if left:
         raise NotMaterialisedError(f"left on the meta device after loading: {left[:5]}")
+
+
+def _usable_as_is(src: torch.Tensor, target: torch.Tensor) -> bool:
+    return (
+        src.device.type == "cpu" and (target.is_meta or target.device.type == "cpu")
+        and src.dtype == target.dtype and src.shape == target.shape and src.is_contiguous()
+    )
 
 
 def _shares_parameters(module: nn.Module) -> bool:

@@ -21,7 +21,7 @@ from open_clip.model import CLIP, CustomTextCLIP, convert_to_custom_text_state_d
 from open_clip.transformer import text_global_pool
 
 from histovl.errors import UnknownNameError, did_you_mean
-from histovl.models._checkpoint import load_state_dict_strict, read_checkpoint
+from histovl.models._checkpoint import FreshTensors, load_state_dict_strict, read_checkpoint
 from histovl.models._empty_init import build_then_load
 from histovl.models._families import OPEN_CLIP_HUB_FILES
 from histovl.models.card import OPENAI_MEAN, OPENAI_STD, ModelCard
@@ -223,10 +223,11 @@ def build_open_clip(request: LoadRequest) -> OpenClipEncoder:
     if weights is None:
         raise FileNotFoundError(f"no weights file for {card.name}: pass open_clip:ARCH:PATH")
     checkpoint = read_checkpoint(weights, trust_checkpoint=request.trust_checkpoint)
+    owned = isinstance(checkpoint, FreshTensors)  # read ahead into fresh memory: no second copy
 
     def load(model: CLIP | CustomTextCLIP, assign: bool) -> None:
         sd = adapt_state_dict(model, dict(checkpoint))
-        load_state_dict_strict(model, sd, source=str(weights), ignore=legacy_buffers(model), assign=assign)
+        load_state_dict_strict(model, sd, source=str(weights), ignore=legacy_buffers(model), assign=assign, owned=owned)
 
     # No random initialisation of weights the checkpoint replaces (histovl.models._empty_init).
     model = build_then_load(lambda: build_model(cfg), load)

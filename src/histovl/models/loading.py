@@ -23,8 +23,12 @@ from safetensors.torch import save_file
 
 from histovl._io import atomic_path, atomic_write_json
 from histovl.errors import HistovlError, UnknownNameError, UntrustedCheckpointError, did_you_mean
-from histovl.models import _open_clip
-from histovl.models._checkpoint import PICKLE_SUFFIXES, check_checkpoint_allowed
+from histovl.models._checkpoint import (
+    PICKLE_SUFFIXES,
+    check_checkpoint_allowed,
+    discard_prefetch,
+    prefetch_safetensors,
+)
 from histovl.models._device import check_device
 from histovl.models._hub import (
     HUB_PREFIX,
@@ -154,12 +158,18 @@ def _load_open_clip_file(spec: str, device: str, trust: bool) -> Encoder:
     arch, sep, path_text = spec[len("open_clip:") :].partition(":")
     if not sep or not arch or not path_text:
         raise ValueError(f"expected open_clip:<ARCH>:<PATH>, got {spec!r} (e.g. open_clip:ViT-B-32:/w.safetensors)")
-    cfg = _open_clip.builtin_model_cfg(arch)
     path = Path(path_text)
-    check_checkpoint_allowed(path, trust_checkpoint=trust)
-    card = _open_clip.card_from_cfg(spec, arch, str(path), cfg, {})
-    request = LoadRequest(card, path, None, files_weights_id([path]), device, trust)
-    return _open_clip.build_open_clip(request)
+    prefetch_safetensors(path)  # read the weights on the other core while open_clip is imported
+    try:
+        from histovl.models import _open_clip
+
+        cfg = _open_clip.builtin_model_cfg(arch)
+        check_checkpoint_allowed(path, trust_checkpoint=trust)
+        card = _open_clip.card_from_cfg(spec, arch, str(path), cfg, {})
+        request = LoadRequest(card, path, None, files_weights_id([path]), device, trust)
+        return _open_clip.build_open_clip(request)
+    finally:
+        discard_prefetch()
 
 
 def _load_hf_clip_dir(spec: str, device: str, trust: bool) -> Encoder:
@@ -178,6 +188,8 @@ def _load_hf_clip_dir(spec: str, device: str, trust: bool) -> Encoder:
 
 
 def _load_open_clip_hub(spec: str, device: str, trust: bool, cache_dir: str | Path | None) -> Encoder:
+    from histovl.models import _open_clip
+
     snap = resolve_snapshot(
         spec, files=(*_open_clip.HUB_WEIGHT_FILES, *_HUB_SIDE_FILES), cache_dir=cache_dir
     )
@@ -194,8 +206,13 @@ def _load_model_dir(folder: Path, device: str, trust: bool) -> Encoder:
     card = stored.replace(name=str(folder), source=str(folder), extra=extra)
     weights = folder / WEIGHTS_FILE
     check_checkpoint_allowed(weights, trust_checkpoint=trust)
-    request = LoadRequest(card, weights, folder, files_weights_id([weights]), device, trust)
-    return get_family(card.family).builder(request)
+    if card.family == "open_clip":  # its builder assigns the tensors read ahead, without a copy
+        prefetch_safetensors(weights)  # read on the other core while open_clip is imported
+    try:
+        request = LoadRequest(card, weights, folder, files_weights_id([weights]), device, trust)
+        return get_family(card.family).builder(request)
+    finally:
+        discard_prefetch()
 
 
 def read_card_file(path: Path) -> ModelCard:

@@ -121,3 +121,35 @@ def test_only_the_calling_thread_builds_on_meta() -> None:
     worker.join()
     assert other == [torch.device("cpu")]
     assert not nn.Linear(2, 2).weight.is_meta  # and nothing stays patched
+
+
+def test_prefetched_weights_are_the_files_and_are_assigned_without_a_copy(tiny_arch: str, tiny_weights: Path) -> None:
+    from histovl.models._checkpoint import FreshTensors, prefetch_safetensors
+
+    prefetch_safetensors(tiny_weights)
+    got = read_checkpoint(tiny_weights)
+    assert isinstance(got, FreshTensors)
+    plain = read_checkpoint(tiny_weights)  # the prefetch is taken once
+    assert not isinstance(plain, FreshTensors)
+    assert got.keys() == plain.keys() and all(torch.equal(got[k], plain[k]) for k in got)
+    model = build_then_load(lambda: _open_clip.build_model(tiny_open_clip_cfg()),
+                            lambda m, a: load_state_dict_strict(m, got, source="t", assign=a, owned=True))
+    assert model.visual.conv1.weight.data_ptr() == got["visual.conv1.weight"].data_ptr()
+    _assert_same_tensors(model, _plain(tiny_open_clip_cfg(), tiny_weights))
+
+
+def test_a_prefetch_of_a_changed_or_damaged_file_is_not_used(tmp_path: Path, tiny_weights: Path) -> None:
+    import os
+    import shutil
+
+    from histovl.models._checkpoint import CheckpointReadError, FreshTensors, prefetch_safetensors
+
+    path = Path(shutil.copy(tiny_weights, tmp_path / "w.safetensors"))
+    prefetch_safetensors(path)
+    os.utime(path, ns=(1, 1))  # changed since (another mtime): read again
+    assert not isinstance(read_checkpoint(path), FreshTensors)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated: the thread's error is raised here
+    prefetch_safetensors(path)
+    with pytest.raises(CheckpointReadError, match="truncated or corrupt"):
+        read_checkpoint(path)
