@@ -9,10 +9,15 @@ all in one process and one run so the ratios share the machine's load:
             int8 these are also the calibration images), so the timed runs measure steady state
   timed     `histovl.zeroshot` on the evaluated tiles with the embedding cache off (every image
             decoded and encoded; prompts encoded), wall seconds of the whole call: decode ->
-            encode -> text classifier -> metrics with grouped bootstrap CIs -> outputs
+            encode -> text classifier -> metrics with grouped bootstrap CIs -> outputs; and CPU
+            seconds (this process and its decode workers). With `--repeats R` the runtimes take
+            turns R times (torch, onnx, onnx-int8, torch, ...) and the best of each is reported
+            (all values are kept in results.json), so a burst of load on a shared machine does not
+            land on one runtime only
   encode    the forward pass only: img/s of `encode_image` on one batch of 16 preprocessed tiles (best of 2)
 
-  RATIO     torch seconds / runtime seconds (targets: onnx >= 1.0, onnx-int8 >= 1.8)
+  RATIO     torch seconds / runtime seconds (targets: onnx >= 1.0, onnx-int8 >= 1.8); also
+            the same ratio of CPU seconds, which other jobs on the machine disturb less
   agreement share of tiles whose predicted class equals torch's (target >= 0.99)
   F1        macro F1 with its grouped bootstrap 95% CI (should not move beyond the CI)
 
@@ -23,7 +28,8 @@ Prompts: the shipped `lung-he-v1` set.
 
 Usage:
     python benchmarks/bench_runtime.py [--per-class 40] [--models vit-b-32,vit-b-16,histovl-lite]
-                                       [--runtimes torch,onnx,onnx-int8] [--n-boot 200] [--out DIR]
+                                       [--runtimes torch,onnx,onnx-int8] [--n-boot 200] [--repeats 1]
+                                       [--out DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -87,15 +94,22 @@ def random_weights(work: Path, arch: str) -> str:
     return f"open_clip:{arch}:{target}"
 
 
-def _run(spec: str, manifest: Path, out: Path, cache: Path, runtime: str, n_boot: int, use_cache: bool) -> float:
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (the decode workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _run(spec: str, manifest: Path, out: Path, cache: Path, runtime: str, n_boot: int, use_cache: bool) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one zero-shot run."""
     from histovl import zeroshot
     from histovl.options import RunOptions
 
     opts = RunOptions(cache=cache, use_cache=use_cache, runtime=runtime, n_boot=n_boot, progress=False,  # type: ignore[arg-type]
                       allow_approximate=True, allow_absolute_paths=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     zeroshot(spec, manifest, PROMPTS, out, options=opts)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu_seconds() - cpu
 
 
 def encode_only(spec: str, manifest: Path, cache: Path, runtime: str) -> float:
@@ -132,38 +146,49 @@ def _summary(out: Path, torch_out: Path) -> dict[str, Any]:
             "agreement_vs_torch": float(np.mean(preds == ref)), "parity": parity}
 
 
-def bench_model(name: str, spec: str, manifests: tuple[Path, Path], work: Path, runtimes: list[str], n_boot: int) -> list[dict[str, Any]]:
-    """Warm-up, timed end-to-end run and encode-only rate of every runtime for one model."""
+def bench_model(name: str, spec: str, manifests: tuple[Path, Path], work: Path, runtimes: list[str], n_boot: int,
+                repeats: int = 1) -> list[dict[str, Any]]:
+    """Warm-up, timed end-to-end runs (best of `repeats`, runtimes taking turns) and encode-only
+    rate of every runtime for one model."""
     heldout, warmup = manifests
     cache = work / "cache" / name
-    rows = []
     for runtime in runtimes:  # warm-up first, all runtimes: exports and gates are out of the timings
         _run(spec, warmup, work / "warmup" / name / runtime, cache, runtime, 0, True)
+    timings: dict[str, list[tuple[float, float, float]]] = {r: [] for r in runtimes}
+    for rep in range(repeats):
+        for runtime in runtimes:
+            out = work / "runs" / name / (runtime if rep == 0 else f"{runtime}-{rep}")
+            wall, cpu = _run(spec, heldout, out, cache, runtime, n_boot, False)
+            timings[runtime].append((round(wall, 2), round(cpu, 2), round(os.getloadavg()[0], 2)))
+            print(json.dumps({"model": name, "runtime": runtime, "repeat": rep, "seconds": timings[runtime][-1][0],
+                              "cpu_seconds": timings[runtime][-1][1], "load_1min": timings[runtime][-1][2]}), flush=True)
+    rows = []
     for runtime in runtimes:
         out = work / "runs" / name / runtime
-        seconds = _run(spec, heldout, out, cache, runtime, n_boot, False)
-        row = {"model": name, "runtime": runtime, "seconds": round(seconds, 2),
+        row: dict[str, Any] = {"model": name, "runtime": runtime, "seconds": min(t[0] for t in timings[runtime]),
+               "cpu_seconds": min(t[1] for t in timings[runtime]), "timed_runs": timings[runtime],
                "encode_img_per_s": round(encode_only(spec, heldout, cache, runtime), 2)}
         row.update(_summary(out, work / "runs" / name / runtimes[0]))
         warm_cfg = json.loads((work / "warmup" / name / runtime / "run.json").read_text())["config"]
         row["gate"] = next(iter((warm_cfg.get("runtime_parity") or {}).values()), None)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k not in ("parity", "gate")}), flush=True)
-    base = rows[0]["seconds"]
     for row in rows:
-        row["ratio_vs_torch"] = round(base / row["seconds"], 3)
+        row["ratio_vs_torch"] = round(rows[0]["seconds"] / row["seconds"], 3)
+        row["cpu_ratio_vs_torch"] = round(rows[0]["cpu_seconds"] / row["cpu_seconds"], 3)
     return rows
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | runtime | end-to-end s | ratio vs torch | encode img/s | agreement vs torch | macro F1 [95% CI] | gate cosine min image / text (calibration) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | runtime | end-to-end s (best) | ratio vs torch | CPU s (best) | CPU ratio | encode img/s | agreement vs torch | macro F1 [95% CI] | gate cosine min image / text (calibration) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ci = r["f1_ci95"] or [float("nan")] * 2
         gate = r.get("gate") or {}
         img = (gate.get("image") or {}).get("cosine_min", "—")
         txt = gate.get("text") if isinstance(gate.get("text"), dict) else {}
-        lines.append(f"| {r['model']} | {r['runtime']} | {r['seconds']:.1f} | {r['ratio_vs_torch']:.2f}x | {r['encode_img_per_s']:.1f} | "
+        lines.append(f"| {r['model']} | {r['runtime']} | {r['seconds']:.1f} | {r['ratio_vs_torch']:.2f}x | {r['cpu_seconds']:.1f} | "
+                     f"{r['cpu_ratio_vs_torch']:.2f}x | {r['encode_img_per_s']:.1f} | "
                      f"{r['agreement_vs_torch']:.3f} | {r['f1_macro']:.3f} [{ci[0]:.3f}–{ci[1]:.3f}] | {img} / {txt.get('cosine_min', '—')} |")
     return "\n".join(lines)
 
@@ -174,6 +199,7 @@ def main() -> None:
     parser.add_argument("--models", default="vit-b-32,vit-b-16,histovl-lite")
     parser.add_argument("--runtimes", default="torch,onnx,onnx-int8")
     parser.add_argument("--n-boot", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per runtime, taking turns; the best is reported")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not SHARED.is_dir():
@@ -183,13 +209,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     manifests = (heldout_manifest(work, args.per_class), warmup_manifest(work))
     n = len(pd.read_csv(manifests[0]))
-    print(f"# {n} held-out LC25000 tiles ({args.per_class}+ per class, whole groups); work folder {work}", flush=True)
+    print(f"# {n} held-out LC25000 tiles ({args.per_class}+ per class, whole groups); work folder {work}; "
+          f"load average {os.getloadavg()}", flush=True)
     rows: list[dict[str, Any]] = []
     for name in args.models.split(","):
         spec = "histovl-lite" if name == "histovl-lite" else random_weights(work, ARCHS[name])
-        rows += bench_model(name, spec, manifests, work, args.runtimes.split(","), args.n_boot)
+        rows += bench_model(name, spec, manifests, work, args.runtimes.split(","), args.n_boot, args.repeats)
     (work / "results.json").write_text(json.dumps(rows, indent=1))
     print(_table(rows))
+    print(f"# load average at the end {os.getloadavg()}")
     print(f"# results: {work / 'results.json'}")
 
 

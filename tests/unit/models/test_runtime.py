@@ -95,6 +95,34 @@ def test_export_is_reused_and_keyed_by_runtime(exports: Path) -> None:
     assert apply_runtime(encoder, RunOptions(runtime="torch")) is encoder
 
 
+def test_int8_text_tower_is_kept_only_within_its_margin(exports: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnx-int8 keeps a quantised text tower only where it stays within TEXT_INT8_MIN of fp32."""
+    import shutil
+
+    import onnx
+
+    from histovl.models.runtime import export as ex
+    from histovl.models.runtime.towers import text_tower
+
+    encoder = tiny_encoder()
+    fp32 = apply_runtime(encoder, RunOptions(cache=exports, runtime="onnx"))
+    fp32.encode_text(PROMPTS)
+    int8 = apply_runtime(encoder, RunOptions(cache=exports, runtime="onnx-int8", allow_approximate=True))
+    tower = text_tower(encoder)
+    assert tower is not None
+    for floor, kept, integer_ops in ((-1.0, "dynamic int8", True), (1.01, "none (fp32: int8 reached", False)):
+        monkeypatch.setattr(ex, "TEXT_INT8_MIN", floor)
+        folder = tmp_path / "towers"
+        folder.mkdir(exist_ok=True)
+        source, target = folder / "text.fp32.onnx", folder / "text.onnx"
+        shutil.copyfile(fp32.folder / "text.onnx", source)
+        how = int8._quantize_text(source, target, tower.tokenize(PROMPTS))
+        assert how.startswith(kept) and "cosine min" in how
+        assert [p.name for p in folder.iterdir()] == ["text.onnx"]  # the other candidate is gone
+        ops = {node.op_type for node in onnx.load(str(target)).graph.node}
+        assert ("MatMulInteger" in ops) is integer_ops
+
+
 def test_cache_keeps_runtimes_apart(tmp_path: Path, exports: Path) -> None:
     from histovl.embed import EmbeddingCache, encode_images
     from tests.helpers.synthetic import lung_tiles
