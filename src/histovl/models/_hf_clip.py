@@ -20,6 +20,7 @@ import torch
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
 from histovl.models._checkpoint import load_state_dict_strict, read_checkpoint
+from histovl.models._empty_init import build_then_load
 from histovl.models._families import HF_CLIP_WEIGHT_FILES
 from histovl.models.card import OPENAI_MEAN, OPENAI_STD, ModelCard
 from histovl.models.encoder import Encoder
@@ -116,17 +117,20 @@ def build_hf_clip(request: LoadRequest) -> HFClipEncoder:
     """Family builder: `CLIPModel` from its config (no weights), then a strict load."""
     card = request.card
     config = read_hf_config(card, request.asset_dir)
-    model = CLIPModel(config)
     weights = request.weights or (find_weights(request.asset_dir) if request.asset_dir else None)
     if weights is None:
         raise FileNotFoundError(f"no {' or '.join(WEIGHT_FILES)} for {card.name} in {request.asset_dir}")
-    own = set(model.state_dict())
-    load_state_dict_strict(
-        model,
-        read_checkpoint(weights, trust_checkpoint=request.trust_checkpoint),
-        source=str(weights),
-        ignore=lambda k: k.endswith("position_ids") and k not in own,
-    )
+    checkpoint = read_checkpoint(weights, trust_checkpoint=request.trust_checkpoint)
+
+    def load(model: CLIPModel, assign: bool) -> None:
+        own = set(model.state_dict())
+        load_state_dict_strict(
+            model, checkpoint, source=str(weights), ignore=lambda k: k.endswith("position_ids") and k not in own,
+            assign=assign,
+        )
+
+    # No random initialisation of weights the checkpoint replaces (histovl.models._empty_init).
+    model = build_then_load(lambda: CLIPModel(config), load)
     if request.asset_dir is None:
         raise FileNotFoundError(f"no tokenizer directory for {card.name}: pass hf-clip:<DIR>")
     tok_dir = request.asset_dir / TOKENIZER_SUBDIR

@@ -153,3 +153,16 @@ def test_a_prefetch_of_a_changed_or_damaged_file_is_not_used(tmp_path: Path, tin
     prefetch_safetensors(path)
     with pytest.raises(CheckpointReadError, match="truncated or corrupt"):
         read_checkpoint(path)
+
+
+def test_hf_clip_load_equals_the_plain_build(tmp_path: Path) -> None:
+    from transformers import CLIPModel
+
+    from histovl.models._hf_clip import read_hf_config
+    from tests.helpers.tiny import tiny_hf_clip_dir
+
+    folder = tiny_hf_clip_dir(tmp_path)
+    enc = load_model(f"hf-clip:{folder}")
+    ref = CLIPModel(read_hf_config(enc.card, folder))
+    ref.load_state_dict(read_checkpoint(folder / "model.safetensors"), strict=False)
+    _assert_same_tensors(enc.model, ref)
