@@ -10,6 +10,9 @@
 * 2 trials of `histovl embed --batch-size 2` (the case that used to keep nothing): the cache
   verifies clean, and a re-run uses every stored embedding and exports exactly what an
   uninterrupted run exports.
+* 4 more trials (SIGKILL, SIGTERM) in the middle of a merge of the index's level 0 into its main
+  table (`_MERGE_WRITER`): every committed batch is kept, `verify` is clean, the next merge
+  completes.
 
 The kill points are seeded (``HISTOVL_FAULT_SEED``).
 """
