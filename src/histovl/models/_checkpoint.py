@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import struct
 import threading
@@ -91,8 +90,6 @@ def prefetch_safetensors(path: str | Path) -> None:
     """Start reading a safetensors file into fresh tensors in a background thread (one file at a
     time; anything else, or a file that cannot be stat'ed, is left to `read_checkpoint`)."""
     global _PREFETCHED
-    if os.environ.get("HISTOVL_NO_PREFETCH"):
-        return
     path = Path(path)
     try:
         key = _file_key(path)
