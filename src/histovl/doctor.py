@@ -376,7 +376,7 @@ EXTRA_CHECKS: tuple[Callable[[], DoctorRow], ...] = (
     lambda: _module_row("tiffslide", "tiffslide", ("tiffslide",), "pure-Python slide reader", 'pip install "histovl[slides]"'),
     lambda: _module_row("ray", "ray", ("ray",), "histovl embed --engine ray", 'pip install "histovl[ray]"'),
     lambda: _module_row("onnxruntime", "onnxruntime", ("onnxruntime", "onnxruntime-gpu"),
-                        "optional; no histovl command needs it yet", "pip install onnxruntime"),
+                        "--runtime onnx|onnx-int8 (docs/runtime.md)", 'pip install "histovl[onnx]"'),
     lambda: _module_row("torchstain", "torchstain", ("torchstain",), "stain normalisation in robustness sweeps",
                         'pip install "histovl[stain]"'),
     lambda: _module_row("faiss", "faiss", ("faiss-cpu", "faiss-gpu", "faiss"), "retrieval and histovl index",

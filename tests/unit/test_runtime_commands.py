@@ -182,6 +182,8 @@ def test_bench_passes_the_runtime_to_every_cell(world: World, tmp_path: Path) ->
     with pytest.raises(HistovlError, match="computed with --runtime onnx"):  # a leaderboard never mixes runtimes
         bench(suite, tmp_path / "bench", cache=cache, n_boot=0, workers=0, progress=False)
     bench(suite, tmp_path / "bench", cache=cache, n_boot=0, workers=0, progress=False, runtime="onnx")  # resumes
+    with pytest.raises(HistovlError, match="computed with --precision auto"):  # nor fp32 and autocast cells
+        bench(suite, tmp_path / "bench", cache=cache, n_boot=0, workers=0, progress=False, runtime="onnx", precision="fp32")
 
 
 def test_commands_without_a_runtime_refuse_it_with_their_reason(tmp_path: Path) -> None:

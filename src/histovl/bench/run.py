@@ -137,20 +137,23 @@ def _prepare(suite: str | os.PathLike[str] | Suite, out: str | os.PathLike[str])
 
 
 def _check_runtimes(cells: Sequence[Cell]) -> None:
-    """A finished cell is reused only under the runtime it was computed with: a leaderboard never
-    mixes torch and ONNX cells (run.json's ``config.runtime``; older cells are torch's)."""
+    """A finished cell is reused only under the runtime and precision it was computed with: a
+    leaderboard never mixes torch and ONNX cells, nor fp32 and autocast ones (run.json's
+    ``config.runtime`` / ``config.precision``; older cells are torch's, ``auto``)."""
     for cell in cells:
         if not is_done(cell):
             continue
         try:
-            done = json.loads((cell.folder / "run.json").read_text(encoding="utf-8")).get("config", {}).get("runtime") or "torch"
+            config = json.loads((cell.folder / "run.json").read_text(encoding="utf-8")).get("config", {})
         except (OSError, ValueError):
             continue  # an unreadable run.json is reported where the cell is read
-        if done != cell.options.runtime:
-            raise HistovlError(
-                f"cell {cell.relative} was computed with --runtime {done}, not {cell.options.runtime}; run this "
-                f"runtime into another --out folder (or re-run with --runtime {done})"
-            )
+        for option, default, wanted in (("runtime", "torch", cell.options.runtime), ("precision", "auto", cell.options.precision)):
+            done = config.get(option) or default
+            if done != wanted:
+                raise HistovlError(
+                    f"cell {cell.relative} was computed with --{option} {done}, not {wanted}; run this "
+                    f"{option} into another --out folder (or re-run with --{option} {done})"
+                )
 
 
 def _run_pending(cells: Sequence[Cell], suite: Suite, cfg: BenchConfig) -> tuple[dict[str, dict[str, Any]], tuple[Cell, Exception] | None]:
