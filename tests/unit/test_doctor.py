@@ -73,7 +73,7 @@ def test_table_shows_every_row_and_json_has_one_entry_per_row() -> None:
         ("torchstain", "torchstain", 'pip install "histovl[stain]"'),
         ("tiffslide", "tiffslide", 'pip install "histovl[slides]"'),
         ("openslide", "openslide", 'pip install "histovl[slides]"'),
-        ("onnxruntime", "onnxruntime", "pip install onnxruntime"),
+        ("onnxruntime", "onnxruntime", 'pip install "histovl[onnx]"'),
         ("fastapi", "serve", 'pip install "histovl[serve]"'),
     ],
 )
