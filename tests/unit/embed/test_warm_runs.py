@@ -107,6 +107,8 @@ def _cli(f: dict[str, str], command: str, out: Path, cache: Path) -> list[str]:
     common = ["--model", f["model"], "--out", str(out), "--cache", str(cache), "--n-boot", "20", "--seed", "3", "--quiet"]
     if command == "retrieve":
         return ["retrieve", "--data", f["manifest"], "--k", "3", *common]
+    if command == "multilabel":
+        return ["multilabel", "--data", f["multilabel"], "--prompts", f["ml_prompts"], "--strategy", "ovr", *common]
     if command == "robustness":  # the tile of the report's gallery is corrupted too
         return ["robustness", "--data", f["manifest"], "--prompts", f["prompts"], "-c", "blur", "-c", "markup",
                 "-l", "1", "--k", "3", "--workers", "0", *common]
@@ -117,17 +119,20 @@ _TORCH = ("torch", "open_clip", "transformers", "torchvision")
 #: what a fully cached run must not import: zero-shot also neither sklearn/scipy (its metrics are
 #: histovl.metrics._exact) nor pandas (histovl.reports.Table), zero-shot and robustness no
 #: matplotlib (their figures are memoised in the cache folder)
+#: multilabel: no model load (open_clip, transformers), but torch still is imported: its strategies
+#: compute in torch (docs/performance.md, "What a fully cached zero-shot run costs")
 _HEAVY = {"zeroshot": (*_TORCH, "sklearn", "scipy", "matplotlib", "pandas"), "retrieve": _TORCH,
-          "robustness": (*_TORCH, "matplotlib")}
+          "robustness": (*_TORCH, "matplotlib"), "multilabel": ("open_clip", "transformers")}
 #: the outputs a warm run must write exactly as the cold one did (robustness's metrics.json also
 #: holds its encode_stats, cached vs encoded: compared without them)
 _SAME = {"zeroshot": ("metrics.json", "predictions.csv"), "retrieve": ("metrics.json", "predictions.csv"),
+         "multilabel": ("metrics.json", "predictions.csv"),
          "robustness": ("robustness.csv", "robustness_detail.csv", "predictions.csv", "figures/corruption_gallery.png",
                         "figures/robustness_accuracy.png")}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["zeroshot", "retrieve", "robustness"])
+@pytest.mark.parametrize("command", ["zeroshot", "retrieve", "robustness", "multilabel"])
 def test_a_fully_cached_cli_run_imports_no_torch(fixture, tmp_path, command):
     from typer.testing import CliRunner
 
