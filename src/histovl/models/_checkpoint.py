@@ -97,6 +97,7 @@ def prefetch_safetensors(path: str | Path) -> None:
         return
     if sniff_weights_format(path) != "safetensors":
         return
+    discard_prefetch()  # one at a time, and never an orphaned thread
     done: Future[FreshTensors] = Future()
     with _PREFETCH_LOCK:
         _PREFETCHED = (key, done)
@@ -104,10 +105,13 @@ def prefetch_safetensors(path: str | Path) -> None:
 
 
 def discard_prefetch() -> None:
-    """Forget a prefetch nobody claimed (its memory is freed once its thread ends)."""
+    """Drop a prefetch nobody claimed, once its thread has ended (no thread is left reading the
+    file's memory map: were the file then truncated, that read would kill the process)."""
     global _PREFETCHED
     with _PREFETCH_LOCK:
-        _PREFETCHED = None
+        pending, _PREFETCHED = _PREFETCHED, None
+    if pending is not None:
+        pending[1].exception()  # waits for the thread; its result or error is dropped
 
 
 def _take_prefetched(path: Path) -> FreshTensors | None:
@@ -120,7 +124,10 @@ def _take_prefetched(path: Path) -> FreshTensors | None:
         same = pending[0] == _file_key(path)
     except OSError:
         same = False
-    return pending[1].result() if same else None
+    if not same:
+        pending[1].exception()  # let the thread end before anything else reads (or changes) the file
+        return None
+    return pending[1].result()
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
