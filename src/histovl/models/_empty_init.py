@@ -29,7 +29,6 @@ from torch import nn
 M = TypeVar("M", bound=nn.Module)
 
 
-
 class NotMaterialisedError(RuntimeError):
     """A module built on ``meta`` could not be given real tensors (the plain build is used)."""
 
