@@ -35,6 +35,9 @@ MASK_FILE = "tissue_mask.png"
 #: Bytes hashed at each end of a slide file for its fingerprint (cheap even for 2 GB slides).
 FINGERPRINT_BYTES = 1 << 20
 TILE_FILE_RE = re.compile(r"tile_x\d+_y\d+\.png")
+#: A tile's temporary file while it is written atomically (`histovl._io.atomic_path`): a process
+#: killed mid-write leaves one behind.
+TILE_TEMP_RE = re.compile(r"\.tile_x\d+_y\d+\.png\..+")
 
 
 def slide_identity(slide: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -129,3 +132,14 @@ def remove_tile_files(tile_dir: Path) -> None:
     for entry in tile_dir.iterdir():
         if TILE_FILE_RE.fullmatch(entry.name) and entry.is_file():
             entry.unlink()
+
+
+def remove_stale_tile_temps(tile_dir: Path) -> None:
+    """Delete temporary tile files a killed run left (SIGKILL runs no cleanup). A tiling folder
+    has one writer at a time (its partial record says whose tiles are there), so any such file
+    at the start of a tiling is stale."""
+    if not tile_dir.is_dir():
+        return
+    for entry in tile_dir.iterdir():
+        if TILE_TEMP_RE.fullmatch(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)

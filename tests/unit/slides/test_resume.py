@@ -136,6 +136,23 @@ def test_deleted_tile_file_is_read_again(plain_slide: Path, tmp_path: Path) -> N
     assert outputs(out) == before
 
 
+def test_a_killed_writers_temporary_tile_file_is_removed_on_resume(plain_slide: Path, tmp_path: Path) -> None:
+    """SIGKILL mid-write leaves ``tiles/.tile_x.._y...png.<random>.png`` (atomic write, no cleanup);
+    the next tiling of the folder deletes it, so the folder equals an uninterrupted run's."""
+    out = tmp_path / "out"
+    first = tile_slide(plain_slide, out, SPEC, save_tiles=True, num_workers=1)
+    before = outputs(out)
+    lost = first.tiles.iloc[2]
+    (out / lost["path"]).unlink()  # the tile being written when the process was killed
+    stale = out / "tiles" / f".{Path(lost['path']).name}.ngx0sk_i.png"
+    stale.write_bytes(b"")
+    (out / "tiles" / "notes.txt").write_text("mine")  # not histovl's: kept
+    tile_slide(plain_slide, out, SPEC, save_tiles=True, num_workers=1)
+    assert not stale.exists() and (out / "tiles" / "notes.txt").exists()
+    (out / "tiles" / "notes.txt").unlink()
+    assert outputs(out) == before
+
+
 def test_changed_slide_or_parameters_retile_from_scratch(plain_slide: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = tile_slide(plain_slide, out, SPEC, save_tiles=True, num_workers=1)
