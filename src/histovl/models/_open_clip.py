@@ -20,6 +20,7 @@ import torch
 from open_clip.model import CLIP, CustomTextCLIP, convert_to_custom_text_state_dict
 from open_clip.transformer import text_global_pool
 
+from histovl._lean_imports import restore_optional_imports
 from histovl.errors import UnknownNameError, did_you_mean
 from histovl.models._checkpoint import FreshTensors, load_state_dict_strict, read_checkpoint
 from histovl.models._empty_init import build_then_load
@@ -148,6 +149,8 @@ def build_model(cfg: dict[str, Any]) -> CLIP | CustomTextCLIP:
     """Instantiate an open_clip model from its config, with random weights and no downloads."""
     cfg = copy.deepcopy(cfg)
     text_cfg, vision_cfg = cfg["text_cfg"], cfg["vision_cfg"]
+    # the CLI imports open_clip without timm and transformers: bring them back for towers that use them
+    restore_optional_imports("open_clip", ["timm"] * ("timm_model_name" in vision_cfg) + ["transformers"] * ("hf_model_name" in text_cfg))
     if "timm_model_name" in vision_cfg:
         vision_cfg["timm_model_pretrained"] = False
     hf_text = "hf_model_name" in text_cfg
