@@ -4,7 +4,10 @@
 with the files recorded in `tests/golden/expected/` (written by `python -m tests.golden.cases
 --record` at the commit before the command-shape refactor; the predictions.csv of zeroshot,
 robustness and multilabel re-recorded when text classifiers moved to float64 NumPy so that cached
-runs need no torch: probabilities moved by < 1e-6 relative, every label and metric unchanged). The fixture is generated, not stored:
+runs need no torch: probabilities moved by < 1e-6 relative, every label and metric unchanged;
+multilabel's predictions.csv again when its strategies moved from torch to NumPy: scores moved by
+<= 1.4e-7, labels and metrics.json unchanged, the port checked against the torch implementation in
+tests/unit/zeroshot/test_multilabel_numpy_port.py). The fixture is generated, not stored:
 seeded pixels, a tiny open_clip model with seeded weights, a prompt set written here.
 """
 

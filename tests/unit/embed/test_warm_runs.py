@@ -118,11 +118,10 @@ def _cli(f: dict[str, str], command: str, out: Path, cache: Path) -> list[str]:
 _TORCH = ("torch", "open_clip", "transformers", "torchvision")
 #: what a fully cached run must not import: zero-shot also neither sklearn/scipy (its metrics are
 #: histovl.metrics._exact) nor pandas (histovl.reports.Table), zero-shot and robustness no
-#: matplotlib (their figures are memoised in the cache folder)
-#: multilabel: no model load (open_clip, transformers), but torch still is imported: its strategies
-#: compute in torch (docs/performance.md, "What a fully cached zero-shot run costs")
+#: matplotlib (their figures are memoised in the cache folder); multilabel no torch either (its
+#: strategies are NumPy; tests/unit/zeroshot/test_multilabel_numpy_port.py checks them against torch)
 _HEAVY = {"zeroshot": (*_TORCH, "sklearn", "scipy", "matplotlib", "pandas"), "retrieve": _TORCH,
-          "robustness": (*_TORCH, "matplotlib"), "multilabel": ("open_clip", "transformers")}
+          "robustness": (*_TORCH, "matplotlib"), "multilabel": _TORCH}
 #: the outputs a warm run must write exactly as the cold one did (robustness's metrics.json also
 #: holds its encode_stats, cached vs encoded: compared without them)
 _SAME = {"zeroshot": ("metrics.json", "predictions.csv"), "retrieve": ("metrics.json", "predictions.csv"),

@@ -13,16 +13,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 
 from histovl.data.records import ImageSet
 from histovl.embed import EmbeddingResult
-from histovl.models.encoder import Encoder
 from histovl.options import PathArg, RunOptions, config_record, split_overrides
-from histovl.reproducibility import seed_everything
+from histovl.reproducibility import seed_run
 from histovl.zeroshot.multilabel.outputs import (
     evaluate_multilabel,
     require_multilabel,
@@ -46,6 +45,9 @@ from histovl.zeroshot.steps import (
     load_labelled_inputs,
     write_failed_run,
 )
+
+if TYPE_CHECKING:
+    from histovl.models.encoder import Encoder
 
 Strategy = Literal["baseline", "ovr", "powerset", "topk"]
 STRATEGIES: tuple[str, ...] = ("baseline", "ovr", "powerset", "topk")
@@ -158,7 +160,7 @@ def multilabel(
         >>> r.metrics["macc"]  # doctest: +SKIP
     """
     cfg, opts = split_overrides(overrides, config, MultilabelConfig, options)
-    seed_everything(opts.seed)
+    seed_run(opts.seed)  # torch is seeded when (if) a model loads
     prompt_set, image_set, class_names = _prepare(data, prompts, cfg, opts)
     encoder = load_encoders([model], opts)[0]
     timing: dict[str, float] = {}

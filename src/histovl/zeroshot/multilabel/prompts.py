@@ -14,19 +14,19 @@ and top-k can never beat power-set on the same image (tested).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from histovl.embed.text import encode_texts
 from histovl.errors import HistovlError
+from histovl.zeroshot.classifier import l2_normalise
 
 
 class TextEncoderLike(Protocol):
     """What the memo needs from a model: `histovl.models.Encoder` satisfies it."""
 
-    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor: ...
+    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> Any: ...
 
 
 class TextEmbeddingMemo:
@@ -36,13 +36,14 @@ class TextEmbeddingMemo:
     batch, so the memo only has to avoid repeats. Prompts go through the encoder's prompt cache
     (`histovl.embed.text.encode_texts`), so a re-run reads them instead of loading the model.
     `n_encoded` counts distinct prompts embedded (by the model or from that cache), `n_requested`
-    every prompt asked for: their ratio is the saving.
+    every prompt asked for: their ratio is the saving. Embeddings are NumPy float32 (no torch
+    unless the model has to encode a prompt).
 
     Example:
         >>> from tests.helpers.tiny import tiny_encoder  # doctest: +SKIP
         >>> memo = TextEmbeddingMemo(tiny_encoder())  # doctest: +SKIP
         >>> memo.encode(["a", "b", "a"]).shape, memo.n_encoded  # doctest: +SKIP
-        (torch.Size([3, 32]), 2)
+        ((3, 32), 2)
     """
 
     def __init__(self, encoder: TextEncoderLike, *, batch_size: int = 256) -> None:
@@ -50,31 +51,32 @@ class TextEmbeddingMemo:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.encoder = encoder
         self.batch_size = batch_size
-        self._store: dict[str, torch.Tensor] = {}
+        self._store: dict[str, np.ndarray] = {}
         self.n_encoded = 0
         self.n_requested = 0
 
     def __len__(self) -> int:
         return len(self._store)
 
-    @torch.no_grad()
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised float32 embeddings [len(texts), D] on the CPU, in the order given."""
         texts = list(texts)
         self.n_requested += len(texts)
         missing = list(dict.fromkeys(t for t in texts if t not in self._store))
         for start in range(0, len(missing), self.batch_size):
             batch = missing[start : start + self.batch_size]
-            emb = torch.from_numpy(encode_texts(self.encoder, batch, batch_size=self.batch_size))  # type: ignore[arg-type]
-            if not torch.isfinite(emb).all():
-                bad = batch[int((~torch.isfinite(emb)).any(dim=1).nonzero()[0, 0])]
+            emb = encode_texts(self.encoder, batch, batch_size=self.batch_size)  # type: ignore[arg-type]
+            emb = np.asarray(emb, dtype=np.float32)
+            finite = np.isfinite(emb).all(axis=1)
+            if not finite.all():
+                bad = batch[int(np.flatnonzero(~finite)[0])]
                 raise HistovlError(f"the text encoder returned NaN/Inf for prompt {bad!r}")
             for text, row in zip(batch, emb, strict=True):
                 self._store[text] = row
             self.n_encoded += len(batch)
         if not texts:
             raise ValueError("no prompts to encode")
-        return torch.stack([self._store[t] for t in texts])
+        return np.stack([self._store[t] for t in texts])
 
 
 def apply_template(template: str, text: str) -> str:
@@ -104,8 +106,8 @@ def embed_subsets(
     descriptions: Sequence[str],
     templates: Sequence[str],
     negative: str,
-) -> torch.Tensor:
-    """Text embeddings [K, D] for subset masks [K, C]; an all-False row gets the negative prompt.
+) -> np.ndarray:
+    """Float32 text embeddings [K, D] for subset masks [K, C]; an all-False row gets the negative prompt.
 
     Non-empty subsets: mean over templates of the subset prompts, then L2-normalised (the paper's
     eq. 2 applied to a subset). All prompts of the chunk go to the memo in one call so the model
@@ -118,5 +120,5 @@ def embed_subsets(
     for row in np.asarray(masks, dtype=bool):
         members = np.flatnonzero(row).tolist()
         texts.extend(subset_prompt_texts(members, descriptions, templates) if members else [negative] * n_templates)
-    emb = memo.encode(texts).view(len(masks), n_templates, -1).mean(dim=1)
-    return torch.nn.functional.normalize(emb, dim=-1)
+    emb = memo.encode(texts).reshape(len(masks), n_templates, -1).mean(axis=1)  # float32, as before
+    return l2_normalise(emb)

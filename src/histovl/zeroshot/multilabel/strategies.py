@@ -17,6 +17,11 @@ Decision rules (each tested on hand-made cases):
   is >= 0.5 exactly when the winning subset contains c.
 * ``topk`` -- the candidates are the prefixes of the image's class ranking (k = 1..C) plus the
   empty set; the best candidate wins; scores are the same max-marginals over those candidates.
+
+All of it is NumPy, so a fully cached run needs no torch: similarities in float32 (embeddings
+are cast to float32 first), softmax, margins and scores in float64, in the order the former torch
+implementation used (tests/unit/zeroshot/test_multilabel_numpy_port.py keeps that implementation
+and checks this one against it). Torch tensors are still accepted as inputs.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from histovl.errors import HistovlError, NonFiniteError
 from histovl.zeroshot.multilabel.prompts import (
@@ -47,84 +51,93 @@ class MultilabelDecision:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _as_tensor(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
-    t = torch.as_tensor(x).detach().float().cpu()
+def _host(x: Any) -> np.ndarray:
+    """`x` as a NumPy array (a torch tensor from a caller that holds one is detached to the CPU)."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def _as_matrix(x: Any, name: str) -> np.ndarray:
+    """`x` as a finite float32 [N, D] array."""
+    t = _host(x).astype(np.float32, copy=False)
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        row = int((~torch.isfinite(t)).any(dim=1).nonzero()[0, 0])
-        raise NonFiniteError(f"{name} has NaN/Inf in row {row}")
+    finite = np.isfinite(t).all(axis=1)
+    if not finite.all():
+        raise NonFiniteError(f"{name} has NaN/Inf in row {int(np.flatnonzero(~finite)[0])}")
     return t
 
 
-def _decision(scores: torch.Tensor, predictions: torch.Tensor, **info: Any) -> MultilabelDecision:
-    return MultilabelDecision(predictions.numpy().astype(bool), scores.double().numpy(), info)
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-z))`` in float64 (a huge ``-z`` gives exactly 0, without a warning)."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
 
-def baseline_decision(
-    image_emb: np.ndarray | torch.Tensor, class_emb: np.ndarray | torch.Tensor, logit_scale: float
-) -> MultilabelDecision:
+def _decision(scores: np.ndarray, predictions: np.ndarray, **info: Any) -> MultilabelDecision:
+    return MultilabelDecision(np.asarray(predictions, dtype=bool), np.asarray(scores, dtype=np.float64), info)
+
+
+def baseline_decision(image_emb: Any, class_emb: Any, logit_scale: float) -> MultilabelDecision:
     """Independent per-class decisions from one softmax: present when ``p_c >= 1/C``.
 
     Example:
-        >>> import torch
-        >>> d = baseline_decision(torch.eye(2), torch.eye(2), 100.0)
+        >>> d = baseline_decision(np.eye(2), np.eye(2), 100.0)
         >>> d.predictions.tolist()
         [[True, False], [False, True]]
     """
-    x, w = _as_tensor(image_emb, "image embeddings"), _as_tensor(class_emb, "class embeddings")
+    x, w = _as_matrix(image_emb, "image embeddings"), _as_matrix(class_emb, "class embeddings")
     n_classes = w.shape[0]
-    log_p = torch.log_softmax(logit_scale * (x @ w.T).double(), dim=1)
+    logits = logit_scale * (x @ w.T).astype(np.float64)  # float32 similarities, float64 softmax
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     margin = log_p + np.log(n_classes)  # log(C * p_c): >= 0 iff p_c >= 1/C
-    return _decision(torch.sigmoid(margin), margin >= 0, rule="softmax p_c >= 1/C")
+    return _decision(_sigmoid(margin), margin >= 0, rule="softmax p_c >= 1/C")
 
 
-def ovr_decision(
-    image_emb: np.ndarray | torch.Tensor,
-    class_emb: np.ndarray | torch.Tensor,
-    negative_emb: np.ndarray | torch.Tensor,
-    logit_scale: float,
-) -> MultilabelDecision:
+def ovr_decision(image_emb: Any, class_emb: Any, negative_emb: Any, logit_scale: float) -> MultilabelDecision:
     """One-vs-rest: class c present when ``<x, w_c> >= <x, negative>``.
 
     Example:
-        >>> import torch
-        >>> x = torch.tensor([[1.0, 0.0, 0.0]])
-        >>> w = torch.tensor([[0.9, 0.1, 0.0], [0.0, 1.0, 0.0]])
-        >>> ovr_decision(x, w, torch.tensor([[0.5, 0.5, 0.0]]), 100.0).predictions.tolist()
+        >>> x = np.array([[1.0, 0.0, 0.0]])
+        >>> w = np.array([[0.9, 0.1, 0.0], [0.0, 1.0, 0.0]])
+        >>> ovr_decision(x, w, np.array([0.5, 0.5, 0.0]), 100.0).predictions.tolist()
         [[True, False]]
     """
-    x, w = _as_tensor(image_emb, "image embeddings"), _as_tensor(class_emb, "class embeddings")
-    neg = _as_tensor(torch.as_tensor(negative_emb).reshape(1, -1), "negative embedding")
-    margin = ((x @ w.T) - (x @ neg.T)).double()
-    return _decision(torch.sigmoid(logit_scale * margin), margin >= 0, rule="positive >= negative")
+    x, w = _as_matrix(image_emb, "image embeddings"), _as_matrix(class_emb, "class embeddings")
+    neg = _as_matrix(_host(negative_emb).reshape(1, -1), "negative embedding")
+    margin = ((x @ w.T) - (x @ neg.T)).astype(np.float64)  # the difference is taken in float32
+    return _decision(_sigmoid(logit_scale * margin), margin >= 0, rule="positive >= negative")
 
 
 class _SubsetArgmax:
-    """Running arg-max over subsets plus per-class max-marginals, fed chunk by chunk."""
+    """Running arg-max over subsets plus per-class max-marginals (float64), fed chunk by chunk."""
 
     def __init__(self, n_images: int, n_labels: int) -> None:
-        self.best = torch.full((n_images,), -torch.inf, dtype=torch.float64)
-        self.best_mask = torch.zeros((n_images, n_labels), dtype=torch.bool)
-        self.with_c = torch.full((n_images, n_labels), -torch.inf, dtype=torch.float64)
-        self.without_c = torch.full((n_images, n_labels), -torch.inf, dtype=torch.float64)
+        self.best = np.full((n_images,), -np.inf)
+        self.best_mask = np.zeros((n_images, n_labels), dtype=bool)
+        self.with_c = np.full((n_images, n_labels), -np.inf)
+        self.without_c = np.full((n_images, n_labels), -np.inf)
 
-    def update(self, rows: slice, sims: torch.Tensor, masks: torch.Tensor) -> None:
+    def update(self, rows: slice, sims: np.ndarray, masks: np.ndarray) -> None:
         """`sims` [n, K] for images `rows` against subsets with boolean `masks` [n or 1, K, C]."""
-        sims = sims.double()
-        value, idx = sims.max(dim=1)
-        better = value > self.best[rows]  # strict: earlier subsets win ties (brute-force order)
-        chosen = masks.expand(sims.shape[0], -1, -1)[torch.arange(sims.shape[0]), idx]
-        self.best[rows] = torch.where(better, value, self.best[rows])
-        self.best_mask[rows] = torch.where(better[:, None], chosen, self.best_mask[rows])
+        sims = np.asarray(sims, dtype=np.float64)
+        n = sims.shape[0]
+        idx = sims.argmax(axis=1)  # the first maximum: earlier subsets win ties (brute-force order)
+        value = sims[np.arange(n), idx]
+        better = value > self.best[rows]  # strict: earlier chunks win ties too
+        chosen = np.broadcast_to(masks, (n, *masks.shape[1:]))[np.arange(n), idx]
+        self.best[rows] = np.where(better, value, self.best[rows])
+        self.best_mask[rows] = np.where(better[:, None], chosen, self.best_mask[rows])
         expanded = sims[:, :, None]
-        with_c = torch.where(masks, expanded, -torch.inf).amax(dim=1)
-        without_c = torch.where(~masks, expanded, -torch.inf).amax(dim=1)
-        self.with_c[rows] = torch.maximum(self.with_c[rows], with_c)
-        self.without_c[rows] = torch.maximum(self.without_c[rows], without_c)
+        with_c = np.where(masks, expanded, -np.inf).max(axis=1)
+        without_c = np.where(~masks, expanded, -np.inf).max(axis=1)
+        self.with_c[rows] = np.maximum(self.with_c[rows], with_c)
+        self.without_c[rows] = np.maximum(self.without_c[rows], without_c)
 
     def decision(self, logit_scale: float, **info: Any) -> MultilabelDecision:
-        scores = torch.sigmoid(logit_scale * (self.with_c - self.without_c))
+        scores = _sigmoid(logit_scale * (self.with_c - self.without_c))
         return _decision(scores, self.best_mask, **info)
 
 
@@ -144,7 +157,7 @@ def check_powerset_size(n_labels: int, n_templates: int, *, force: bool = False)
 
 
 def powerset_decision(
-    image_emb: np.ndarray | torch.Tensor,
+    image_emb: Any,
     memo: TextEmbeddingMemo,
     descriptions: Sequence[str],
     templates: Sequence[str],
@@ -165,7 +178,7 @@ def powerset_decision(
     Raises:
         HistovlError: more than 16 labels without `force` (2^n prompts per template).
     """
-    x = _as_tensor(image_emb, "image embeddings")
+    x = _as_matrix(image_emb, "image embeddings")
     n_labels = len(descriptions)
     if n_labels == 0:
         raise ValueError("power-set prompting needs at least one class")
@@ -175,18 +188,17 @@ def powerset_decision(
     n_subsets = 2**n_labels
     for start in range(0, n_subsets, subset_chunk):
         codes = np.arange(start, min(start + subset_chunk, n_subsets))
-        masks_np = subset_masks_from_codes(codes, n_labels)
-        text = embed_subsets(memo, masks_np, descriptions, templates, negative)
-        masks = torch.from_numpy(masks_np)[None]
+        masks = subset_masks_from_codes(codes, n_labels)
+        text = embed_subsets(memo, masks, descriptions, templates, negative)
         for i in range(0, n_images, image_chunk):
             rows = slice(i, min(i + image_chunk, n_images))
-            state.update(rows, x[rows] @ text.T, masks)
+            state.update(rows, x[rows] @ text.T, masks[None])
     return state.decision(logit_scale, n_subsets=n_subsets, distinct_prompts=len(memo))
 
 
 def topk_decision(
-    image_emb: np.ndarray | torch.Tensor,
-    class_emb: np.ndarray | torch.Tensor,
+    image_emb: Any,
+    class_emb: Any,
     memo: TextEmbeddingMemo,
     descriptions: Sequence[str],
     templates: Sequence[str],
@@ -200,22 +212,21 @@ def topk_decision(
     Distinct prefixes are collected over all images and embedded once (an O(N * C) search space
     instead of O(2^C)); candidates are ordered empty, k = 1, ..., C and earlier ones win ties.
     """
-    x, w = _as_tensor(image_emb, "image embeddings"), _as_tensor(class_emb, "class embeddings")
+    x, w = _as_matrix(image_emb, "image embeddings"), _as_matrix(class_emb, "class embeddings")
     n_images, n_labels = x.shape[0], w.shape[0]
     if len(descriptions) != n_labels:
         raise ValueError(f"{len(descriptions)} descriptions for {n_labels} class embeddings")
-    ranks = torch.argsort(x @ w.T, dim=1, descending=True, stable=True).numpy()
+    ranks = np.argsort(-(x @ w.T), axis=1, kind="stable")  # descending; equal classes keep their order
     bits = np.left_shift(np.int64(1), ranks.astype(np.int64))
     prefix_codes = np.concatenate([np.zeros((n_images, 1), np.int64), np.cumsum(bits, axis=1)], 1)
     unique_codes, inverse = np.unique(prefix_codes, return_inverse=True)
     inverse = inverse.reshape(prefix_codes.shape)
-    masks_np = subset_masks_from_codes(unique_codes, n_labels)
-    text = embed_subsets(memo, masks_np, descriptions, templates, negative)
-    masks_all = torch.from_numpy(masks_np)
+    masks = subset_masks_from_codes(unique_codes, n_labels)
+    text = embed_subsets(memo, masks, descriptions, templates, negative)
     state = _SubsetArgmax(n_images, n_labels)
     for i in range(0, n_images, image_chunk):
         rows = slice(i, min(i + image_chunk, n_images))
-        cand = torch.from_numpy(inverse[rows])  # [n, C+1] indices into the unique subsets
-        sims = torch.einsum("nd,nkd->nk", x[rows], text[cand])
-        state.update(rows, sims, masks_all[cand])
+        cand = inverse[rows]  # [n, C+1] indices into the unique subsets
+        sims = np.einsum("nd,nkd->nk", x[rows], text[cand])
+        state.update(rows, sims, masks[cand])
     return state.decision(logit_scale, distinct_subsets=len(unique_codes), distinct_prompts=len(memo))
