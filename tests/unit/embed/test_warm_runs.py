@@ -107,8 +107,9 @@ def _cli(f: dict[str, str], command: str, out: Path, cache: Path) -> list[str]:
     common = ["--model", f["model"], "--out", str(out), "--cache", str(cache), "--n-boot", "20", "--seed", "3", "--quiet"]
     if command == "retrieve":
         return ["retrieve", "--data", f["manifest"], "--k", "3", *common]
-    if command == "multilabel":
-        return ["multilabel", "--data", f["multilabel"], "--prompts", f["ml_prompts"], "--strategy", "ovr", *common]
+    if command.startswith("multilabel"):  # multilabel-topk: subset prompts through the memo too
+        strategy = command.partition("-")[2] or "ovr"
+        return ["multilabel", "--data", f["multilabel"], "--prompts", f["ml_prompts"], "--strategy", strategy, *common]
     if command == "robustness":  # the tile of the report's gallery is corrupted too
         return ["robustness", "--data", f["manifest"], "--prompts", f["prompts"], "-c", "blur", "-c", "markup",
                 "-l", "1", "--k", "3", "--workers", "0", *common]
@@ -121,17 +122,17 @@ _TORCH = ("torch", "open_clip", "transformers", "torchvision")
 #: matplotlib (their figures are memoised in the cache folder); multilabel no torch either (its
 #: strategies are NumPy; tests/unit/zeroshot/test_multilabel_numpy_port.py checks them against torch)
 _HEAVY = {"zeroshot": (*_TORCH, "sklearn", "scipy", "matplotlib", "pandas"), "retrieve": _TORCH,
-          "robustness": (*_TORCH, "matplotlib"), "multilabel": _TORCH}
+          "robustness": (*_TORCH, "matplotlib"), "multilabel": _TORCH, "multilabel-topk": _TORCH}
 #: the outputs a warm run must write exactly as the cold one did (robustness's metrics.json also
 #: holds its encode_stats, cached vs encoded: compared without them)
 _SAME = {"zeroshot": ("metrics.json", "predictions.csv"), "retrieve": ("metrics.json", "predictions.csv"),
-         "multilabel": ("metrics.json", "predictions.csv"),
+         "multilabel": ("metrics.json", "predictions.csv"), "multilabel-topk": ("metrics.json", "predictions.csv"),
          "robustness": ("robustness.csv", "robustness_detail.csv", "predictions.csv", "figures/corruption_gallery.png",
                         "figures/robustness_accuracy.png")}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["zeroshot", "retrieve", "robustness", "multilabel"])
+@pytest.mark.parametrize("command", ["zeroshot", "retrieve", "robustness", "multilabel", "multilabel-topk"])
 def test_a_fully_cached_cli_run_imports_no_torch(fixture, tmp_path, command):
     from typer.testing import CliRunner
 
