@@ -50,6 +50,9 @@ def _check_fp32_parity(encoder: object, tmp_path: Path, size: int) -> None:
     assert record["argmax_agreement"]["n_prompts"] == len(PROMPTS)
     meta = json.loads((Path(record["export"]) / "meta.json").read_text())
     assert set(meta["towers"]) == {"image", "text"} and meta["parity"]["text"]["n"] == len(PROMPTS)
+    # the tokeniser is kept beside the towers (checked against the torch ids), so later runs need no model
+    kind = "clip-bpe" if encoder.card.family == "open_clip" else "hf"  # type: ignore[attr-defined]
+    assert meta["tokenizer"]["text"]["kind"] == kind
 
 
 def test_open_clip_export_matches_torch(exports: Path) -> None:

@@ -57,7 +57,10 @@ def apply_runtime(encoder: Any, options: RunOptions) -> Any:
     precision = str(getattr(options, "precision", "auto"))
     if options.runtime == "torch":
         return _with_precision(encoder, options, precision)
-    if getattr(encoder, "runtime", None) == options.runtime:
+    from histovl.models.runtime._wrapper import EncoderWrapper
+
+    # isinstance, not getattr: a LazyEncoder answers an unknown attribute by loading its model
+    if isinstance(encoder, EncoderWrapper) and getattr(encoder, "runtime", None) == options.runtime:
         return encoder
     if options.device != "cpu":
         raise HistovlError(
@@ -69,9 +72,9 @@ def apply_runtime(encoder: Any, options: RunOptions) -> Any:
             "(fp32 or int8): use --runtime torch, or --precision auto"
         )
     import_ort(options.runtime)
-    from histovl.models.runtime.encoder import RuntimeEncoder
+    from histovl.models.runtime.encoder import runtime_encoder
 
-    return RuntimeEncoder(
+    return runtime_encoder(
         encoder, options.runtime, export_root=export_root(options), allow_approximate=options.allow_approximate,
         sink=options.runtime_parity,
     )

@@ -33,6 +33,7 @@ from typing import Any
 
 from histovl.models.runtime import export as ex
 from histovl.models.runtime import gate
+from histovl.models.runtime._wrapper import EncoderWrapper
 
 #: What ``precision`` may be (RunOptions, ``--precision``).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -78,7 +79,7 @@ def gate_dir(root: Path, weights_id: str, precision: str, device: str) -> Path:
     return Path(root) / hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-class AutocastEncoder:
+class AutocastEncoder(EncoderWrapper):
     """A torch encoder whose forward passes run under `torch.autocast` (bf16 or fp16).
 
     Attributes:
@@ -87,7 +88,6 @@ class AutocastEncoder:
         folder: where the gate's verdict and calibration embeddings are kept.
     """
 
-    is_lazy_encoder = True  # stands in for an Encoder: load_model and open_encoder pass it through
     runtime = "torch"
 
     def __init__(self, base: Any, precision: str, *, device: str, gate_root: Path, requested: str = "auto",
@@ -106,33 +106,7 @@ class AutocastEncoder:
         self._meta = ex.read_meta(self.folder)
         self.publish()  # a verdict measured by an earlier run is checked (and recorded) now
 
-    # ---- the Encoder interface ---------------------------------------------------------------------
-    @property
-    def card(self) -> Any:
-        return self.base.card
-
-    @property
-    def weights_id(self) -> str:
-        return f"{self.base.weights_id}|runtime={self.label}"
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.base.logit_scale)
-
-    @property
-    def preprocess(self) -> Any:
-        return self.base.preprocess
-
-    @property
-    def text_cache(self) -> Any:
-        return getattr(self.base, "text_cache", None)
-
-    @property
-    def device(self) -> Any:
-        import torch
-
-        return torch.device(self.device_name)
-
+    # ---- the Encoder interface (card, weights_id, ... : EncoderWrapper) ----------------------------
     def encode_image(self, pixels: Any, normalize: bool = True) -> Any:
         if not self._measured("image"):
             self._measure("image", pixels[: gate.CALIBRATION_N])
@@ -144,16 +118,9 @@ class AutocastEncoder:
             self._measure("text", texts[: gate.CALIBRATION_TEXTS])
         return self._encode("text", texts, normalize, autocast=True)
 
-    def text_token_counts(self, texts: Sequence[str]) -> tuple[list[int], int] | None:
-        counter = getattr(self.base, "text_token_counts", None)
-        return counter(texts) if callable(counter) else None
-
     def model(self) -> Any:
         """The torch encoder (loaded now if the base is lazy)."""
         return self.base.model() if getattr(self.base, "is_lazy_encoder", False) else self.base
-
-    def __call__(self, pixels: Any) -> Any:
-        return self.encode_image(pixels)
 
     def __repr__(self) -> str:
         return f"AutocastEncoder({self.card.name!r}, {self.precision} on {self.device_name}, {self.folder})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ import numpy as np
 from histovl.models._weights_id import files_weights_id
 from histovl.models.runtime import export as ex
 from histovl.models.runtime import gate
+from histovl.models.runtime import tokenizer as tk
 from histovl.models.runtime._ort import open_session, versions
+from histovl.models.runtime._wrapper import EncoderWrapper
 from histovl.models.runtime.towers import ImageTower, has_text_tower, text_tower
 
 
-class RuntimeEncoder:
+class RuntimeEncoder(EncoderWrapper):
     """An encoder whose forward passes run in ONNX Runtime (``onnx`` or ``onnx-int8``).
 
     Attributes:
@@ -34,16 +37,17 @@ class RuntimeEncoder:
         folder: the export folder (meta.json, towers, calibration embeddings).
     """
 
-    is_lazy_encoder = True  # stands in for an Encoder: load_model and open_encoder pass it through
+    device_name = "cpu"
 
     def __init__(self, base: Any, runtime: str, *, export_root: Path, allow_approximate: bool = False,
                  sink: dict[str, Any] | None = None) -> None:
         self.base = base
-        self.runtime = runtime
+        self.runtime = self.label = runtime
         self.allow_approximate = allow_approximate
         self.sink = sink if sink is not None else {}
         self.folder = ex.export_dir(export_root, base.weights_id, runtime)
         self._sessions: dict[str, Any] = {}
+        self._tokenizer: Any = None
         self._meta_base = {
             "format": ex.EXPORT_FORMAT, "model": base.card.name, "weights_id": base.weights_id,
             "runtime": runtime, "opset": ex.OPSET, **versions(), "torch": _torch_version(),
@@ -51,33 +55,7 @@ class RuntimeEncoder:
         self._meta = ex.read_meta(self.folder)
         self.publish()  # a parity measured by an earlier run is checked (and recorded) now
 
-    # ---- the Encoder interface ---------------------------------------------------------------------
-    @property
-    def card(self) -> Any:
-        return self.base.card
-
-    @property
-    def weights_id(self) -> str:
-        return f"{self.base.weights_id}|runtime={self.runtime}"
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.base.logit_scale)
-
-    @property
-    def preprocess(self) -> Any:
-        return self.base.preprocess
-
-    @property
-    def text_cache(self) -> Any:
-        return getattr(self.base, "text_cache", None)
-
-    @property
-    def device(self) -> Any:
-        import torch
-
-        return torch.device("cpu")
-
+    # ---- the Encoder interface (card, weights_id, ... : EncoderWrapper) ----------------------------
     def encode_image(self, pixels: Any, normalize: bool = True) -> Any:
         import torch
 
@@ -97,18 +75,18 @@ class RuntimeEncoder:
         session = self._session("text", texts)
         if not self._measured("text"):
             self._measure_text(session, texts[: gate.CALIBRATION_TEXTS])
-        tower = text_tower(self._torch())
-        assert tower is not None
-        feats = torch.from_numpy(_run(session, tower.tokenize(texts)))
+        feats = torch.from_numpy(_run(session, self._tokenize(texts)))
         return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
 
     def text_token_counts(self, texts: Sequence[str]) -> tuple[list[int], int] | None:
-        """The torch encoder's count (same tokenizer and context), so ONNX runs warn of cut prompts too."""
-        counter = getattr(self.base, "text_token_counts", None)
-        return counter(texts) if callable(counter) else None
+        """The torch encoder's count (same tokenizer and context), so ONNX runs warn of cut prompts
+        too; from the exported tokeniser where there is one (no torch model loaded for it)."""
+        tokenizer = self._stored_tokenizer()
+        if tokenizer is None:
+            return super().text_token_counts(texts)
+        from histovl.models._tokens import token_counts
 
-    def __call__(self, pixels: Any) -> Any:
-        return self.encode_image(pixels)
+        return token_counts(tokenizer.raw, texts, tokenizer.context_length)
 
     def __repr__(self) -> str:
         return f"RuntimeEncoder({self.card.name!r}, runtime={self.runtime!r}, {self.folder})"
@@ -199,6 +177,39 @@ class RuntimeEncoder:
             return ex.quantize_static_int8(fp32, target, "pixels", calibration)
         return ex.quantize_dynamic_int8(fp32, target)
 
+    # ---- tokenising prompts ---------------------------------------------------------------------------
+    def _stored_tokenizer(self) -> tk.Tokenizer | None:
+        """The tokeniser kept in the export folder (`histovl.models.runtime.tokenizer`), or None."""
+        record = self._meta.get("tokenizer", {}).get("text")
+        if not isinstance(record, dict) or not (self.folder / "text.onnx").is_file():
+            return None
+        try:
+            return tk.load(self.folder, record)
+        except Exception:  # noqa: BLE001 - a damaged or foreign tokenizer folder: tokenise with torch
+            return None
+
+    def _tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """The text tower's inputs: from the stored tokeniser, else from the torch encoder (loaded
+        now), whose tokeniser is then stored for later runs where it can be rebuilt exactly."""
+        if self._tokenizer is None:
+            self._tokenizer = self._stored_tokenizer() or self._store_tokenizer(texts)
+        return self._tokenizer.tokenize(texts)
+
+    def _store_tokenizer(self, texts: list[str]) -> Any:
+        """The torch tower's tokeniser; recorded in meta.json (files beside the towers) when a
+        rebuilt copy gives the same ids on `texts` and the probes."""
+        model = self._torch()
+        tower = text_tower(model)
+        assert tower is not None
+        record = tk.describe(model, cut=_cuts(model))
+        if record is not None:
+            with ex.locked(self.folder):
+                tk.save(model, record, self.folder)
+                candidate = tk.load(self.folder, record)
+                if tk.same_ids(candidate, tower.tokenize, texts):
+                    self._meta = ex.update_meta(self.folder, self._meta_base, "tokenizer", "text", record)
+        return tower
+
     # ---- the parity gate ------------------------------------------------------------------------------
     def _measured(self, kind: str) -> bool:
         """Whether the gate was measured on the tower file as it is now (an edited file is re-measured)."""
@@ -259,10 +270,52 @@ class RuntimeEncoder:
         return record
 
 
+#: RuntimeEncoders kept per process, as the torch path keeps its loaded model (`loaded_model`): a
+#: later run over the same torch encoder object, with its export files unchanged, gets the same
+#: RuntimeEncoder back, so what a run memoises per encoder object (the zero-shot text classifier,
+#: `histovl.zeroshot.classifier`) serves the next run under ONNX as it does under torch.
+_ENCODERS: OrderedDict[tuple[Any, ...], RuntimeEncoder] = OrderedDict()
+_MAX_ENCODERS = 4
+
+
+def runtime_encoder(base: Any, runtime: str, *, export_root: Path, allow_approximate: bool = False,
+                    sink: dict[str, Any] | None = None) -> RuntimeEncoder:
+    """`RuntimeEncoder(base, runtime, ...)`, reused within the process (see `_ENCODERS`); a reused
+    one re-reads meta.json and publishes its parity into this run's `sink` (the gate applied again)."""
+    folder = ex.export_dir(export_root, base.weights_id, runtime)
+    files = tuple(_stat(folder / f"{kind}.onnx") for kind in ("image", "text"))
+    key = (id(base), runtime, str(folder), allow_approximate, files)
+    found = _ENCODERS.get(key)
+    if found is None or found.base is not base:
+        found = RuntimeEncoder(base, runtime, export_root=export_root, allow_approximate=allow_approximate, sink=sink)
+        _ENCODERS[key] = found
+        while len(_ENCODERS) > _MAX_ENCODERS:
+            _ENCODERS.popitem(last=False)
+        return found
+    _ENCODERS.move_to_end(key)
+    found.sink = sink if sink is not None else {}
+    found._meta = ex.read_meta(folder)
+    found.publish()
+    return found
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
 def _torch_version() -> str:
     import torch
 
     return str(torch.__version__)
+
+
+def _cuts(model: Any) -> bool:
+    """Whether the open_clip text tower is cut to the longest prompt (`towers._open_clip_tower`)."""
+    return bool(model.card.family == "open_clip" and model.card.text_causal and model._supports_truncation())
 
 
 def _run(session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:

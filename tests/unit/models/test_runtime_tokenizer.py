@@ -1,0 +1,126 @@
+"""ONNX runs tokenise prompts from the export folder: a run whose towers an earlier process
+exported and measured never loads the torch model (before, it loaded it just to tokenise, and
+`apply_runtime` loaded it by asking a LazyEncoder for an attribute); and within a process a later
+run reuses the RuntimeEncoder, as the torch path reuses its model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from histovl.embed.encoders import open_encoder
+from histovl.models import lazy
+from histovl.options import RunOptions
+from tests.golden.cases import build_fixture
+
+pytest.importorskip("onnxruntime")
+
+PROMPTS = ["an H&E image of lung adenocarcinoma.", "benign lung tissue"]
+NEW_PROMPTS = ["squamous cell carcinoma, keratin pearls", "necrosis", "word " * 300]
+PIXELS = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tiny fixture model with both towers exported and measured (one cache folder)."""
+    root = tmp_path_factory.mktemp("tok")
+    fixture = build_fixture(root)
+    lazy.forget_loaded_models()
+    first = open_encoder(fixture["model"], RunOptions(cache=root / "cache", runtime="onnx"))
+    first.encode_image(PIXELS)
+    first.encode_text(PROMPTS)
+    return {"spec": fixture["model"], "cache": root / "cache", "folder": first.folder}  # type: ignore[attr-defined]
+
+
+def _fresh_process() -> None:
+    from histovl.models.runtime import _ort, encoder
+    from histovl.models.runtime import tokenizer as tk
+
+    lazy.forget_loaded_models()
+    tk._LOADED.clear()
+    _ort._SESSIONS.clear()
+    encoder._ENCODERS.clear()
+
+
+def _loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from histovl.models import loading
+
+    calls: list[str] = []
+    real = loading.load_model
+
+    def counting(spec, **kw):  # type: ignore[no-untyped-def]
+        calls.append(str(spec))
+        return real(spec, **kw)
+
+    monkeypatch.setattr(loading, "load_model", counting)
+    return calls
+
+
+def test_a_cached_export_encodes_prompts_without_loading_the_model(exported: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    meta = json.loads((exported["folder"] / "meta.json").read_text())
+    assert meta["tokenizer"]["text"] == {"kind": "clip-bpe", "context_length": 77, "cut": True, "inputs": ["tokens"]}
+    _fresh_process()
+    calls = _loads(monkeypatch)
+    fresh = open_encoder(exported["spec"], RunOptions(cache=exported["cache"], runtime="onnx"))
+    text = fresh.encode_text(NEW_PROMPTS)  # prompts the export never saw (one cut to the context)
+    counts = fresh.text_token_counts(NEW_PROMPTS)  # type: ignore[attr-defined]
+    image = fresh.encode_image(PIXELS)
+    assert calls == [], "the torch model was loaded"
+    assert not fresh.base.is_loaded  # type: ignore[attr-defined]
+
+    torch_enc = fresh.base.model()  # type: ignore[attr-defined]  # now load it, as the reference
+    with torch.inference_mode():
+        ref_text, ref_image = torch_enc.encode_text(NEW_PROMPTS), torch_enc.encode_image(PIXELS)
+    assert torch.nn.functional.cosine_similarity(text, ref_text).min() >= 0.9999
+    assert torch.nn.functional.cosine_similarity(image, ref_image).min() >= 0.9999
+    assert counts == torch_enc.text_token_counts(NEW_PROMPTS)
+
+
+def test_a_tokenizer_that_gives_other_ids_is_not_recorded(exported: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rebuilt tokenisers are checked against the torch tower's ids; a mismatch keeps the torch path."""
+    from histovl.models.runtime import tokenizer as tk
+
+    meta_file = exported["folder"] / "meta.json"
+    saved = meta_file.read_text()
+    meta = json.loads(saved)
+    meta.pop("tokenizer")  # as an export made before tokenisers were kept
+    meta_file.write_text(json.dumps(meta))
+    real = tk._build
+
+    def shifted(folder, record):  # type: ignore[no-untyped-def]
+        built = real(folder, record)
+        return tk.Tokenizer(built.raw, built.context_length, lambda t: {k: v + 1 for k, v in built.tokenize(t).items()})
+
+    try:
+        _fresh_process()
+        monkeypatch.setattr(tk, "_build", shifted)
+        rt = open_encoder(exported["spec"], RunOptions(cache=exported["cache"], runtime="onnx"))
+        feats = rt.encode_text(NEW_PROMPTS)
+        assert "tokenizer" not in json.loads(meta_file.read_text())
+        with torch.inference_mode():
+            reference = rt.base.model().encode_text(NEW_PROMPTS)  # type: ignore[attr-defined]
+        assert np.allclose(feats.numpy(), reference.numpy(), atol=1e-4)
+    finally:
+        meta_file.write_text(saved)
+        _fresh_process()
+
+
+def test_a_later_run_over_the_same_model_reuses_the_runtime_encoder(exported: dict[str, Any]) -> None:
+    """As the torch path keeps its model per process, so what a run memoises per encoder (the
+    zero-shot text classifier) serves the next run under ONNX too; each run gets its own record."""
+
+    def opts(**kw: Any) -> RunOptions:
+        return RunOptions(cache=exported["cache"], use_cache=False, runtime="onnx", **kw)
+
+    first = open_encoder(exported["spec"], opts())  # without the cache: the per-process torch model
+    second_opts = opts()
+    assert open_encoder(exported["spec"], second_opts) is first
+    (record,) = second_opts.runtime_parity.values()
+    assert record["text"]["cosine_min"] >= 0.9999 and record["measured_in_this_run"] is None
+    assert open_encoder(exported["spec"], opts(allow_approximate=True)) is not first
+    lazy.forget_loaded_models()  # another torch model object: another RuntimeEncoder
+    assert open_encoder(exported["spec"], opts()) is not first
