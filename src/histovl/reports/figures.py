@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from histovl._io import atomic_path
+from histovl.reports import layout
 from histovl.reports.table import Table
 
 if TYPE_CHECKING:  # matplotlib is imported by the functions that draw (~1 s): not by a memoised report
@@ -22,11 +23,17 @@ if TYPE_CHECKING:  # matplotlib is imported by the functions that draw (~1 s): n
     from matplotlib.figure import Figure
 
 
-def save_figure(fig: Figure, target: str | Path, *, dpi: int = 110) -> Path:
-    """Render ``fig`` to a PNG at ``target`` atomically (temp file, then rename)."""
+def save_figure(fig: Figure, target: str | Path, *, dpi: int = layout.DPI) -> Path:
+    """Render ``fig`` to a PNG at ``target`` atomically (temp file, then rename).
+
+    A figure laid out by `histovl.reports.layout` is drawn once, as it is; any other is cropped
+    to its content (``bbox_inches="tight"``, which draws it twice). zlib level 1: the same pixels,
+    files within ~5 % of level 6's, in half the time.
+    """
     target = Path(target)
     with atomic_path(target, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches=None if layout.is_fitted(fig) else "tight",
+                    pil_kwargs={"compress_level": 1})
     return target
 
 
@@ -52,20 +59,21 @@ def confusion_matrix_figure(
     with np.errstate(invalid="ignore", divide="ignore"):
         rates = np.where(support > 0, cm / np.maximum(support, 1), np.nan)
     side = max(3.2, 0.55 * n + 1.8)
-    fig = Figure(figsize=(2 * side + 1.0, side), layout="constrained")
-    axes = fig.subplots(1, 2)
+    fig = Figure(figsize=(2 * side + 1.0, side), dpi=layout.DPI)
+    axes = [fig.add_axes((0.1 + 0.5 * k, 0.2, 0.3, 0.6)) for k in range(2)]  # placed by fit_squares
+    bars = [fig.add_axes((0.42 + 0.5 * k, 0.2, 0.02, 0.6)) for k in range(2)]
     panels = (
         (cm, "counts", "{:.0f}", None),
         (rates, "row-normalised (recall on the diagonal)", "{:.2f}", (0.0, 1.0)),
     )
-    for ax, (values, subtitle, fmt, limits) in zip(axes, panels, strict=True):
+    for ax, bar, (values, subtitle, fmt, limits) in zip(axes, bars, panels, strict=True):
         vmin, vmax = (
             limits
             if limits
             else (0.0, max(float(np.nanmax(values)) if np.isfinite(values).any() else 1.0, 1.0))
         )
         image = ax.imshow(np.nan_to_num(values, nan=0.0), cmap="Blues", vmin=vmin, vmax=vmax)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        fig.colorbar(image, cax=bar)
         ax.set_title(subtitle, fontsize=9)
         ax.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(n), labels=list(class_names), fontsize=8)
@@ -79,7 +87,7 @@ def confusion_matrix_figure(
                     text = "–" if not np.isfinite(v) else fmt.format(v)
                     colour = "white" if np.isfinite(v) and v > threshold else "black"
                     ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
-    fig.suptitle(title)
+    layout.fit_squares(fig, list(zip(axes, bars, strict=True)), title=fig.suptitle(title))
     return fig
 
 
@@ -98,7 +106,7 @@ def per_class_bar_figure(
 
     labels = list(values)
     vals = np.array([np.nan if values[k] is None else float(values[k]) for k in labels])  # type: ignore[arg-type]
-    fig = Figure(figsize=(6.0, max(2.0, 0.35 * len(labels) + 1.0)), layout="constrained")
+    fig = Figure(figsize=(6.0, max(2.0, 0.35 * len(labels) + 1.0)), dpi=layout.DPI)
     ax = fig.subplots()
     ypos = np.arange(len(labels))
     ax.barh(ypos, np.nan_to_num(vals, nan=0.0), color="#4C72B0")
@@ -120,6 +128,7 @@ def per_class_bar_figure(
     ax.set_xlim(0.0, 1.12)
     ax.set_xlabel(metric_name + (" (whiskers: 95% CI)" if intervals else ""))
     ax.set_title(title or f"{metric_name} per class", fontsize=10)
+    layout.fit_grid(fig, [[ax]])
     return fig
 
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 THUMBNAIL_PX = 160
 FIGURES_DIR = "figures"
 #: Bump when a figure function draws differently, so memoised PNGs (`Report.figure_cache`) are redrawn.
-FIGURE_STYLE = "1"
+FIGURE_STYLE = "2"
 THUMBNAILS_DIR = "thumbnails"
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from histovl.metrics.calibration import ReliabilityCurve
+from histovl.reports import layout
 
 if TYPE_CHECKING:  # imported where a figure is drawn (histovl.reports.figures says why)
     from matplotlib.axes import Axes
@@ -41,13 +42,13 @@ def reliability_figure(
     if not names:
         raise ValueError("reliability_figure needs at least one curve")
     width = min(4.0 * len(names), 16.0)
-    fig = Figure(figsize=(max(width, 4.2), 4.6), layout="constrained")
+    fig = Figure(figsize=(max(width, 4.2), 4.6), dpi=layout.DPI)
     axes = fig.subplots(2, len(names), squeeze=False, height_ratios=[3, 1], sharex=True)
     for col, name in enumerate(names):
         _draw(axes[0][col], axes[1][col], name, uniform[name], None if quantile is None else quantile.get(name))
     axes[0][0].set_ylabel("accuracy")
     axes[1][0].set_ylabel("images")
-    fig.suptitle(title)
+    layout.fit_grid(fig, axes.tolist(), title=fig.suptitle(title), height_ratios=[3, 1])
     return fig
 
 

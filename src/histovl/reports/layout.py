@@ -1,0 +1,165 @@
+"""Measured layout for report figures: one measurement of each axes' labels, then one draw.
+
+matplotlib's constrained layout plus ``bbox_inches="tight"`` draws a figure twice per save (once,
+unrendered, to lay it out; once to render) and measures every axes twice more in its solver: ~2/3
+of a report figure's time (docs/performance.md). Here each axes' reach past its box (tick labels,
+axis labels, title: `Axes.get_tightbbox`, measured with the Agg renderer the save then reuses) is
+measured once, the boxes are placed by arithmetic, and the save draws once. A figure's requested
+size is the room its content gets, as with constrained layout; the PNG adds a `PAD` border and
+leaves out room the content does not use, as the tight crop (``pad_inches=0.1``) did. A layout
+that does not fit grows the figure instead of shrinking a panel below its minimum, so no label is
+ever clipped (tests/unit/reports/test_figure_layout.py checks every text against the canvas).
+
+Only figures laid out here are saved without ``bbox_inches="tight"`` (`is_fitted`); any other
+figure `histovl.reports.save_figure` writes keeps the tight crop.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn (histovl.reports.figures says why)
+    from matplotlib.axes import Axes
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+#: Resolution of report PNGs; figures are created at it, so the measuring renderer is the saving one.
+DPI = 110
+#: Inches of white space around the content and between panels.
+PAD = 0.1
+#: Extra inches kept around measured labels (tick labels chosen again at the final size may differ).
+SLACK = 0.04
+
+#: Inches between an image and its colorbar, and the colorbar's width.
+BAR_GAP = 0.1
+BAR_WIDTH = 0.14
+
+_FITTED: weakref.WeakSet[Figure] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class Margins:
+    """How far an axes' labels, ticks and title reach past its box, in inches."""
+
+    left: float
+    bottom: float
+    right: float
+    top: float
+
+
+def renderer(fig: Figure) -> RendererAgg:
+    """The Agg renderer ``fig.savefig(..., dpi=fig.dpi)`` will draw with (text sizes cached on it)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    return canvas.get_renderer()
+
+
+def margins(ax: Axes, render: RendererAgg) -> Margins:
+    """`Margins` of `ax` as it is now drawn: ticks, tick labels, axis labels and title. Its other
+    artists (bars, texts, legends) are not measured: the figures here keep them inside the box."""
+    tight = ax.get_tightbbox(render, bbox_extra_artists=[])
+    box = ax.get_window_extent(render)
+    if tight is None:
+        return Margins(0.0, 0.0, 0.0, 0.0)
+    dpi = float(render.dpi)
+    reach = (box.x0 - tight.x0, box.y0 - tight.y0, tight.x1 - box.x1, tight.y1 - box.y1)
+    left, bottom, right, top = (max(0.0, r / dpi) + SLACK for r in reach)
+    return Margins(left, bottom, right, top)
+
+
+def title_height(title: Text | None, render: RendererAgg) -> float:
+    """Inches a figure title (`Figure.suptitle`'s artist) takes at the top, with a gap below it
+    (0 without one)."""
+    if title is None or not title.get_text():
+        return 0.0
+    return float(title.get_window_extent(render).height) / float(render.dpi) + PAD
+
+
+def place_title(title: Text | None, height: float) -> None:
+    """Hang the figure title `PAD` below the top of a figure `height` inches tall."""
+    if title is not None:
+        title.set_y(1.0 - PAD / height)
+        title.set_verticalalignment("top")
+
+
+def fit_grid(
+    fig: Figure,
+    grid: Sequence[Sequence[Axes]],
+    *,
+    title: Text | None = None,
+    height_ratios: Sequence[float] | None = None,
+    min_width: float = 1.0,
+    min_height: float = 0.6,
+) -> None:
+    """Place a rows x columns grid of axes (equal widths, heights by `height_ratios`) so that every
+    label fits: column gaps from the widest labels of the neighbouring columns, row gaps likewise."""
+    render = renderer(fig)
+    n_rows, n_cols = len(grid), len(grid[0])
+    m = [[margins(ax, render) for ax in row] for row in grid]
+    lefts = [max(m[r][c].left for r in range(n_rows)) for c in range(n_cols)]
+    rights = [max(m[r][c].right for r in range(n_rows)) for c in range(n_cols)]
+    tops = [max(x.top for x in m[r]) for r in range(n_rows)]
+    bottoms = [max(x.bottom for x in m[r]) for r in range(n_rows)]
+    ratios = list(height_ratios or [1.0] * n_rows)
+    fixed_w = 2 * PAD + sum(lefts) + sum(rights) + PAD * (n_cols - 1)
+    title_h = title_height(title, render)
+    fixed_h = 2 * PAD + title_h + sum(tops) + sum(bottoms) + PAD * (n_rows - 1)
+    width, height = fig.get_size_inches() + 2 * PAD  # the figure's size is the content's (see module doc)
+    col_w = max(min_width, (width - fixed_w) / n_cols)
+    unit_h = max(min_height / min(ratios), (height - fixed_h) / sum(ratios))
+    width, height = fixed_w + n_cols * col_w, fixed_h + unit_h * sum(ratios)
+    fig.set_size_inches(width, height)
+    place_title(title, height)
+    y = height - PAD - title_h
+    for r, row in enumerate(grid):
+        y -= tops[r] + unit_h * ratios[r]
+        x = PAD
+        for c, ax in enumerate(row):
+            x += lefts[c]
+            ax.set_position((x / width, y / height, col_w / width, unit_h * ratios[r] / height))
+            x += col_w + rights[c] + PAD
+        y -= bottoms[r] + PAD
+    mark_fitted(fig)
+
+
+def fit_squares(
+    fig: Figure, panels: Sequence[tuple[Axes, Axes]], *, title: Text | None = None, min_side: float = 1.0
+) -> None:
+    """Place a row of square image axes, each with its colorbar axes to its right, as large as the
+    figure allows once every label fits; the figure is then cut to what they use."""
+    render = renderer(fig)
+    reach = [(margins(image, render), margins(bar, render)) for image, bar in panels]
+    top = max(max(a.top, b.top) for a, b in reach)
+    bottom = max(max(a.bottom, b.bottom) for a, b in reach)
+    title_h = title_height(title, render)
+    fixed_w = 2 * PAD + PAD * (len(panels) - 1) + sum(a.left + BAR_GAP + BAR_WIDTH + b.right for a, b in reach)
+    fixed_h = 2 * PAD + title_h + top + bottom
+    width, height = fig.get_size_inches() + 2 * PAD
+    side = max(min_side, min((width - fixed_w) / len(panels), height - fixed_h))
+    width, height = fixed_w + side * len(panels), fixed_h + side
+    fig.set_size_inches(width, height)
+    place_title(title, height)
+    x, y = PAD, PAD + bottom
+    for (image, bar), (a, b) in zip(panels, reach, strict=True):
+        x += a.left
+        image.set_position((x / width, y / height, side / width, side / height))
+        x += side + BAR_GAP
+        bar.set_position((x / width, y / height, BAR_WIDTH / width, side / height))
+        x += BAR_WIDTH + b.right + PAD
+    mark_fitted(fig)
+
+
+def mark_fitted(fig: Figure) -> None:
+    """Record that `fig` is laid out (no layout engine, nothing outside the canvas)."""
+    fig.set_layout_engine("none")
+    _FITTED.add(fig)
+
+
+def is_fitted(fig: Figure) -> bool:
+    """Whether `fig` was laid out here (and is saved as it is, without a tight crop)."""
+    return fig in _FITTED
