@@ -85,6 +85,7 @@ def test_reliability_labels_stay_on_the_canvas(tmp_path: Path, runs: int) -> Non
     y, probs = _rates(4)
     crowded = np.full_like(probs, 0.02)  # one bin holds nearly everything: the counts axis goes symlog
     crowded[np.arange(len(y)), y] = 0.94
+    crowded[:12] = probs[:12]
     curves = [(y, probs), (y, crowded), (y, probs[:, ::-1])][:runs]
     names = ["zero-shot ViT-B-32 with a long run name", "crowded", "reversed"][:runs]
     fig = reliability_figure(
