@@ -5,6 +5,8 @@ encoding, metrics with CIs, outputs), measured in one run and interleaved per re
 drift on a shared machine hits every side alike (docs/performance.md):
 
   cold       `histovl zeroshot` with an empty cache (model loaded, images and prompts encoded)
+  cold_plain the same with HISTOVL_PLAIN_IMPORTS=1 (plain imports of torchvision and open_clip,
+             as before histovl._lean_imports; with --plain-imports-too)
   warm       the same command again: every image and prompt embedding is cached, so the model
              is never loaded and torch is never imported (target <= 1.5 s)
   edited     warm, but with one description of the prompt set changed: only that
@@ -176,6 +178,8 @@ def main() -> int:
     ap.add_argument("--arch", default="ViT-B-32")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-clip-benchmark", action="store_true", help="skip the CLIP_benchmark reference")
+    ap.add_argument("--plain-imports-too", action="store_true",
+                    help="also time the cold run with HISTOVL_PLAIN_IMPORTS=1 (the lean CLI imports' saving)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="histovl-bench-warm-"))
@@ -193,7 +197,8 @@ def main() -> int:
     if not have_cb:
         print("CLIP_benchmark: not installed (pip install clip-benchmark, the 'bench' extra): reference skipped")
 
-    times: dict[str, list[tuple[float, float]]] = {k: [] for k in ("cold", "warm", "edited", "help", "clip_bench")}
+    keys = ("cold", "cold_plain", "warm", "edited", "help", "clip_bench")
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in keys}
     accs: dict[str, float] = {}
     for r in range(args.repeats):
         cache, out = work / f"cache{r}", work / f"out{r}"
@@ -206,6 +211,13 @@ def main() -> int:
             raise RuntimeError("the warm run's predictions differ from the cold run's")
         times["edited"].append(_timed(_zeroshot_cmd(model, manifest, edited, out / "edited", cache), env)[:2])
         times["help"].append(_timed([sys.executable, "-m", "histovl.cli.app", "--help"], env)[:2])
+        if args.plain_imports_too:
+            plain_env = {**env, "HISTOVL_PLAIN_IMPORTS": "1"}
+            times["cold_plain"].append(_timed(_zeroshot_cmd(model, manifest, prompts, out / "cold-plain", work / f"plain{r}"),
+                                              plain_env)[:2])
+            if (out / "cold-plain" / "predictions.csv").read_bytes() != (out / "cold" / "predictions.csv").read_bytes():
+                raise RuntimeError("the plain-imports run's predictions differ from the cold run's")
+            shutil.rmtree(work / f"plain{r}")
         if have_cb:
             job = [sys.executable, "-c", CLIP_BENCHMARK_JOB, args.arch, str(weights), str(manifest), str(prompts_json),
                    str(workers), "64"]
@@ -218,13 +230,16 @@ def main() -> int:
     def med(key: str, i: int = 0) -> float:
         return statistics.median(t[i] for t in times[key])
 
-    for key in ("cold", "warm", "edited", "help", "clip_bench"):
+    for key in keys:
         if times[key]:
             print(f"{key:<10} wall {med(key):7.2f} s   cpu {med(key, 1):7.2f} s   (median of {len(times[key])})")
     warm_ratio = statistics.median(c[0] / w[0] for c, w in zip(times["cold"], times["warm"], strict=True))
     print(f"histovl accuracy {accs['histovl']:.4f}" + (f"; CLIP_benchmark acc1 {accs['clip_benchmark']:.4f}" if have_cb else ""))
     print(f"RATIO warm speed-up = {warm_ratio:.1f}x  (cold ÷ warm; warm wall {med('warm'):.2f} s, target <= 1.5 s)")
     print(f"histovl --help = {med('help'):.2f} s  (target < 0.5 s)")
+    if times["cold_plain"]:
+        lean = [p[0] / c[0] for p, c in zip(times["cold_plain"], times["cold"], strict=True)]
+        print(f"RATIO lean imports = {statistics.median(lean):.2f}x  (cold with HISTOVL_PLAIN_IMPORTS=1 ÷ cold)")
     if have_cb:
         ratios = [b[0] / c[0] for b, c in zip(times["clip_bench"], times["cold"], strict=True)]
         same = "same accuracy" if round(accs["clip_benchmark"], 12) == round(accs["histovl"], 12) else "ACCURACY DIFFERS"

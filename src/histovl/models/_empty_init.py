@@ -18,6 +18,7 @@ Equality with the plain build is tested bit for bit (tests/unit/models/test_empt
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -43,6 +44,27 @@ def _on_meta() -> bool:
     return bool(getattr(_STATE, "depth", 0))
 
 
+#: ``torch.nn.init`` functions that are skipped for a ``meta`` tensor while this thread builds on
+#: ``meta``: on ``meta`` they compute nothing, yet PyTorch runs them through its Python reference
+#: implementations, whose first call imports ``torch._dynamo`` (1.2-3 s of a cold run, measured
+#: with ``python -X importtime``). transformers' ``no_init_weights`` skips the same list.
+INIT_FUNCTIONS = (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "zeros_", "ones_", "eye_", "dirac_",
+    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_",
+)
+_ORIGINAL_INITS: dict[str, Any] = {}
+
+
+def _skipped_on_meta(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def init(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        if _on_meta() and isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
+        return fn(tensor, *args, **kwargs)
+
+    return init
+
+
 def _register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
     if param is not None and _on_meta() and param.device.type != "meta":
         param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
@@ -52,12 +74,17 @@ def _register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) 
 @contextmanager
 def parameters_on_meta() -> Iterator[None]:
     """Within: parameters this thread registers on any `nn.Module` go to the ``meta`` device
-    (their init ops cost nothing); buffers and other threads are untouched."""
+    and ``torch.nn.init`` functions skip them (`INIT_FUNCTIONS`); buffers and other threads
+    are untouched."""
     global _USERS, _ORIGINAL
     with _LOCK:
         if _USERS == 0:
             _ORIGINAL = nn.Module.register_parameter
             nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign]
+            for name in INIT_FUNCTIONS:
+                if hasattr(nn.init, name):
+                    _ORIGINAL_INITS[name] = getattr(nn.init, name)
+                    setattr(nn.init, name, _skipped_on_meta(_ORIGINAL_INITS[name]))
         _USERS += 1
     _STATE.depth = getattr(_STATE, "depth", 0) + 1
     try:
@@ -68,6 +95,9 @@ def parameters_on_meta() -> Iterator[None]:
             _USERS -= 1
             if _USERS == 0:
                 nn.Module.register_parameter = _ORIGINAL  # type: ignore[method-assign]
+                for name, fn in _ORIGINAL_INITS.items():
+                    setattr(nn.init, name, fn)
+                _ORIGINAL_INITS.clear()
 
 
 def materialise(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, owned: bool = False) -> None:

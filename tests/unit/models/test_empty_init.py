@@ -166,3 +166,37 @@ def test_hf_clip_load_equals_the_plain_build(tmp_path: Path) -> None:
     ref = CLIPModel(read_hf_config(enc.card, folder))
     ref.load_state_dict(read_checkpoint(folder / "model.safetensors"), strict=False)
     _assert_same_tensors(enc.model, ref)
+
+
+def test_init_functions_skip_meta_tensors_only_while_building_and_are_restored() -> None:
+    originals = {name: getattr(nn.init, name) for name in ("normal_", "kaiming_uniform_", "ones_")}
+    real = torch.zeros(3)
+    with parameters_on_meta():
+        meta = nn.Linear(2, 2).weight
+        assert nn.init.normal_(meta) is meta  # skipped: nothing to compute on meta
+        nn.init.ones_(real)  # a real tensor is initialised as ever, even inside
+    assert real.tolist() == [1.0, 1.0, 1.0]
+    assert {name: getattr(nn.init, name) for name in originals} == originals
+    torch.manual_seed(0)
+    a = nn.init.normal_(torch.empty(4))
+    torch.manual_seed(0)
+    assert torch.equal(a, originals["normal_"](torch.empty(4)))
+
+
+def test_building_on_meta_does_not_import_torch_dynamo() -> None:
+    """nn.init on a meta tensor runs PyTorch's Python references, whose first call imports
+    torch._dynamo (seconds of a cold run): the build skips them. Checked in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\nfrom torch import nn\n"
+            "from histovl.models._empty_init import parameters_on_meta\n"
+            "with parameters_on_meta():\n"
+            "    m = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4), nn.LayerNorm(4), nn.Conv2d(3, 4, 3))\n"
+            "print(all(p.is_meta for p in m.parameters()), 'torch._dynamo' in sys.modules)\n")
+    src = str(Path(__file__).resolve().parents[3] / "src")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": src})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False"]
