@@ -43,12 +43,16 @@ _FITTED: weakref.WeakSet[Figure] = weakref.WeakSet()
 
 @dataclass(frozen=True)
 class Margins:
-    """How far an axes' labels, ticks and title reach past its box, in inches."""
+    """How far an axes' labels, ticks and title reach past its box, in inches, whatever the box's
+    size; the texts centred on the box (title and x label across, y label along it) only reach past
+    it when the box is smaller than they are, so their sizes are kept apart (`wide`, `tall`)."""
 
     left: float
     bottom: float
     right: float
     top: float
+    wide: float = 0.0
+    tall: float = 0.0
 
 
 def renderer(fig: Figure) -> RendererAgg:
@@ -62,14 +66,29 @@ def renderer(fig: Figure) -> RendererAgg:
 def margins(ax: Axes, render: RendererAgg) -> Margins:
     """`Margins` of `ax` as it is now drawn: ticks, tick labels, axis labels and title. Its other
     artists (bars, texts, legends) are not measured: the figures here keep them inside the box."""
-    tight = ax.get_tightbbox(render, bbox_extra_artists=[])
+    tight = ax.get_tightbbox(render, bbox_extra_artists=[], for_layout_only=True)
     box = ax.get_window_extent(render)
     if tight is None:
         return Margins(0.0, 0.0, 0.0, 0.0)
     dpi = float(render.dpi)
     reach = (box.x0 - tight.x0, box.y0 - tight.y0, tight.x1 - box.x1, tight.y1 - box.y1)
     left, bottom, right, top = (max(0.0, r / dpi) + SLACK for r in reach)
-    return Margins(left, bottom, right, top)
+    across = [t.get_window_extent(render).width for t in (ax.title, ax.xaxis.label) if _shown(t)]
+    along = [ax.yaxis.label.get_window_extent(render).height] if _shown(ax.yaxis.label) else []
+    return Margins(left, bottom, right, top, max(across, default=0.0) / dpi, max(along, default=0.0) / dpi)
+
+
+def _shown(text: Text) -> bool:
+    return bool(text.get_visible() and text.get_text())
+
+
+def wide_enough(lefts: Sequence[float], rights: Sequence[float], wide: Sequence[float]) -> float:
+    """The narrowest boxes of a row over which texts `wide` inches wide, centred on each box, stay
+    within the box's own margins (`lefts`, `rights`) and half the `PAD` to a neighbour: never
+    over a neighbour's labels (whose top tick label pokes up beside a title), nor off the row."""
+    n = len(wide)
+    rooms = [min(lefts[c] + (PAD / 2 if c else 0.0), rights[c] + (PAD / 2 if c < n - 1 else 0.0)) for c in range(n)]
+    return max(w - 2 * room for w, room in zip(wide, rooms, strict=True))
 
 
 def title_height(title: Text | None, render: RendererAgg) -> float:
@@ -106,12 +125,14 @@ def fit_grid(
     tops = [max(x.top for x in m[r]) for r in range(n_rows)]
     bottoms = [max(x.bottom for x in m[r]) for r in range(n_rows)]
     ratios = list(height_ratios or [1.0] * n_rows)
+    wide = [max(m[r][c].wide for r in range(n_rows)) for c in range(n_cols)]
+    tall = max(x.tall / ratios[r] for r in range(n_rows) for x in m[r])
     fixed_w = 2 * PAD + sum(lefts) + sum(rights) + PAD * (n_cols - 1)
     title_h = title_height(title, render)
     fixed_h = 2 * PAD + title_h + sum(tops) + sum(bottoms) + PAD * (n_rows - 1)
     width, height = fig.get_size_inches() + 2 * PAD  # the figure's size is the content's (see module doc)
-    col_w = max(min_width, (width - fixed_w) / n_cols)
-    unit_h = max(min_height / min(ratios), (height - fixed_h) / sum(ratios))
+    col_w = max(min_width, wide_enough(lefts, rights, wide), (width - fixed_w) / n_cols)
+    unit_h = max(min_height / min(ratios), tall, (height - fixed_h) / sum(ratios))
     width, height = fixed_w + n_cols * col_w, fixed_h + unit_h * sum(ratios)
     fig.set_size_inches(width, height)
     place_title(title, height)
@@ -140,7 +161,9 @@ def fit_squares(
     fixed_w = 2 * PAD + PAD * (len(panels) - 1) + sum(a.left + BAR_GAP + BAR_WIDTH + b.right for a, b in reach)
     fixed_h = 2 * PAD + title_h + top + bottom
     width, height = fig.get_size_inches() + 2 * PAD
-    side = max(min_side, min((width - fixed_w) / len(panels), height - fixed_h))
+    lefts, rights = [a.left for a, _ in reach], [BAR_GAP + BAR_WIDTH + b.right for _, b in reach]
+    fits = max(wide_enough(lefts, rights, [a.wide for a, _ in reach]), max(a.tall for a, _ in reach))
+    side = max(min_side, fits, min((width - fixed_w) / len(panels), height - fixed_h))
     width, height = fixed_w + side * len(panels), fixed_h + side
     fig.set_size_inches(width, height)
     place_title(title, height)
