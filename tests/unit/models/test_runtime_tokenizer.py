@@ -113,6 +113,8 @@ def test_a_later_run_over_the_same_model_reuses_the_runtime_encoder(exported: di
     """As the torch path keeps its model per process, so what a run memoises per encoder (the
     zero-shot text classifier) serves the next run under ONNX too; each run gets its own record."""
 
+    from histovl.models.runtime import encoder
+
     def opts(**kw: Any) -> RunOptions:
         return RunOptions(cache=exported["cache"], use_cache=False, runtime="onnx", **kw)
 
@@ -122,5 +124,6 @@ def test_a_later_run_over_the_same_model_reuses_the_runtime_encoder(exported: di
     (record,) = second_opts.runtime_parity.values()
     assert record["text"]["cosine_min"] >= 0.9999 and record["measured_in_this_run"] is None
     assert open_encoder(exported["spec"], opts(allow_approximate=True)) is not first
-    lazy.forget_loaded_models()  # another torch model object: another RuntimeEncoder
-    assert open_encoder(exported["spec"], opts()) is not first
+    lazy.forget_loaded_models()  # another torch model object: another RuntimeEncoder, and the old
+    assert open_encoder(exported["spec"], opts()) is not first  # ones (holding that model) are let go
+    assert all(enc.base is not first.base for enc in encoder._ENCODERS.values())  # type: ignore[attr-defined]

@@ -4,8 +4,10 @@ It stands in for a torch encoder (an `Encoder` or a `LazyEncoder`): the same car
 logit scale and prompt cache, a `weights_id` that names the runtime (so the embedding cache never
 mixes its embeddings with torch's), and `encode_image` / `encode_text` answered by ONNX Runtime
 sessions over towers exported once into the cache folder (`histovl.models.runtime.export`). The
-torch model is loaded only when something has to be encoded: to export, to tokenise and to
-measure the parity gate on the first images and prompts (`histovl.models.runtime.gate`).
+torch model is loaded only to export, to measure the parity gate on the first images and prompts
+(`histovl.models.runtime.gate`), and to tokenise prompts where the export folder keeps no
+tokeniser (`histovl.models.runtime.tokenizer`): a run on exports an earlier run made and measured
+loads no torch model.
 """
 
 from __future__ import annotations
@@ -273,7 +275,9 @@ class RuntimeEncoder(EncoderWrapper):
 #: RuntimeEncoders kept per process, as the torch path keeps its loaded model (`loaded_model`): a
 #: later run over the same torch encoder object, with its export files unchanged, gets the same
 #: RuntimeEncoder back, so what a run memoises per encoder object (the zero-shot text classifier,
-#: `histovl.zeroshot.classifier`) serves the next run under ONNX as it does under torch.
+#: `histovl.zeroshot.classifier`) serves the next run under ONNX as it does under torch. Only those
+#: over the most recent torch encoder are kept (each holds its model), as `histovl.models.lazy`
+#: keeps one model: a sweep over several models still frees each before the next.
 _ENCODERS: OrderedDict[tuple[Any, ...], RuntimeEncoder] = OrderedDict()
 _MAX_ENCODERS = 4
 
@@ -288,6 +292,8 @@ def runtime_encoder(base: Any, runtime: str, *, export_root: Path, allow_approxi
     found = _ENCODERS.get(key)
     if found is None or found.base is not base:
         found = RuntimeEncoder(base, runtime, export_root=export_root, allow_approximate=allow_approximate, sink=sink)
+        for old in [k for k, enc in _ENCODERS.items() if enc.base is not base]:
+            del _ENCODERS[old]
         _ENCODERS[key] = found
         while len(_ENCODERS) > _MAX_ENCODERS:
             _ENCODERS.popitem(last=False)
