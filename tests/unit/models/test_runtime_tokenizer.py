@@ -6,6 +6,7 @@ run reuses the RuntimeEncoder, as the torch path reuses its model."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,3 +128,28 @@ def test_a_later_run_over_the_same_model_reuses_the_runtime_encoder(exported: di
     lazy.forget_loaded_models()  # another torch model object: another RuntimeEncoder, and the old
     assert open_encoder(exported["spec"], opts()) is not first  # ones (holding that model) are let go
     assert all(enc.base is not first.base for enc in encoder._ENCODERS.values())  # type: ignore[attr-defined]
+
+
+def test_the_clip_bpe_tokenizer_does_not_import_open_clip() -> None:
+    """open_clip's package imports all its model code (~3 s); its tokenizer module needs none of it."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from histovl.models.runtime import tokenizer as tk\n"
+        f"record = json.loads({json.dumps(json.dumps({'kind': 'clip-bpe', 'context_length': 77, 'cut': True, 'inputs': ['tokens']}))})\n"
+        f"ids = tk._build(None, record).tokenize({NEW_PROMPTS!r})['tokens']\n"
+        "print(json.dumps({'open_clip': 'open_clip' in sys.modules, 'ids': ids.tolist()}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3] / "src")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["open_clip"] is False
+    import open_clip
+
+    tokens = open_clip.get_tokenizer("ViT-B-32")(NEW_PROMPTS).numpy()
+    cut = int((tokens != 0).sum(axis=1).max())
+    assert np.array_equal(np.asarray(result["ids"]), tokens[:, :cut])

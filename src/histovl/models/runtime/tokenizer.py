@@ -99,9 +99,7 @@ def _build(folder: Path, record: dict[str, Any]) -> Tokenizer:
 
         return Tokenizer(hf, context, hf_tokenize)
     if record["kind"] == "clip-bpe":
-        from open_clip.tokenizer import SimpleTokenizer
-
-        bpe = SimpleTokenizer(context_length=context)
+        bpe = _clip_bpe_module().SimpleTokenizer(context_length=context)
         cut = bool(record.get("cut"))
 
         def bpe_tokenize(texts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -112,6 +110,34 @@ def _build(folder: Path, record: dict[str, Any]) -> Tokenizer:
 
         return Tokenizer(bpe, context, bpe_tokenize)
     raise ValueError(f"unknown tokenizer kind {record['kind']!r}")
+
+
+def _clip_bpe_module() -> Any:
+    """open_clip's ``tokenizer`` module, without importing the open_clip package where it is not
+    imported yet: the package imports all its model code (~3 s on the development machine, as
+    long as torch's own import), the module only ftfy, regex, numpy and torch. Loaded from the
+    installed package's file under a private name; any failure imports it the ordinary way."""
+    import importlib.util
+    import sys
+
+    if "open_clip" not in sys.modules:
+        name = "_histovl_open_clip_tokenizer"
+        if name in sys.modules:
+            return sys.modules[name]
+        try:
+            package = importlib.util.find_spec("open_clip")  # locates, imports nothing
+            assert package is not None and package.origin is not None
+            spec = importlib.util.spec_from_file_location(name, Path(package.origin).with_name("tokenizer.py"))
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            return module
+        except Exception:  # noqa: BLE001 - a layout this does not expect: the ordinary import
+            sys.modules.pop(name, None)
+    from open_clip import tokenizer
+
+    return tokenizer
 
 
 def same_ids(tokenizer: Tokenizer, reference: Callable[[Sequence[str]], dict[str, np.ndarray]], texts: Sequence[str]) -> bool:
