@@ -21,17 +21,7 @@ import torch
 
 from histovl.embed.engine import ImageTransform
 from histovl.embed.in_memory import corrupt_batch
-
-INSTALL_HINT = "stain normalisation needs torchstain: pip install 'histovl[stain]'"
-
-
-def stain_available() -> bool:
-    """True when torchstain can be imported."""
-    try:
-        import torchstain  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from histovl.robustness.stain_lazy import INSTALL_HINT, stain_available  # noqa: F401  (torch-free, re-exported)
 
 
 def _macenko() -> Any:

@@ -230,7 +230,7 @@ def _mitigations(cfg: RobustnessConfig) -> tuple[list[str], list[str]]:
     """``none``, plus ``macenko`` when asked for and torchstain is there (else a note)."""
     if not cfg.stain_normalisation:
         return ["none"], []
-    from histovl.robustness.stain import INSTALL_HINT, stain_available
+    from histovl.robustness.stain_lazy import INSTALL_HINT, stain_available
 
     if stain_available():
         return ["none", "macenko"], []
@@ -275,7 +275,10 @@ def _sweep_model(
     )
     run = _ModelRun(encoder, label, clean, scorer, inputs)
     if "macenko" in plan.mitigations:
-        run.stain_tf = _stain_transform(bank(), cfg.stain_reference, encoder)
+        from histovl.robustness.stain_lazy import lazy_macenko
+
+        run.stain_tf = lazy_macenko(cfg.stain_reference, paths, plan.keys, clean.ok, encoder,
+                                    store.root if store is not None else None)
     if acc.gallery_tile is None:
         first = int(np.flatnonzero(clean.ok)[0])
         acc.gallery_tile = GalleryTile(_tile_loader(encoder, paths[first]), plan.keys[first], encoder.weights_id)
@@ -384,13 +387,3 @@ def _label_for(encoder: Encoder, spec: str | Encoder, used: Sequence[str]) -> st
     while f"{name}#{i}" in used:
         i += 1
     return f"{name}#{i}"
-
-
-def _stain_transform(bank: DecodedImages, reference: str | None, encoder: Encoder) -> Any:
-    """Macenko fitted on `reference`, or on the first readable image of the data."""
-    from histovl.data import read_rgb
-    from histovl.robustness.stain import MacenkoTransform
-
-    if reference is None:
-        reference = next(p for i, p in enumerate(bank.paths) if i not in bank.failures)
-    return MacenkoTransform(encoder.preprocess.to_unnormalised(read_rgb(os.fspath(reference))))

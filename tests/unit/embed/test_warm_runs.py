@@ -110,9 +110,10 @@ def _cli(f: dict[str, str], command: str, out: Path, cache: Path) -> list[str]:
     if command.startswith("multilabel"):  # multilabel-topk: subset prompts through the memo too
         strategy = command.partition("-")[2] or "ovr"
         return ["multilabel", "--data", f["multilabel"], "--prompts", f["ml_prompts"], "--strategy", strategy, *common]
-    if command == "robustness":  # the tile of the report's gallery is corrupted too
+    if command.startswith("robustness"):  # the tile of the report's gallery is corrupted too
+        stain = ["--stain-normalisation"] if command.endswith("macenko") else []
         return ["robustness", "--data", f["manifest"], "--prompts", f["prompts"], "-c", "blur", "-c", "markup",
-                "-l", "1", "--k", "3", "--workers", "0", *common]
+                "-l", "1", "--k", "3", "--workers", "0", *stain, *common]
     return ["zeroshot", "--data", f["manifest"], "--prompts", f["prompts"], *common]
 
 
@@ -122,17 +123,20 @@ _TORCH = ("torch", "open_clip", "transformers", "torchvision")
 #: matplotlib (their figures are memoised in the cache folder); multilabel no torch either (its
 #: strategies are NumPy; tests/unit/zeroshot/test_multilabel_numpy_port.py checks them against torch)
 _HEAVY = {"zeroshot": (*_TORCH, "sklearn", "scipy", "matplotlib", "pandas"), "retrieve": _TORCH,
-          "robustness": (*_TORCH, "matplotlib"), "multilabel": _TORCH, "multilabel-topk": _TORCH}
+          "robustness": (*_TORCH, "matplotlib"), "multilabel": _TORCH, "multilabel-topk": _TORCH,
+          "robustness-macenko": (*_TORCH, "matplotlib", "torchstain")}
 #: the outputs a warm run must write exactly as the cold one did (robustness's metrics.json also
 #: holds its encode_stats, cached vs encoded: compared without them)
 _SAME = {"zeroshot": ("metrics.json", "predictions.csv"), "retrieve": ("metrics.json", "predictions.csv"),
          "multilabel": ("metrics.json", "predictions.csv"), "multilabel-topk": ("metrics.json", "predictions.csv"),
          "robustness": ("robustness.csv", "robustness_detail.csv", "predictions.csv", "figures/corruption_gallery.png",
                         "figures/robustness_accuracy.png")}
+_SAME["robustness-macenko"] = _SAME["robustness"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["zeroshot", "retrieve", "robustness", "multilabel", "multilabel-topk"])
+@pytest.mark.parametrize("command", ["zeroshot", "retrieve", "robustness", "multilabel", "multilabel-topk",
+                                     "robustness-macenko"])
 def test_a_fully_cached_cli_run_imports_no_torch(fixture, tmp_path, command):
     from typer.testing import CliRunner
 
@@ -155,8 +159,11 @@ def test_a_fully_cached_cli_run_imports_no_torch(fixture, tmp_path, command):
     assert "HEAVY []" in done.stdout, done.stdout + done.stderr
     for name in _SAME[command]:
         assert (tmp_path / "warm" / name).read_bytes() == (tmp_path / "cold" / name).read_bytes(), name
-    if command == "robustness":
+    if command.startswith("robustness"):
         cold, warm = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("cold", "warm"))
-        assert [s["n_encoded"] for s in warm.pop("encode_stats")] == [0, 0, 0]
-        assert [s["n_cached"] for s in cold.pop("encode_stats")] == [0, 0, 0]
+        warm_stats, cold_stats = warm.pop("encode_stats"), cold.pop("encode_stats")
+        assert len(warm_stats) == (6 if command.endswith("macenko") else 3)
+        assert [s["n_encoded"] for s in warm_stats] == [0] * len(warm_stats)
+        assert [s["n_cached"] for s in cold_stats] == [0] * len(cold_stats)
+        assert [s["transform"] for s in warm_stats] == [s["transform"] for s in cold_stats]
         assert warm == cold
