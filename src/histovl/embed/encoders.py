@@ -28,9 +28,9 @@ from histovl.models.identity import (
     weights_fingerprint,
     write_identity,
 )
-from histovl.models.lazy import LazyEncoder, loaded_model
+from histovl.models.lazy import LazyEncoder, lazy_for_process, loaded_model
 from histovl.models.runtime import apply_runtime
-from histovl.options import RunOptions
+from histovl.options import RunOptions, default_cache_dir
 
 if TYPE_CHECKING:
     from histovl.models.encoder import Encoder
@@ -54,7 +54,7 @@ def _open_torch(model: str | os.PathLike[str] | Any, options: RunOptions) -> Enc
     fingerprint = weights_fingerprint(spec)
     device, trust = options.device, options.trust_checkpoint
     if cache is None:
-        return loaded_model(spec, device=device, trust_checkpoint=trust, fingerprint=fingerprint)
+        return _uncached(spec, options, fingerprint)
     folder = cache.root / IDENTITY_DIR
     known = read_identity(folder, spec, fingerprint) if fingerprint is not None else None
     if known is not None:
@@ -67,3 +67,16 @@ def _open_torch(model: str | os.PathLike[str] | Any, options: RunOptions) -> Enc
         identity = ModelIdentity(spec, loaded.card, loaded.weights_id, float(loaded.logit_scale))
     wrapped = LazyEncoder(identity, device=device, trust_checkpoint=trust, fingerprint=fingerprint, model=loaded, text_cache=cache)
     return cast("Encoder", wrapped)
+
+
+def _uncached(spec: str, options: RunOptions, fingerprint: str | None) -> Encoder:
+    """Under ``--no-cache``: the loaded model, except for an exported runtime whose model identity
+    the cache folder already records (``--no-cache`` concerns embeddings only; exports and model
+    identities stay there): that run may never need the torch model, so it stays lazy."""
+    device, trust = options.device, options.trust_checkpoint
+    if options.runtime != "torch" and fingerprint is not None:
+        root = options.cache if options.cache is not None else default_cache_dir()
+        known = read_identity(root / IDENTITY_DIR, spec, fingerprint)
+        if known is not None:
+            return cast("Encoder", lazy_for_process(spec, known, device=device, trust_checkpoint=trust, fingerprint=fingerprint))
+    return loaded_model(spec, device=device, trust_checkpoint=trust, fingerprint=fingerprint)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 _LOADED: dict[tuple[str, str, str, bool], Encoder] = {}
 _LOCK = threading.Lock()
+_LAZY: dict[tuple[str, str, str, bool], Any] = {}
 #: Models kept for reuse by later runs in this process (the most recent ones).
 KEEP_LOADED = 1
 
@@ -64,10 +65,26 @@ def loaded_model(spec: str, *, device: str, trust_checkpoint: bool, fingerprint:
     return model
 
 
+def lazy_for_process(spec: str, identity: Any, *, device: str, trust_checkpoint: bool, fingerprint: str) -> Any:
+    """The model of `spec` for a run without an embedding cache that may never need it (an
+    exported runtime): the model already loaded in this process if there is one, else one
+    `LazyEncoder` per process (so later runs reuse what runs memoise per encoder, as they do
+    with the loaded model)."""
+    key = (spec, fingerprint, device, trust_checkpoint)
+    with _LOCK:
+        found = _LAZY.get(key) or _LOADED.get(key)
+        if found is None:
+            _LAZY.clear()  # one kept, as KEEP_LOADED keeps one model
+            found = _LAZY[key] = LazyEncoder(identity, device=device, trust_checkpoint=trust_checkpoint,
+                                             fingerprint=fingerprint)
+    return found
+
+
 def forget_loaded_models() -> None:
     """Drop the per-process models (tests; or to free memory in a long-lived process)."""
     with _LOCK:
         _LOADED.clear()
+        _LAZY.clear()
 
 
 _OWN = frozenset({"identity", "fingerprint", "_model", "device_name", "trust_checkpoint", "text_cache"})

@@ -81,6 +81,20 @@ def test_a_cached_export_encodes_prompts_without_loading_the_model(exported: dic
     assert counts == torch_enc.text_token_counts(NEW_PROMPTS)
 
 
+def test_no_cache_with_a_cached_export_does_not_load_the_model_either(exported: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--no-cache concerns embeddings: the model identity the cache folder records keeps an ONNX
+    run lazy (under torch, --no-cache loads the model as before: test_warm_runs)."""
+    _fresh_process()
+    calls = _loads(monkeypatch)
+    fresh = open_encoder(exported["spec"], RunOptions(cache=exported["cache"], use_cache=False, runtime="onnx"))
+    fresh.encode_text(NEW_PROMPTS)
+    fresh.encode_image(PIXELS)
+    assert calls == [] and not fresh.base.is_loaded  # type: ignore[attr-defined]
+    _fresh_process()
+    plain = open_encoder(exported["spec"], RunOptions(cache=exported["cache"], use_cache=False))
+    assert not getattr(plain, "is_lazy_encoder", False) and calls == [exported["spec"]]
+
+
 def test_a_tokenizer_that_gives_other_ids_is_not_recorded(exported: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """Rebuilt tokenisers are checked against the torch tower's ids; a mismatch keeps the torch path."""
     from histovl.models.runtime import tokenizer as tk
