@@ -21,7 +21,7 @@ import torch
 
 from histovl.embed.engine import ImageTransform
 from histovl.embed.in_memory import corrupt_batch
-from histovl.robustness.stain_lazy import INSTALL_HINT, stain_available  # noqa: F401  (torch-free, re-exported)
+from histovl.robustness._stain_support import INSTALL_HINT, stain_available  # noqa: F401  (re-exported)
 
 
 def _macenko() -> Any:

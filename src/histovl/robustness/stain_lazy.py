@@ -27,15 +27,6 @@ from histovl._io import atomic_write_json
 
 MEMO_DIR = "stain-references"
 MEMO_VERSION = 1
-INSTALL_HINT = "stain normalisation needs torchstain: pip install 'histovl[stain]'"
-
-
-def stain_available() -> bool:
-    """True when torchstain is installed (found, not imported: importing it imports torch, which a
-    fully cached run does not need; a broken install fails at the fit, with `INSTALL_HINT`)."""
-    import importlib.util
-
-    return importlib.util.find_spec("torchstain") is not None
 
 
 def file_digest(path: str | Path) -> str:

@@ -230,7 +230,7 @@ def _mitigations(cfg: RobustnessConfig) -> tuple[list[str], list[str]]:
     """``none``, plus ``macenko`` when asked for and torchstain is there (else a note)."""
     if not cfg.stain_normalisation:
         return ["none"], []
-    from histovl.robustness.stain_lazy import INSTALL_HINT, stain_available
+    from histovl.robustness._stain_support import INSTALL_HINT, stain_available
 
     if stain_available():
         return ["none", "macenko"], []
