@@ -24,19 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from histovl._io import atomic_write_json
+from histovl.embed.cache import file_content_key
 
 MEMO_DIR = "stain-references"
 MEMO_VERSION = 1
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a (small) reference file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 class LazyMacenko:
     """An `ImageTransform`: `inner` (a corruption, or None), then Macenko normalisation onto the
-    reference tile at `reference_path`, with `content_key` its file digest when known.
+    reference tile at `reference_path`, with `content_key` its cache content key (`file_content_key`) when known.
 
     Args:
         reference_path: the reference tile's file.
@@ -108,7 +104,7 @@ class LazyMacenko:
         if self.memo_root is None:
             return None
         card = self.encoder.card
-        ident = json.dumps([MEMO_VERSION, self.content_key or file_digest(self.reference_path), int(card.image_size),
+        ident = json.dumps([MEMO_VERSION, self.content_key or file_content_key(self.reference_path), int(card.image_size),
                             str(card.interpolation), str(card.resize_mode)])
         return self.memo_root / MEMO_DIR / f"{hashlib.sha256(ident.encode()).hexdigest()[:32]}.json"
 

@@ -18,6 +18,7 @@ from histovl.models.identity import IDENTITY_DIR, weights_fingerprint
 from histovl.options import RunOptions
 from histovl.zeroshot import zeroshot
 from tests.golden.cases import build_fixture
+from tests.helpers.loads import count_model_loads
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -32,18 +33,6 @@ def _fresh_process_models() -> None:
     lazy.forget_loaded_models()
 
 
-def _count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    from histovl.models import loading
-
-    calls: list[str] = []
-    real = loading.load_model
-
-    def counting(spec, **kw):  # type: ignore[no-untyped-def]
-        calls.append(str(spec))
-        return real(spec, **kw)
-
-    monkeypatch.setattr(loading, "load_model", counting)
-    return calls
 
 
 def _run(f: dict[str, str], out: Path, cache: Path, prompts: str | None = None) -> None:
@@ -56,7 +45,7 @@ def test_fully_cached_run_loads_nothing_and_writes_the_same_bytes(fixture, tmp_p
     _run(fixture, tmp_path / "cold", cache)
     assert list((cache / IDENTITY_DIR).glob("*.json")), "the cold run records the model's identity"
     lazy.forget_loaded_models()
-    calls = _count_loads(monkeypatch)
+    calls = count_model_loads(monkeypatch)
     _run(fixture, tmp_path / "warm", cache)
     assert calls == []
     for name in ("metrics.json", "predictions.csv"):
@@ -64,7 +53,7 @@ def test_fully_cached_run_loads_nothing_and_writes_the_same_bytes(fixture, tmp_p
 
 
 def test_the_model_loads_once_per_process_and_only_on_a_miss(fixture, tmp_path, monkeypatch):
-    calls = _count_loads(monkeypatch)
+    calls = count_model_loads(monkeypatch)
     _run(fixture, tmp_path / "a", tmp_path / "cache-a")
     _run(fixture, tmp_path / "b", tmp_path / "cache-b")  # every image misses again: same model
     assert calls == [fixture["model"]]

@@ -17,6 +17,7 @@ from histovl.embed.encoders import open_encoder
 from histovl.models import lazy
 from histovl.options import RunOptions
 from tests.golden.cases import build_fixture
+from tests.helpers.loads import count_model_loads
 
 pytest.importorskip("onnxruntime")
 
@@ -47,25 +48,13 @@ def _fresh_process() -> None:
     encoder._ENCODERS.clear()
 
 
-def _loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    from histovl.models import loading
-
-    calls: list[str] = []
-    real = loading.load_model
-
-    def counting(spec, **kw):  # type: ignore[no-untyped-def]
-        calls.append(str(spec))
-        return real(spec, **kw)
-
-    monkeypatch.setattr(loading, "load_model", counting)
-    return calls
 
 
 def test_a_cached_export_encodes_prompts_without_loading_the_model(exported: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     meta = json.loads((exported["folder"] / "meta.json").read_text())
     assert meta["tokenizer"]["text"] == {"kind": "clip-bpe", "context_length": 77, "cut": True, "inputs": ["tokens"]}
     _fresh_process()
-    calls = _loads(monkeypatch)
+    calls = count_model_loads(monkeypatch)
     fresh = open_encoder(exported["spec"], RunOptions(cache=exported["cache"], runtime="onnx"))
     text = fresh.encode_text(NEW_PROMPTS)  # prompts the export never saw (one cut to the context)
     counts = fresh.text_token_counts(NEW_PROMPTS)  # type: ignore[attr-defined]
@@ -85,7 +74,7 @@ def test_no_cache_with_a_cached_export_does_not_load_the_model_either(exported: 
     """--no-cache concerns embeddings: the model identity the cache folder records keeps an ONNX
     run lazy (under torch, --no-cache loads the model as before: test_warm_runs)."""
     _fresh_process()
-    calls = _loads(monkeypatch)
+    calls = count_model_loads(monkeypatch)
     fresh = open_encoder(exported["spec"], RunOptions(cache=exported["cache"], use_cache=False, runtime="onnx"))
     fresh.encode_text(NEW_PROMPTS)
     fresh.encode_image(PIXELS)
