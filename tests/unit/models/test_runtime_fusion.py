@@ -189,3 +189,22 @@ def test_a_wrong_fusion_is_caught_and_the_tower_exported_plainly(tmp_path: Path,
     entry = _image_entry(opts)
     assert entry["attention"].startswith("plain: the fused graph reached cosine min")
     assert fusion.fused_nodes(Path(entry["_folder"]) / "image.onnx") == 0 and entry["_passed"] is True
+
+
+def test_a_fused_graph_onnx_runtime_cannot_run_is_exported_plainly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attribute the installed ONNX Runtime's kernel refuses (as an older build might) costs the
+    fusion, not the run."""
+
+    def bad_attribute(g: Any, x: Any, weight: Any, bias: Any, heads: int) -> Any:
+        out = g.op(f"{fusion.DOMAIN}::{fusion.OP}", x, weight, bias, num_heads_i=heads, qkv_hidden_sizes_i=[1, 2, 3])
+        out.setType(x.type())
+        return out
+
+    monkeypatch.setattr(fusion._AttentionOp, "symbolic", staticmethod(bad_attribute))
+    opts = RunOptions(cache=tmp_path, runtime="onnx")
+    rt = apply_runtime(tiny_encoder(), opts)
+    with torch.inference_mode():
+        rt.encode_image(_pixels(4))
+    entry = _image_entry(opts)
+    assert entry["attention"].startswith("plain: the fused graph did not run in ONNX Runtime")
+    assert fusion.fused_nodes(Path(entry["_folder"]) / "image.onnx") == 0 and entry["_passed"] is True
