@@ -16,6 +16,9 @@ import numpy as np
 from histovl.metrics.calibration import ReliabilityCurve
 from histovl.reports import layout
 
+#: Top of the accuracy axis: the band above 1.0 holds the legend.
+HEADROOM = 1.3
+
 if TYPE_CHECKING:  # imported where a figure is drawn (histovl.reports.figures says why)
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -68,8 +71,13 @@ def _draw(top: Axes, bottom: Axes, name: str, curve: ReliabilityCurve, mass: Rel
     n_bins = len(curve.count)
     top.set_title(f"{name}\nECE {curve.ece:.3f} ({n_bins} equal-width bins)", fontsize=9)
     top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
-    top.legend(fontsize=6, loc="upper left")
+    # the legend sits in a band above accuracy 1.0, where no bar or point can reach: anywhere
+    # inside [0, 1] some calibration would put it over the bars (it covered the first bar before)
+    top.set_ylim(0, HEADROOM)
+    top.set_yticks(np.linspace(0.0, 1.0, 6))
+    top.axhline(1.0, color="#DDDDDD", linewidth=0.8, zorder=0)
+    top.legend(fontsize=6, loc="upper center", ncol=2, frameon=False, borderaxespad=0.2, columnspacing=1.0,
+               handlelength=1.5)
     bottom.bar(centres, curve.count, width=widths * 0.92, color="#8C8C8C")
     bottom.set_xlabel("top-label confidence")
     if full.any() and np.max(curve.count) > 50 * max(1.0, float(np.median(curve.count[full]))):

@@ -96,6 +96,28 @@ def test_reliability_labels_stay_on_the_canvas(tmp_path: Path, runs: int) -> Non
         {n: reliability_curve(a, b, 15, "quantile") for n, (a, b) in zip(names, curves, strict=True)},
     )
     _check_inside_and_apart(fig, save_figure(fig, tmp_path / "rel.png"))
+    _check_legends_clear_of_data(fig)
+
+
+def _check_legends_clear_of_data(fig: Figure) -> None:
+    """No legend covers a bar, a marker or a line vertex of its axes (in the PNG as drawn)."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    render = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box = legend.get_window_extent(render)
+        for bar in (p for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0):
+            assert not box.overlaps(bar.get_window_extent(render)), "the legend covers a bar"
+        points = [ax.transData.transform(line.get_xydata()) for line in ax.get_lines() if isinstance(line, Line2D)]
+        points += [ax.transData.transform(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)]
+        for xy in points:
+            inside = (xy[:, 0] >= box.x0) & (xy[:, 0] <= box.x1) & (xy[:, 1] >= box.y0) & (xy[:, 1] <= box.y1)
+            assert not inside.any(), "the legend covers a point of a curve"
 
 
 def test_a_figure_not_laid_out_here_is_still_cropped_tight(tmp_path: Path) -> None:
