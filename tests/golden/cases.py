@@ -98,9 +98,19 @@ def run_all(work: Path) -> Path:
 
 
 def machine_signature() -> dict[str, str]:
-    """What decides whether float outputs can be byte-identical to the recorded ones."""
+    """What decides whether float outputs can be byte-identical to the recorded ones: the same
+    torch build and instruction set still take other BLAS kernels on another CPU vendor (MKL's
+    float32 GEMMs gave scores 2e-8 apart on an AMD EPYC and on the machine that recorded them)."""
     return {"torch": torch.__version__, "machine": platform.machine(), "numpy": np.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_vendor": _cpu_vendor()}
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("vendor_id")), "unknown")
+    except OSError:
+        return platform.processor() or "unknown"
 
 
 CASES = ("zeroshot", "retrieve", "robustness", "multilabel")

@@ -1,9 +1,10 @@
 """Behaviour unchanged by refactoring: zeroshot, retrieve, robustness and multilabel write the same
 metrics.json and predictions.csv as at the commit that recorded `tests/golden/expected/`.
 
-On the machine signature the files were recorded on (torch build, NumPy, CPU kernels) the bytes
-must be identical. Elsewhere a different BLAS kernel may change the last float digit, so the
-files must agree in every non-numeric cell exactly and in every number to 1e-9 relative.
+On the machine signature the files were recorded on (torch build, NumPy, CPU kernels, CPU vendor)
+the bytes must be identical. Elsewhere a different BLAS kernel sums the models' float32 products in
+another order, so the files must agree in every non-numeric cell exactly and in every number to
+float32 rounding (`RTOL`, `ATOL`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ import pytest
 from tests.golden.cases import CASES, COMPARED, EXPECTED, machine_signature, output_bytes, run_all
 
 pytestmark = pytest.mark.slow
+
+#: Agreement asked of numbers computed on another machine: float32 rounding carried through a
+#: model's layers (2**-23 ~ 1.2e-7 per operation). Measured between an AMD EPYC and the recording
+#: CPU: at most 1.3e-6 relative (multi-label scores), 2e-8 for zero-shot scores.
+RTOL, ATOL = 1e-5, 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +43,7 @@ def _close(a: Any, b: Any, path: str) -> None:
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _close(x, y, f"{path}[{i}]")
     elif isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(a) and math.isnan(b)), path
+        assert math.isclose(a, b, rel_tol=RTOL, abs_tol=ATOL) or (math.isnan(a) and math.isnan(b)), path
     else:
         assert a == b, path
 
@@ -57,4 +63,4 @@ def test_outputs_match_the_recorded_ones(golden_run: tuple[Path, Path], case: st
     else:
         a = pd.read_csv(EXPECTED / case / name)
         b = pd.read_csv(pd.io.common.BytesIO(got))
-        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-12)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=RTOL, atol=ATOL)
