@@ -261,3 +261,23 @@ def test_cli_missing_onnxruntime_exits_2_with_one_line(
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     code, err = _exit_code_and_error(monkeypatch, capsys, _args(tmp_path, build_fixture(tmp_path), "out", "--runtime", "onnx"))
     assert code == 2 and INSTALL_HINT in err and len(err.strip().splitlines()) == 1
+
+
+def test_quantiser_advice_does_not_reach_users(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ONNX Runtime's quantiser logs "Please consider to run pre-processing ..." on every call;
+    users cannot act on it, so it is dropped (and only it: the root logger keeps other records)."""
+    import logging
+
+    from histovl.models.runtime import export as ex
+
+    module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
+    fp32, int8 = tmp_path / "m.onnx", tmp_path / "m8.onnx"
+    ex.export_module(module, (torch.randn(2, 8),), ("pixels",), fp32, {"pixels": {0: "n"}})
+    with caplog.at_level(logging.WARNING):
+        ex.quantize_dynamic_int8(fp32, int8)
+        logging.getLogger().warning("another library's warning")
+    assert int8.is_file()
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("pre-processing before quantization" in m for m in messages)
+    assert "another library's warning" in messages
+    assert not logging.getLogger().filters  # the filter is removed afterwards

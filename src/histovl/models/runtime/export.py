@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -138,6 +139,25 @@ def conv_count(path: Path) -> int:
     return sum(node.op_type == "Conv" for node in onnx.load(str(path), load_external_data=False).graph.node)
 
 
+class _NoPreprocessAdvice(logging.Filter):
+    """Drops ONNX Runtime's quantiser advice to run its pre-processing first (logged on the root
+    logger at every call): that step is its shape inference plus its graph optimiser, which these
+    towers do not gain from (see `quantize_dynamic_int8`), and users cannot act on the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider to run pre-processing before quantization")
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    root, advice = logging.getLogger(), _NoPreprocessAdvice()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+
+
 def quantize_dynamic_int8(source: Path, target: Path) -> str:
     """Dynamic int8 quantisation of the MatMul/Gemm weights and of fused attention's QKV weights
     (``QAttention``), per output channel (activations quantised on the fly; products of two
@@ -150,7 +170,7 @@ def quantize_dynamic_int8(source: Path, target: Path) -> str:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with atomic_path(target, suffix=".onnx") as tmp:
+    with atomic_path(target, suffix=".onnx") as tmp, _quiet_quantizer():
         quantize_dynamic(
             str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm", "Attention"],
             # dynamo exports carry functions whose outputs shape inference cannot type: they are fp32
@@ -177,7 +197,7 @@ def quantize_static_int8(source: Path, target: Path, input_name: str, calibratio
             start = next(self.chunks, None)
             return None if start is None else {input_name: calibration[start : start + _CALIBRATION_CHUNK]}
 
-    with atomic_path(target, suffix=".onnx") as tmp:
+    with atomic_path(target, suffix=".onnx") as tmp, _quiet_quantizer():
         quantize_static(
             str(source), str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
