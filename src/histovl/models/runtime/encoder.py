@@ -145,7 +145,7 @@ class RuntimeEncoder(EncoderWrapper):
 
         nodes = fusion.fused_nodes(path)
         if not nodes:
-            return "plain (no self-attention that ONNX Runtime's fused Attention node takes)", True
+            return "plain (the export holds no fused attention node: no self-attention the node takes, or its tracing failed)", True
         pixels = example[:FUSION_CHECK_N]
         with torch.inference_mode():
             reference = model._encode_image(pixels).float().numpy()
