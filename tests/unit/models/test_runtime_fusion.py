@@ -31,12 +31,15 @@ class _Tower(nn.Module):
         return self.fn(pixels)
 
 
-def _export_and_run(tower: nn.Module, tmp_path: Path, pixels: torch.Tensor, *, fuse: bool = True) -> tuple[Path, np.ndarray]:
+def _export_and_run(tower: nn.Module, tmp_path: Path, x: torch.Tensor, *, example: torch.Tensor | None = None,
+                    batch_axis: int = 0) -> tuple[Path, np.ndarray, str]:
+    """Export `tower` with fusion at `example` (default: the first two of `x`), run the graph on
+    `x`; returns the file, its output and the exporter used."""
     target = tmp_path / "tower.onnx"
-    exporter = ex.export_module(tower, (pixels[:2],), ("pixels",), target, {"pixels": {0: "n"}}, fuse_attention=fuse)
-    assert exporter == "torchscript"
+    example = x[:2] if example is None else example
+    exporter = ex.export_module(tower, (example,), ("pixels",), target, {"pixels": {batch_axis: "n"}}, fuse_attention=True)
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    return target, session.run(None, {"pixels": pixels.numpy()})[0]
+    return target, session.run(None, {"pixels": x.numpy()})[0], exporter
 
 
 def _assert_matches(a: np.ndarray, b: torch.Tensor) -> None:
@@ -90,7 +93,8 @@ def test_each_layout_fuses_and_matches_torch(name: str, build: Any, forward: Any
     pixels = _pixels(5)
     with torch.inference_mode():
         reference = tower(pixels)
-    target, out = _export_and_run(tower, tmp_path, pixels)
+    target, out, exporter = _export_and_run(tower, tmp_path, pixels)
+    assert exporter == "torchscript"
     assert fusion.fused_nodes(target) == nodes
     _assert_matches(out, reference)
     # another batch size runs through the same graph
@@ -109,10 +113,8 @@ def test_masked_attention_is_exported_as_before(tmp_path: Path) -> None:
     mask = model.attn_mask[:7, :7]
     tower = _Tower(lambda x: blocks(x, attn_mask=mask), blocks)
     x = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(1))
-    target = tmp_path / "text.onnx"
-    ex.export_module(tower, (x,), ("pixels",), target, {"pixels": {0: "n"}}, fuse_attention=True)
+    target, out, _ = _export_and_run(tower, tmp_path, x, example=x)
     assert fusion.fused_nodes(target) == 0
-    out = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]).run(None, {"pixels": x.numpy()})[0]
     with torch.inference_mode():
         _assert_matches(out.reshape(3, -1), tower(x).reshape(3, -1))
 
@@ -142,10 +144,8 @@ def test_seq_first_multihead_attention_fuses(tmp_path: Path) -> None:
     holder = nn.Sequential(nn.MultiheadAttention(32, 4, batch_first=False).eval())
     tower = _Tower(lambda x: holder[0](x, x, x, need_weights=False)[0], holder)  # looked up at call time
     x = torch.randn(6, 3, 32, generator=torch.Generator().manual_seed(2))  # [S, B, H]
-    target = tmp_path / "mha.onnx"
-    ex.export_module(tower, (x,), ("pixels",), target, {"pixels": {1: "n"}}, fuse_attention=True)
+    target, out, _ = _export_and_run(tower, tmp_path, x, example=x, batch_axis=1)
     assert fusion.fused_nodes(target) == 1
-    out = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]).run(None, {"pixels": x.numpy()})[0]
     with torch.inference_mode():
         _assert_matches(out.reshape(6, -1), tower(x).reshape(6, -1))
 

@@ -16,6 +16,7 @@ import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +124,12 @@ class RuntimeEncoder(EncoderWrapper):
         started = time.perf_counter()
         model = self._torch()
         fp32 = path.with_name("image.fp32.onnx") if self.runtime == "onnx-int8" else path
-        exporter = ex.export_module(ImageTower(model), (example[:2],), ("pixels",), fp32, {"pixels": {0: "n"}},
-                                    fuse_attention=True)
-        attention, keep = self._check_fusion(model, fp32, example)
+        export = partial(ex.export_module, ImageTower(model), (example[:2],), ("pixels",), fp32, {"pixels": {0: "n"}})
+        exporter = export(fuse_attention=True)
+        # the fp32 file is the tower itself under onnx: its check session then serves the runs too
+        attention, keep = self._check_fusion(model, fp32, example, final=fp32 == path)
         if not keep:
-            exporter = ex.export_module(ImageTower(model), (example[:2],), ("pixels",), fp32, {"pixels": {0: "n"}})
+            exporter = export()
         quant = "none (fp32)"
         if self.runtime == "onnx-int8":
             quant = self._quantize(kind, fp32, path, example)
@@ -135,7 +137,7 @@ class RuntimeEncoder(EncoderWrapper):
         entry = {**ex.tower_entry(path.name, exporter, quant, started), "attention": attention}
         self._meta = ex.update_meta(self.folder, self._meta_base, "towers", kind, entry)
 
-    def _check_fusion(self, model: Any, path: Path, example: Any) -> tuple[str, bool]:
+    def _check_fusion(self, model: Any, path: Path, example: Any, *, final: bool) -> tuple[str, bool]:
         """How the exported image tower spells attention (meta.json's ``attention``), and whether
         to keep the file: a fused graph is kept only where it gives the torch tower's features on
         the export's first images (cosine >= `FUSION_MIN`); else the caller exports it plainly."""
@@ -150,7 +152,7 @@ class RuntimeEncoder(EncoderWrapper):
         with torch.inference_mode():
             reference = model._encode_image(pixels).float().numpy()
         try:
-            candidate = _run(open_session(path, cached=False), {"pixels": pixels.numpy()})
+            candidate = _run(open_session(path, cached=final), {"pixels": pixels.numpy()})
         except Exception as err:  # noqa: BLE001 - e.g. an ONNX Runtime build without the fused kernel
             return f"plain: the fused graph did not run in ONNX Runtime ({type(err).__name__}: {str(err)[:200]})", False
         stats = gate.tower_parity(reference, candidate)
