@@ -31,7 +31,7 @@ from histovl.slides.resume import (
     PARTIAL_FILE,
     RECORD_FILE,
     read_record,
-    remove_stale_tile_temps,
+    remove_stale_temps,
     remove_tile_files,
     reusable_tile_files,
     tiling_source,
@@ -159,8 +159,8 @@ def _open_for_tiling(out: Path, source: dict[str, Any] | None, *, save_tiles: bo
     """
     out.mkdir(parents=True, exist_ok=True)
     redo: set[tuple[int, int]] = set()
+    remove_stale_temps(out)
     if save_tiles:
-        remove_stale_tile_temps(out / "tiles")
         known = reusable_tile_files(out, source, force=force)
         if known is None:  # tile files of unknown origin: never mix them into this tiling
             (out / PARTIAL_FILE).unlink(missing_ok=True)

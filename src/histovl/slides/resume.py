@@ -38,6 +38,11 @@ TILE_FILE_RE = re.compile(r"tile_x\d+_y\d+\.png")
 #: A tile's temporary file while it is written atomically (`histovl._io.atomic_path`): a process
 #: killed mid-write leaves one behind.
 TILE_TEMP_RE = re.compile(r"\.tile_x\d+_y\d+\.png\..+")
+#: Temporary names of the tiling's own outputs (`histovl._io.atomic_path`: ``.<name>.<random><suffix>``).
+OUTPUT_TEMP_RE = re.compile(
+    r"\.(" + "|".join(re.escape(n) for n in ("tiles.csv", "thumbnail.png", "tissue_map.png", MASK_FILE, RECORD_FILE, PARTIAL_FILE))
+    + r")\..+"
+)
 
 
 def slide_identity(slide: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -134,12 +139,15 @@ def remove_tile_files(tile_dir: Path) -> None:
             entry.unlink()
 
 
-def remove_stale_tile_temps(tile_dir: Path) -> None:
-    """Delete temporary tile files a killed run left (SIGKILL runs no cleanup). A tiling folder
-    has one writer at a time (its partial record says whose tiles are there), so any such file
-    at the start of a tiling is stale."""
-    if not tile_dir.is_dir():
-        return
-    for entry in tile_dir.iterdir():
-        if TILE_TEMP_RE.fullmatch(entry.name) and entry.is_file():
-            entry.unlink(missing_ok=True)
+def remove_stale_temps(out: Path) -> None:
+    """Delete the temporary files a killed run left (SIGKILL runs no cleanup): of tile images in
+    ``tiles/`` and of the tiling's own outputs in `out` (a kill while tiles.csv or a figure was
+    being written left ``.tiles.csv.<random>.tmp`` there, which no later run removed). A tiling
+    folder has one writer at a time (its partial record says whose tiles are there), so any such
+    file at the start of a tiling is stale."""
+    for folder, pattern in ((out / "tiles", TILE_TEMP_RE), (out, OUTPUT_TEMP_RE)):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if pattern.fullmatch(entry.name) and entry.is_file():
+                entry.unlink(missing_ok=True)

@@ -153,6 +153,23 @@ def test_a_killed_writers_temporary_tile_file_is_removed_on_resume(plain_slide: 
     assert outputs(out) == before
 
 
+def test_a_killed_writers_temporary_output_files_are_removed_on_rerun(plain_slide: Path, tmp_path: Path) -> None:
+    """SIGKILL while tiles.csv (or a figure, or the record) was written leaves ``.tiles.csv.<random>.tmp``
+    in the tiling folder; the next tiling deletes it (the fault test caught one surviving the rerun)."""
+    out = tmp_path / "out"
+    tile_slide(plain_slide, out, SPEC, save_tiles=True, num_workers=1)
+    before = outputs(out)
+    (out / "tiling.json").unlink()  # killed before the commit point
+    stale = [out / ".tiles.csv.a4r6o2h5.tmp", out / ".thumbnail.png.x1y2z3.png", out / ".tiling.json.q9.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    (out / ".notes.tmp").write_text("mine")  # not one of histovl's outputs: kept
+    tile_slide(plain_slide, out, SPEC, save_tiles=True, num_workers=1)
+    assert not any(p.exists() for p in stale) and (out / ".notes.tmp").exists()
+    (out / ".notes.tmp").unlink()
+    assert outputs(out) == before
+
+
 def test_changed_slide_or_parameters_retile_from_scratch(plain_slide: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = tile_slide(plain_slide, out, SPEC, save_tiles=True, num_workers=1)
